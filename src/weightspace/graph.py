@@ -1,0 +1,248 @@
+"""``NeuralGraph``: a network's weights as a graph, and the exact conversions to and from it.
+
+Nodes are neurons (channels for convs), input and output neurons included; edges are weights,
+directed from the neuron that is read to the neuron that is written. For a layer with weight
+``W`` of shape ``(out, in, *kernel)`` the edge ``i → o`` carries ``W[o, i].flatten()`` (a scalar
+for a linear layer), zero-padded to the graph's edge feature width ``K``. A linear layer reading a
+flattened ``(C, *spatial)`` tensor gives one edge per (channel, neuron) pair carrying the ``S``
+spatial weights (see :mod:`weightspace.layout`). A residual ``add`` gives identity edges
+``i → i`` (feature ``[1, 0, ...]``, ``edge_kind = 1``) from the skip group to the primary group.
+
+Node attributes (``N`` nodes):
+
+* ``x`` ``(N, 1)``: the bias (0 for input neurons and bias-free layers);
+* ``node_depth`` ``(N,)``: 0 for inputs, ``l`` for the output of the ``l``-th layer;
+* ``node_role`` ``(N,)``: 0 input, 1 hidden, 2 output;
+* ``node_activation`` ``(N,)``: index into :data:`weightspace.spec.ACTIVATIONS`;
+* ``node_position`` ``(N,)``: the neuron's index within the input or output layer, ``-1`` for
+  hidden neurons — hidden neurons of one layer share one identity, so only true symmetries stay;
+* ``node_group`` ``(N,)``: the neuron group (:class:`weightspace.layout.NeuronGroup`).
+
+Edge attributes (``E`` edges): ``edge_index`` ``(2, E)``, ``edge_attr`` ``(E, K)``,
+``edge_layer`` ``(E,)`` (index of the layer, ``-1`` for residual edges) and ``edge_kind`` ``(E,)``
+(0 weight, 1 residual). ``graph.spec`` holds the :class:`~weightspace.spec.NetworkSpec`.
+
+Conversions are vectorised: one tensor operation per layer, no Python loop over edges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch, Data
+
+from weightspace.errors import NonFiniteWeightsError, ShapeMismatchError
+from weightspace.layout import Layout, layout_of
+from weightspace.spec import ACTIVATION_IDS, NetworkSpec
+
+__all__ = ["NeuralGraph", "to_graph", "to_state_dict", "batch_graphs", "check_state_dict"]
+
+EDGE_WEIGHT, EDGE_RESIDUAL = 0, 1
+
+
+class NeuralGraph(Data):
+    """One network's weights as a PyG graph (see the module docstring for the attributes).
+
+    Graphs of different architectures batch together with :func:`batch_graphs`, which pads the
+    edge features to a common width. ``spec`` is kept as a plain Python attribute; a batch holds
+    the list of specs.
+    """
+
+    @property
+    def spec(self) -> NetworkSpec:
+        return self["spec"]
+
+    @property
+    def edge_features(self) -> int:
+        return int(self.edge_attr.shape[1])
+
+    def to_state_dict(self) -> dict[str, Tensor]:
+        """The state dict this graph encodes (exact inverse of :func:`to_graph`)."""
+        return to_state_dict(self)
+
+    def validate_layout(self) -> None:
+        """Check that the node and edge counts match the spec's layout."""
+        layout = layout_of(self.spec)
+        if self.num_nodes != layout.num_nodes:
+            raise ShapeMismatchError(
+                f"graph has {self.num_nodes} nodes but its spec describes {layout.num_nodes}"
+            )
+
+
+def check_state_dict(
+    spec: NetworkSpec,
+    state_dict: Mapping[str, Tensor],
+    *,
+    source: str = "state dict",
+    allow_nonfinite: bool = False,
+) -> None:
+    """Raise if ``state_dict`` does not hold exactly the tensors ``spec`` needs, finite.
+
+    Raises:
+        ShapeMismatchError: a key is missing, unexpected, or has the wrong shape.
+        NonFiniteWeightsError: a tensor holds NaN or Inf (unless ``allow_nonfinite``).
+    """
+    expected = spec.param_shapes()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise ShapeMismatchError(
+            f"{source}: tensors do not match the architecture ({'; '.join(parts)}); "
+            f"the architecture expects {list(expected)[:6]}{' ...' if len(expected) > 6 else ''}"
+        )
+    for key, shape in expected.items():
+        got = tuple(state_dict[key].shape)
+        if got != shape:
+            raise ShapeMismatchError(
+                f"{source}: tensor {key!r} has shape {list(got)} but the architecture needs "
+                f"{list(shape)}"
+            )
+        if not allow_nonfinite and not bool(torch.isfinite(state_dict[key]).all()):
+            raise NonFiniteWeightsError(
+                f"{source}: tensor {key!r} holds NaN or Inf values; pass allow_nonfinite=True "
+                "(CLI: --allow-nonfinite) to accept them"
+            )
+
+
+def to_graph(
+    spec: NetworkSpec,
+    state_dict: Mapping[str, Tensor],
+    *,
+    dtype: torch.dtype | None = None,
+    edge_features: int | None = None,
+    check: bool = True,
+) -> NeuralGraph:
+    """Convert a state dict of ``spec`` to a :class:`NeuralGraph`.
+
+    Args:
+        spec: the architecture.
+        state_dict: ``{"<layer>.weight": ..., "<layer>.bias": ...}`` for every layer of ``spec``.
+        dtype: floating dtype of the features (default: the weights' dtype).
+        edge_features: pad edge features to this width (default: the widest layer's).
+        check: validate keys, shapes and finiteness first (:func:`check_state_dict`).
+
+    Shapes:
+        ``x (N, 1)``, ``edge_index (2, E)``, ``edge_attr (E, K)``; ``N`` = neurons of every group,
+        ``E`` = sum over layers of ``out * in_channels`` plus residual identity edges.
+    """
+    if check:
+        check_state_dict(spec, state_dict)
+    layout = layout_of(spec)
+    first = state_dict[f"{spec.layers[0].name}.weight"]
+    dtype = dtype or (first.dtype if first.is_floating_point() else torch.get_default_dtype())
+    device = first.device
+    width = edge_features or layout.max_edge_features
+    if width < layout.max_edge_features:
+        raise ShapeMismatchError(
+            f"edge_features={width} is narrower than the widest layer ({layout.max_edge_features})"
+        )
+
+    n = layout.num_nodes
+    bias = torch.zeros(n, 1, dtype=dtype, device=device)
+    depth = torch.empty(n, dtype=torch.long)
+    role = torch.empty(n, dtype=torch.long)
+    activation = torch.empty(n, dtype=torch.long)
+    position = torch.full((n,), -1, dtype=torch.long)
+    group = torch.empty(n, dtype=torch.long)
+    for g, offset in zip(layout.groups, layout.offsets, strict=True):
+        sl = slice(offset, offset + g.size)
+        depth[sl] = g.depth
+        role[sl] = g.role
+        activation[sl] = ACTIVATION_IDS[g.activation]
+        group[sl] = g.index
+        if g.role != 1:
+            position[sl] = torch.arange(g.size)
+        if g.producer is not None and f"{g.producer}.bias" in state_dict:
+            bias[sl, 0] = state_dict[f"{g.producer}.bias"].to(dtype)
+
+    edge_index, edge_attr, edge_layer, edge_kind = [], [], [], []
+    for link in layout.links:
+        src, dst = layout.groups[link.source], layout.groups[link.target]
+        w = state_dict[f"{link.name}.weight"].to(dtype)
+        feats = w.reshape(dst.size * src.size, link.edge_features)  # (out*in, S*k), row-major
+        if link.edge_features < width:
+            feats = torch.nn.functional.pad(feats, (0, width - link.edge_features))
+        targets = torch.arange(dst.size).repeat_interleave(src.size) + layout.offsets[dst.index]
+        sources = torch.arange(src.size).repeat(dst.size) + layout.offsets[src.index]
+        edge_index.append(torch.stack([sources, targets]))
+        edge_attr.append(feats)
+        edge_layer.append(torch.full((feats.shape[0],), link.index, dtype=torch.long))
+        edge_kind.append(torch.full((feats.shape[0],), EDGE_WEIGHT, dtype=torch.long))
+    for skip, primary in layout.residuals:
+        size = layout.groups[skip].size
+        ar = torch.arange(size)
+        edge_index.append(torch.stack([ar + layout.offsets[skip], ar + layout.offsets[primary]]))
+        feats = torch.zeros(size, width, dtype=dtype, device=device)
+        feats[:, 0] = 1.0
+        edge_attr.append(feats)
+        edge_layer.append(torch.full((size,), -1, dtype=torch.long))
+        edge_kind.append(torch.full((size,), EDGE_RESIDUAL, dtype=torch.long))
+
+    # w.reshape above flattens (out, in, S*k) row-major, which for a linear layer reading a
+    # flattened (C, *spatial) tensor is exactly (out, C, S): flatten() is channel-major.
+    return NeuralGraph(
+        x=bias,
+        edge_index=torch.cat(edge_index, dim=1).to(device),
+        edge_attr=torch.cat(edge_attr, dim=0),
+        edge_layer=torch.cat(edge_layer).to(device),
+        edge_kind=torch.cat(edge_kind).to(device),
+        node_depth=depth.to(device),
+        node_role=role.to(device),
+        node_activation=activation.to(device),
+        node_position=position.to(device),
+        node_group=group.to(device),
+        num_nodes=n,
+        spec=spec,
+    )
+
+
+def to_state_dict(graph: NeuralGraph, *, spec: NetworkSpec | None = None) -> dict[str, Tensor]:
+    """Read the weights back out of ``graph`` (exact inverse of :func:`to_graph`).
+
+    Edges may come in any order; nodes must keep their groups' index ranges (a permutation of
+    neurons within a group is allowed and yields the correspondingly permuted weights).
+    """
+    spec = spec or graph.spec
+    layout: Layout = layout_of(spec)
+    if graph.num_nodes != layout.num_nodes:
+        raise ShapeMismatchError(
+            f"graph has {graph.num_nodes} nodes but its spec describes {layout.num_nodes}"
+        )
+    state: dict[str, Tensor] = {}
+    for link in layout.links:
+        src, dst = layout.groups[link.source], layout.groups[link.target]
+        op = spec[link.name]
+        mask = graph.edge_layer == link.index
+        sources = graph.edge_index[0, mask] - layout.offsets[src.index]
+        targets = graph.edge_index[1, mask] - layout.offsets[dst.index]
+        if sources.numel() != dst.size * src.size:
+            raise ShapeMismatchError(
+                f"layer {link.name!r}: graph has {sources.numel()} edges, expected "
+                f"{dst.size * src.size}"
+            )
+        w = graph.edge_attr.new_zeros(dst.size, src.size, link.edge_features)
+        w[targets, sources] = graph.edge_attr[mask, : link.edge_features]
+        state[f"{link.name}.weight"] = w.reshape(op.weight_shape())
+        if op.attrs.get("bias", True):
+            offset = layout.offsets[dst.index]
+            state[f"{link.name}.bias"] = graph.x[offset : offset + dst.size, 0].clone()
+    return state
+
+
+def batch_graphs(graphs: Sequence[NeuralGraph]) -> Batch:
+    """Batch graphs of possibly different architectures (edge features padded to one width)."""
+    width = max(g.edge_attr.shape[1] for g in graphs)
+    padded = []
+    for g in graphs:
+        if g.edge_attr.shape[1] < width:
+            g = g.clone()
+            g.edge_attr = torch.nn.functional.pad(g.edge_attr, (0, width - g.edge_attr.shape[1]))
+        padded.append(g)
+    return Batch.from_data_list(padded)

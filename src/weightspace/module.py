@@ -1,0 +1,139 @@
+"""``SpecModule``: an ``nn.Module`` that runs a :class:`~weightspace.spec.NetworkSpec`.
+
+Parametrised layers are real ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` submodules placed at
+their dotted state-dict names, so ``SpecModule(spec).load_state_dict(sd)`` takes the very state
+dicts that :func:`weightspace.ingest.from_module` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from weightspace.spec import NetworkSpec, Op
+
+__all__ = ["SpecModule", "to_module", "apply_activation"]
+
+
+def apply_activation(x: Tensor, attrs: Mapping) -> Tensor:
+    """Apply the activation described by an ``activation`` op's attrs."""
+    fn = attrs["function"]
+    if fn == "identity":
+        return x
+    if fn == "relu":
+        return F.relu(x)
+    if fn == "leaky_relu":
+        return F.leaky_relu(x, float(attrs.get("negative_slope", 0.01)))
+    if fn == "tanh":
+        return torch.tanh(x)
+    if fn == "gelu":
+        return F.gelu(x, approximate=str(attrs.get("approximate", "none")))
+    if fn == "silu":
+        return F.silu(x)
+    if fn == "sigmoid":
+        return torch.sigmoid(x)
+    raise ValueError(f"unknown activation {fn!r}")
+
+
+def _make_layer(op: Op) -> nn.Module:
+    a = op.attrs
+    bias = bool(a.get("bias", True))
+    if op.kind == "linear":
+        return nn.Linear(op.in_size, op.out_size, bias=bias)
+    conv = nn.Conv1d if op.kind == "conv1d" else nn.Conv2d
+    return conv(
+        op.in_size,
+        op.out_size,
+        kernel_size=tuple(a["kernel_size"]),
+        stride=tuple(a.get("stride", (1,) * len(a["kernel_size"]))),
+        padding=a.get("padding", 0) if isinstance(a.get("padding", 0), str) else tuple(
+            a.get("padding", (0,) * len(a["kernel_size"]))
+        ),
+        dilation=tuple(a.get("dilation", (1,) * len(a["kernel_size"]))),
+        bias=bias,
+    )
+
+
+def _set_submodule(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    *parents, leaf = dotted.split(".")
+    node = root
+    for part in parents:
+        if not hasattr(node, part):
+            node.add_module(part, nn.Module())
+        node = getattr(node, part)
+    node.add_module(leaf, module)
+
+
+class SpecModule(nn.Module):
+    """Interprets a :class:`NetworkSpec` op by op.
+
+    Args:
+        spec: the architecture; its layers are created with PyTorch's default initialisation.
+    """
+
+    def __init__(self, spec: NetworkSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        for op in spec.layers:
+            _set_submodule(self, op.name, _make_layer(op))
+
+    def forward(self, x: Tensor) -> Tensor:
+        values: dict[str, Tensor] = {}
+        for op in self.spec.ops:
+            a = op.attrs
+            if op.kind == "input":
+                values[op.name] = x
+                continue
+            args = [values[name] for name in op.inputs]
+            if op.is_parametrised:
+                y = self.get_submodule(op.name)(args[0])
+            elif op.kind == "activation":
+                y = apply_activation(args[0], a)
+            elif op.kind == "add":
+                y = args[0]
+                for other in args[1:]:
+                    y = y + other
+            elif op.kind == "flatten":
+                y = torch.flatten(args[0], 1)
+            elif op.kind == "global_pool":
+                dims = tuple(range(2, args[0].dim()))
+                y = args[0].mean(dims) if a["mode"] == "avg" else args[0].amax(dims)
+            elif op.kind == "pool":
+                fn = {
+                    ("avg", 1): F.avg_pool1d,
+                    ("max", 1): F.max_pool1d,
+                    ("avg", 2): F.avg_pool2d,
+                    ("max", 2): F.max_pool2d,
+                }[(a["mode"], int(a["dims"]))]
+                y = fn(args[0], a["kernel_size"], a["stride"], a.get("padding", 0))
+            elif op.kind == "adaptive_pool":
+                fn = {
+                    ("avg", 1): F.adaptive_avg_pool1d,
+                    ("max", 1): F.adaptive_max_pool1d,
+                    ("avg", 2): F.adaptive_avg_pool2d,
+                    ("max", 2): F.adaptive_max_pool2d,
+                }[(a["mode"], int(a["dims"]))]
+                y = fn(args[0], a["output_size"])
+            else:  # pragma: no cover - NetworkSpec.validate rejects unknown kinds
+                raise ValueError(f"unknown op kind {op.kind!r}")
+            values[op.name] = y
+        return values[self.spec.output.name]
+
+    def extra_repr(self) -> str:
+        return self.spec.summary()
+
+
+def to_module(spec: NetworkSpec, state_dict: Mapping[str, Tensor] | None = None) -> SpecModule:
+    """Build a :class:`SpecModule` for ``spec`` (in eval mode), loading ``state_dict`` if given.
+
+    The module takes the state dict's dtype and device.
+    """
+    module = SpecModule(spec)
+    if state_dict is not None:
+        first = next(iter(state_dict.values()))
+        module = module.to(dtype=first.dtype, device=first.device)
+        module.load_state_dict(dict(state_dict), strict=True)
+    return module.eval()

@@ -1,0 +1,347 @@
+"""``NetworkSpec``: the architecture of a network, separate from its weights.
+
+A spec is a small dataflow program in static single assignment form: a tuple of :class:`Op`
+records, each naming the ops whose outputs it reads. It is what a ``torch.fx`` trace reduces to
+once BatchNorm is folded away, and it serialises to JSON so that it can travel beside a state dict
+(in safetensors metadata, in a zoo table, over HTTP).
+
+Op kinds and their ``attrs``:
+
+==============  ==================================================================================
+``input``       ``shape``: the input's shape without the batch dimension, channels first
+                (``[64]`` for an MLP on 64 features, ``[1, 8, 8]`` for a 2-D CNN).
+``linear``      ``in_features``, ``out_features``, ``bias``.
+``conv1d``      ``in_channels``, ``out_channels``, ``kernel_size``, ``stride``, ``padding``,
+``conv2d``      ``dilation`` (tuples, one entry per spatial dim), ``bias``.
+``activation``  ``function`` (one of :data:`ACTIVATIONS`), ``negative_slope`` (leaky_relu),
+                ``approximate`` (gelu).
+``add``         none: the elementwise sum of its inputs (a residual connection).
+``pool``        ``mode`` (``avg``/``max``), ``dims`` (1/2), ``kernel_size``, ``stride``,
+                ``padding``.
+``adaptive_pool`` ``mode``, ``dims``, ``output_size``.
+``global_pool`` ``mode``: mean or max over every spatial position, giving ``(B, C)``.
+``flatten``     none: ``x.flatten(1)``.
+==============  ==================================================================================
+
+Parametrised ops (``linear``, ``conv1d``, ``conv2d``) are named by their state-dict prefix, so a
+spec plus ``{f"{op.name}.weight": ..., f"{op.name}.bias": ...}`` is a complete model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from weightspace.errors import SpecError
+
+__all__ = [
+    "ACTIVATIONS",
+    "ACTIVATION_IDS",
+    "PARAMETRISED_KINDS",
+    "OP_KINDS",
+    "SPEC_FORMAT_VERSION",
+    "Op",
+    "NetworkSpec",
+    "mlp_spec",
+]
+
+SPEC_FORMAT_VERSION = 1
+
+#: Elementwise activations a spec can hold; the index is the node feature ``node_activation``.
+ACTIVATIONS: tuple[str, ...] = (
+    "identity",
+    "relu",
+    "leaky_relu",
+    "tanh",
+    "gelu",
+    "silu",
+    "sigmoid",
+)
+ACTIVATION_IDS: dict[str, int] = {name: i for i, name in enumerate(ACTIVATIONS)}
+
+PARAMETRISED_KINDS: frozenset[str] = frozenset({"linear", "conv1d", "conv2d"})
+OP_KINDS: frozenset[str] = PARAMETRISED_KINDS | {
+    "input",
+    "activation",
+    "add",
+    "pool",
+    "adaptive_pool",
+    "global_pool",
+    "flatten",
+}
+
+
+def _freeze(value: Any) -> Any:
+    """Lists become tuples, so that attrs compare equal after a JSON round trip."""
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of a :class:`NetworkSpec`.
+
+    Args:
+        name: unique name; for parametrised ops, the state-dict prefix (``"features.0"``).
+        kind: one of :data:`OP_KINDS`.
+        inputs: names of the ops whose outputs this op reads, in argument order.
+        attrs: kind-specific attributes (see the module docstring); sequences are tuples.
+    """
+
+    name: str
+    kind: str
+    inputs: tuple[str, ...] = ()
+    attrs: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in OP_KINDS:
+            raise SpecError(f"op {self.name!r}: unknown kind {self.kind!r}; valid: {sorted(OP_KINDS)}")
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "attrs", {k: _freeze(v) for k, v in self.attrs.items()})
+
+    @property
+    def is_parametrised(self) -> bool:
+        return self.kind in PARAMETRISED_KINDS
+
+    @property
+    def in_size(self) -> int:
+        """Input features (linear) or channels (conv)."""
+        return int(self.attrs["in_features" if self.kind == "linear" else "in_channels"])
+
+    @property
+    def out_size(self) -> int:
+        """Output features (linear) or channels (conv)."""
+        return int(self.attrs["out_features" if self.kind == "linear" else "out_channels"])
+
+    @property
+    def kernel_numel(self) -> int:
+        """Number of weights per (output, input) pair: 1 for linear, prod(kernel_size) for conv."""
+        if self.kind == "linear":
+            return 1
+        n = 1
+        for k in self.attrs["kernel_size"]:
+            n *= int(k)
+        return n
+
+    def weight_shape(self) -> tuple[int, ...]:
+        if self.kind == "linear":
+            return (self.out_size, self.in_size)
+        return (self.out_size, self.in_size, *(int(k) for k in self.attrs["kernel_size"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "inputs": list(self.inputs),
+            "attrs": {k: _thaw(v) for k, v in self.attrs.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Op:
+        try:
+            return cls(
+                name=str(data["name"]),
+                kind=str(data["kind"]),
+                inputs=tuple(data.get("inputs", ())),
+                attrs=dict(data.get("attrs", {})),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise SpecError(f"malformed op record {data!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The architecture of a feed-forward network as a tuple of :class:`Op`.
+
+    The first op is the ``input``; the last op is the output. Every op reads only ops before it.
+    Construct with :meth:`validate` semantics enforced: a malformed spec raises
+    :class:`~weightspace.errors.SpecError` at construction.
+    """
+
+    ops: tuple[Op, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ops", tuple(self.ops))
+        self.validate()
+
+    # ------------------------------------------------------------------ queries
+    def __iter__(self) -> Iterator[Op]:
+        return iter(self.ops)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __getitem__(self, name: str) -> Op:
+        for op in self.ops:
+            if op.name == name:
+                return op
+        raise KeyError(name)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.ops[0].attrs["shape"])
+
+    @property
+    def output(self) -> Op:
+        return self.ops[-1]
+
+    @property
+    def layers(self) -> tuple[Op, ...]:
+        """The parametrised ops, in execution order."""
+        return tuple(op for op in self.ops if op.is_parametrised)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.layers[-1].out_size
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """State-dict key → tensor shape, in layer order (weight, then bias)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for op in self.layers:
+            shapes[f"{op.name}.weight"] = op.weight_shape()
+            if op.attrs.get("bias", True):
+                shapes[f"{op.name}.bias"] = (op.out_size,)
+        return shapes
+
+    @property
+    def num_parameters(self) -> int:
+        total = 0
+        for shape in self.param_shapes().values():
+            n = 1
+            for s in shape:
+                n *= s
+            total += n
+        return total
+
+    @property
+    def activations(self) -> tuple[str, ...]:
+        return tuple(op.attrs["function"] for op in self.ops if op.kind == "activation")
+
+    def summary(self) -> str:
+        """A short human-readable architecture string, e.g. ``linear64x32-relu-linear32x10``."""
+        parts = []
+        for op in self.ops[1:]:
+            if op.is_parametrised:
+                k = "x".join(str(int(k)) for k in op.attrs.get("kernel_size", ()))
+                parts.append(f"{op.kind}{op.in_size}x{op.out_size}" + (f"k{k}" if k else ""))
+            elif op.kind == "activation":
+                parts.append(op.attrs["function"])
+            elif op.kind in {"pool", "adaptive_pool", "global_pool"}:
+                parts.append(f"{op.attrs['mode']}{op.kind}")
+            else:
+                parts.append(op.kind)
+        return "-".join(parts)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Check names, references and layer sizes; raise :class:`SpecError` naming the op."""
+        if not self.ops:
+            raise SpecError("a NetworkSpec needs at least an input op and one layer")
+        if self.ops[0].kind != "input":
+            raise SpecError(f"the first op must be the input, got {self.ops[0].kind!r}")
+        if "shape" not in self.ops[0].attrs or not self.ops[0].attrs["shape"]:
+            raise SpecError("the input op needs a non-empty 'shape' attribute")
+        seen: set[str] = set()
+        for op in self.ops:
+            if op.name in seen:
+                raise SpecError(f"op name {op.name!r} is used twice")
+            for src in op.inputs:
+                if src not in seen:
+                    raise SpecError(f"op {op.name!r} reads {src!r}, which is not defined before it")
+            if op.kind == "input" and op is not self.ops[0]:
+                raise SpecError(f"op {op.name!r}: only the first op may be an input")
+            if op.kind != "input" and not op.inputs:
+                raise SpecError(f"op {op.name!r} ({op.kind}) has no inputs")
+            if op.kind == "add" and len(op.inputs) < 2:
+                raise SpecError(f"op {op.name!r}: an add needs at least two inputs")
+            if op.kind == "activation":
+                fn = op.attrs.get("function")
+                if fn not in ACTIVATION_IDS:
+                    raise SpecError(
+                        f"op {op.name!r}: unknown activation {fn!r}; valid: {list(ACTIVATIONS)}"
+                    )
+            if op.is_parametrised:
+                required = (
+                    ("in_features", "out_features")
+                    if op.kind == "linear"
+                    else ("in_channels", "out_channels", "kernel_size")
+                )
+                for key in required:
+                    if key not in op.attrs:
+                        raise SpecError(f"layer {op.name!r} ({op.kind}) lacks attribute {key!r}")
+                if op.in_size <= 0 or op.out_size <= 0:
+                    raise SpecError(f"layer {op.name!r} has a non-positive size")
+            seen.add(op.name)
+        if not self.layers:
+            raise SpecError("a NetworkSpec needs at least one linear or conv layer")
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": SPEC_FORMAT_VERSION, "ops": [op.to_dict() for op in self.ops]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NetworkSpec:
+        if not isinstance(data, Mapping) or "ops" not in data:
+            raise SpecError("a spec must be a JSON object with an 'ops' list")
+        version = int(data.get("format_version", SPEC_FORMAT_VERSION))
+        if version > SPEC_FORMAT_VERSION:
+            raise SpecError(
+                f"spec format version {version} is newer than this weightspace understands "
+                f"({SPEC_FORMAT_VERSION}); upgrade weightspace"
+            )
+        return cls(ops=tuple(Op.from_dict(o) for o in data["ops"]))
+
+    @classmethod
+    def from_json(cls, text: str) -> NetworkSpec:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"spec is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+
+def mlp_spec(
+    sizes: list[int] | tuple[int, ...],
+    activation: str = "relu",
+    *,
+    prefix: str = "",
+    bias: bool = True,
+) -> NetworkSpec:
+    """The spec of ``nn.Sequential(Linear, act, Linear, act, ..., Linear)``.
+
+    Args:
+        sizes: ``[n_in, h_1, ..., n_out]``.
+        activation: the activation between layers (none after the last).
+        prefix: state-dict prefix (``""`` gives keys ``"0.weight"``, ``"2.weight"``, ...).
+        bias: whether every layer has a bias.
+    """
+    if len(sizes) < 2:
+        raise SpecError("an MLP needs at least an input and an output size")
+    ops = [Op("x", "input", (), {"shape": (int(sizes[0]),)})]
+    prev = "x"
+    index = 0
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        name = f"{prefix}{index}"
+        ops.append(
+            Op(name, "linear", (prev,), {"in_features": n_in, "out_features": n_out, "bias": bias})
+        )
+        prev = name
+        index += 1
+        if i < len(sizes) - 2:
+            act_name = f"{prefix}{index}"
+            ops.append(Op(act_name, "activation", (prev,), {"function": activation}))
+            prev = act_name
+            index += 1
+    return NetworkSpec(tuple(ops))
