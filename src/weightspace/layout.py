@@ -202,9 +202,7 @@ def layout_of(spec: NetworkSpec) -> Layout:
             depth += 1
             target = new_group(op.out_size, op.name, depth)
             groups[source].readers.append(op.name)
-            links.append(
-                LayerLink(op.name, len(links), source, target, spatial, op.kernel_numel)
-            )
+            links.append(LayerLink(op.name, len(links), source, target, spatial, op.kernel_numel))
             group_of[op.name] = target
         elif op.kind == "add":
             members = sorted({group_of[name] for name in op.inputs})

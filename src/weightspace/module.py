@@ -49,9 +49,9 @@ def _make_layer(op: Op) -> nn.Module:
         op.out_size,
         kernel_size=tuple(a["kernel_size"]),
         stride=tuple(a.get("stride", (1,) * len(a["kernel_size"]))),
-        padding=a.get("padding", 0) if isinstance(a.get("padding", 0), str) else tuple(
-            a.get("padding", (0,) * len(a["kernel_size"]))
-        ),
+        padding=a.get("padding", 0)
+        if isinstance(a.get("padding", 0), str)
+        else tuple(a.get("padding", (0,) * len(a["kernel_size"]))),
         dilation=tuple(a.get("dilation", (1,) * len(a["kernel_size"]))),
         bias=bias,
     )

@@ -104,7 +104,9 @@ class Op:
 
     def __post_init__(self) -> None:
         if self.kind not in OP_KINDS:
-            raise SpecError(f"op {self.name!r}: unknown kind {self.kind!r}; valid: {sorted(OP_KINDS)}")
+            raise SpecError(
+                f"op {self.name!r}: unknown kind {self.kind!r}; valid: {sorted(OP_KINDS)}"
+            )
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "attrs", {k: _freeze(v) for k, v in self.attrs.items()})
 

@@ -1,0 +1,1347 @@
+"""A persistent vector index of checkpoints: FAISS for the vectors, SQLite for the metadata.
+
+An index is a directory::
+
+    INDEX/
+      meta.sqlite              manifest (format version, encoder fingerprint, dim, kind, recall,
+                               generation) and one row per model (path, content hash, spec, metrics)
+      vectors-<generation>.faiss   the FAISS index of the committed generation
+      write.lock               held by the one process allowed to write
+
+Scores are inner products of L2-normalised vectors, i.e. cosine similarities in ``[-1, 1]``.
+Below ``approximate_threshold`` stored vectors the FAISS index is exact (``IndexFlatIP``); above
+it, ``kind="auto"`` switches to an inverted file (``IndexIVFFlat``) whose ``nprobe`` is tuned
+until recall@10 against exact search reaches ``target_recall``, and that measured recall is kept
+in the manifest.
+
+Integrity: every write takes ``write.lock``, writes the new FAISS file under a fresh generation
+name (temporary file, fsync, rename), then commits the SQLite rows and the new generation number
+in one transaction; only then is the previous FAISS file removed. A writer killed at any point
+leaves the previously committed index loadable: SQLite rolls back the unfinished transaction and
+the manifest still names the previous FAISS file. A model whose content hash (spec plus tensors)
+is already stored is not stored again.
+
+The index talks to encoders through the small :class:`Embedder` protocol and to checkpoint files
+through a :data:`ModelLoader`, so anything with ``embed(graphs)`` and ``fingerprint`` can be
+indexed; :func:`load_model_file` and :func:`iter_zoo` are the defaults, built on
+``weightspace.ingest`` and ``weightspace.zoo`` (imported lazily).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from weightspace.errors import WeightspaceError
+
+__all__ = [
+    "INDEX_FORMAT_VERSION",
+    "DEFAULT_APPROXIMATE_THRESHOLD",
+    "CHECKPOINT_SUFFIXES",
+    "IndexFormatError",
+    "EncoderMismatchError",
+    "IndexBusyError",
+    "Embedder",
+    "LoadedModel",
+    "ModelLoader",
+    "ModelRecord",
+    "SearchHit",
+    "AddReport",
+    "VectorStore",
+    "ModelIndex",
+    "content_hash",
+    "load_model_file",
+    "iter_zoo",
+    "iter_inputs",
+    "load_embedder",
+    "parse_filters",
+]
+
+#: Version of the on-disk layout; an index of another version is refused.
+INDEX_FORMAT_VERSION = 1
+#: Stored vectors from which ``kind="auto"`` uses an approximate (IVF) index; below it search is
+#: exact. Exact inner-product search over 20k vectors of dim 128 takes about 1 ms on one core.
+DEFAULT_APPROXIMATE_THRESHOLD = 20_000
+#: Recall@10 against exact search that ``nprobe`` is tuned to reach.
+DEFAULT_TARGET_RECALL = 0.95
+#: File suffixes taken as checkpoints when a plain directory is given as input.
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
+#: ``on_progress(stage, done, total)`` with stage ``"embed"`` or ``"write"``; total 0 if unknown.
+ProgressCallback = Callable[[str, int, int], None]
+
+_META_FILE = "meta.sqlite"
+_LOCK_FILE = "write.lock"
+_VECTORS_PATTERN = re.compile(r"^vectors-(\d+)\.faiss$")
+_FILTER_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_COLUMN_FILTERS = {"path": "path", "content_hash": "content_hash", "arch_summary": "spec_summary"}
+_RECALL_QUERIES = 200
+_EXACT_SUBSET_LIMIT = 50_000
+
+
+# ---------------------------------------------------------------------------------- errors
+class IndexFormatError(WeightspaceError):
+    """A path is not a weightspace index, or one of another format version, or corrupted."""
+
+
+class EncoderMismatchError(WeightspaceError):
+    """An index was built with another encoder than the one used to query or extend it."""
+
+
+class IndexBusyError(WeightspaceError):
+    """Another process holds the index's write lock."""
+
+
+# ---------------------------------------------------------------------------------- protocols
+@runtime_checkable
+class Embedder(Protocol):
+    """What the index needs from an encoder.
+
+    ``embed`` maps a batch of graphs (whatever the :data:`ModelLoader` produced, by default
+    :class:`~weightspace.graph.NeuralGraph`) to an ``(n, d)`` float array; ``fingerprint``
+    identifies the encoder's weights, so an index is never queried with vectors of another
+    space. ``dim`` is optional (read from the first embedding otherwise); so is
+    ``predict_accuracy(graphs) -> (n,)``.
+    """
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def embed(self, graphs: Sequence[Any]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One checkpoint ready to embed.
+
+    Attributes:
+        path: where it came from (a file path, or ``ZOO_DIR#ID`` for a zoo row).
+        spec_json: the architecture as JSON (``NetworkSpec.to_json()``).
+        spec_summary: a short architecture string for tables.
+        tensors: state-dict name → tensor (torch or numpy), hashed for de-duplication.
+        graph: what the embedder consumes.
+        metrics: zoo metadata and metrics (run, epoch, task, test_accuracy, ...), JSON scalars.
+    """
+
+    path: str
+    spec_json: str
+    spec_summary: str
+    tensors: Mapping[str, Any]
+    graph: Any
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: ``loader(path, spec_json_or_None) -> LoadedModel``; raises a WeightspaceError on bad input.
+ModelLoader = Callable[[Path, "str | None"], LoadedModel]
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The stored metadata of one model."""
+
+    id: int
+    path: str
+    content_hash: str
+    spec_summary: str
+    spec_json: str
+    metrics: dict[str, Any]
+    added_at: str
+
+    def to_dict(self, *, include_spec: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "path": self.path,
+            "content_hash": self.content_hash,
+            "arch_summary": self.spec_summary,
+            "metrics": self.metrics,
+            "added_at": self.added_at,
+        }
+        if include_spec:
+            out["spec"] = json.loads(self.spec_json) if self.spec_json else None
+        return out
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One neighbour: its cosine ``score`` and stored metadata."""
+
+    rank: int
+    score: float
+    record: ModelRecord
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "score": self.score, **self.record.to_dict()}
+
+
+@dataclass
+class AddReport:
+    """What an add stored: new ids, and inputs skipped as already stored (path, existing id)."""
+
+    added: list[int] = field(default_factory=list)
+    duplicates: list[tuple[str, int]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------- hashing
+def content_hash(spec_json: str, tensors: Mapping[str, Any]) -> str:
+    """SHA-256 of the architecture and every tensor's name, dtype, shape and bytes.
+
+    Independent of the file format and of the order of the state dict, so the same weights saved
+    as ``.pt`` and as ``.safetensors`` are one model; a different spec (say another activation)
+    over the same tensors is another model.
+    """
+    digest = hashlib.sha256()
+    try:
+        canonical_spec = json.dumps(json.loads(spec_json), sort_keys=True, separators=(",", ":"))
+    except (json.JSONDecodeError, TypeError):
+        canonical_spec = spec_json
+    digest.update(canonical_spec.encode())
+    for name in sorted(tensors):
+        array = _tensor_bytes(tensors[name])
+        dtype, shape, data = array
+        digest.update(f"\0{name}\0{dtype}\0{shape}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _tensor_bytes(value: Any) -> tuple[str, tuple[int, ...], bytes]:
+    if hasattr(value, "detach"):  # torch.Tensor, any dtype (bfloat16 has no numpy twin)
+        tensor = value.detach().cpu().contiguous()
+        raw = tensor.reshape(-1).view(dtype=_torch_uint8()).numpy().tobytes()
+        return str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), raw
+    array = np.ascontiguousarray(np.asarray(value))
+    return str(array.dtype), tuple(array.shape), array.tobytes()
+
+
+def _torch_uint8() -> Any:
+    import torch
+
+    return torch.uint8
+
+
+# ---------------------------------------------------------------------------------- inputs
+def load_model_file(path: Path, spec_json: str | None = None, **load_kwargs: Any) -> LoadedModel:
+    """Load one checkpoint file through ``weightspace.ingest`` and build its neural graph.
+
+    Args:
+        path: a safetensors file or a ``torch.save`` file (read with ``weights_only=True``).
+        spec_json: the architecture as JSON text, for files that do not carry their own. Only
+            ever parsed as JSON, never taken as a path (it may come from an HTTP client).
+        load_kwargs: more keyword arguments of :func:`weightspace.ingest.load_checkpoint`
+            (``activation``, ``spec``, ``model``, ``allow_nonfinite``), from the CLI.
+
+    Raises:
+        CheckpointError, SpecError, UnsupportedLayerError, MissingArchitectureError, ...: as
+        raised by :func:`weightspace.ingest.load_checkpoint` and
+        :func:`weightspace.graph.to_graph`, each naming the file.
+    """
+    from weightspace.graph import to_graph
+    from weightspace.ingest import load_checkpoint
+    from weightspace.spec import NetworkSpec
+
+    if spec_json is not None:
+        try:
+            load_kwargs["spec"] = NetworkSpec.from_json(spec_json)
+        except WeightspaceError as exc:
+            raise type(exc)(f"{path}: the given spec: {exc}") from None
+    load_kwargs = {key: value for key, value in load_kwargs.items() if value is not None}
+    spec, state_dict = load_checkpoint(path, **load_kwargs)
+    graph = to_graph(spec, state_dict, check=False)  # load_checkpoint checked it
+    return LoadedModel(
+        path=str(path),
+        spec_json=spec.to_json(),
+        spec_summary=spec.summary(),
+        tensors=state_dict,
+        graph=graph,
+    )
+
+
+def _json_scalar(value: Any) -> Any:
+    """A JSON-safe scalar, or ``None`` for values that are not (NaN, arrays, objects)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return None
+
+
+def iter_zoo(directory: Path) -> Iterator[LoadedModel]:
+    """Every checkpoint of a model zoo (``weightspace.zoo``), with its metrics as metadata."""
+    from weightspace.zoo import Zoo
+
+    zoo = Zoo.open(directory)
+    table = zoo.table
+    for row in table.to_dict(orient="records"):
+        model_id = row["id"]
+        spec = zoo.spec(model_id)
+        metrics = {
+            str(key): scalar
+            for key, value in row.items()
+            if not str(key).startswith("spec") and (scalar := _json_scalar(value)) is not None
+        }
+        yield LoadedModel(
+            path=f"{directory}#{model_id}",
+            spec_json=spec.to_json(),
+            spec_summary=spec.summary(),
+            tensors=zoo.state_dict(model_id),
+            graph=zoo.graph(model_id),
+            metrics=metrics,
+        )
+
+
+def _is_zoo(directory: Path) -> bool:
+    return (directory / "manifest.json").is_file() and (directory / "checkpoints.parquet").exists()
+
+
+def iter_inputs(
+    inputs: Iterable[str | Path],
+    *,
+    loader: ModelLoader = load_model_file,
+    spec_json: str | None = None,
+) -> Iterator[LoadedModel]:
+    """Expand zoo directories, checkpoint files and plain directories of checkpoints.
+
+    A plain directory contributes every file under it whose suffix is in
+    :data:`CHECKPOINT_SUFFIXES`, in sorted order. A missing path raises
+    :class:`~weightspace.errors.CheckpointError` before anything is loaded.
+    """
+    from weightspace.errors import CheckpointError
+
+    paths = [Path(p) for p in inputs]
+    for path in paths:
+        if not path.exists():
+            raise CheckpointError(path, "no such file or directory")
+    for path in paths:
+        if path.is_dir() and _is_zoo(path):
+            yield from iter_zoo(path)
+        elif path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES
+            )
+            if not files:
+                raise CheckpointError(
+                    path,
+                    f"directory holds no model zoo and no checkpoint files "
+                    f"({', '.join(CHECKPOINT_SUFFIXES)})",
+                )
+            for file in files:
+                yield loader(file, spec_json)
+        else:
+            yield loader(path, spec_json)
+
+
+def load_embedder(reference: str | Path) -> Any:
+    """Load an encoder from a directory (``weightspace.nn.Encoder.load``) or ``module:attr``.
+
+    ``module:attr`` names an importable object with ``embed`` and ``fingerprint``, or a
+    zero-argument callable returning one (for baselines and third-party encoders).
+    """
+    text = str(reference)
+    path = Path(text)
+    if not path.exists() and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", text):
+        module_name, attr = text.split(":")
+        try:
+            target = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise WeightspaceError(f"cannot import encoder {text!r}: {exc}") from None
+        embedder = target if isinstance(target, Embedder) else target()
+        if not isinstance(embedder, Embedder):
+            raise WeightspaceError(f"{text!r} has no embed() and fingerprint; it is not an encoder")
+        return embedder
+    if not path.exists():
+        raise WeightspaceError(
+            f"encoder {text!r}: no such directory; give the output of `weightspace train` or "
+            f"an importable 'module:attr'"
+        )
+    try:
+        from weightspace.nn import Encoder
+    except ImportError as exc:  # pragma: no cover - only before weightspace.nn exists
+        raise WeightspaceError(f"cannot load encoder {text!r}: {exc}") from None
+    return Encoder.load(path)
+
+
+def embedder_fingerprint(embedder: Any) -> str:
+    """The embedder's fingerprint as a string (a property or a zero-argument method)."""
+    value = embedder.fingerprint
+    return str(value() if callable(value) else value)
+
+
+def embed_models(embedder: Any, graphs: Sequence[Any], *, source: str = "") -> np.ndarray:
+    """Embed graphs and return L2-normalised float32 vectors ``(n, d)``, checked for sanity."""
+    vectors = np.asarray(embedder.embed(list(graphs)), dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(graphs):
+        raise WeightspaceError(
+            f"encoder returned shape {vectors.shape} for {len(graphs)} models; expected (n, d)"
+        )
+    return _normalise(vectors, source=source)
+
+
+def _normalise(vectors: np.ndarray, *, source: str = "") -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not np.all(np.isfinite(vectors)):
+        raise WeightspaceError(f"{source or 'vectors'}: embedding holds NaN or Inf values")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise WeightspaceError(f"{source or 'vectors'}: embedding is the zero vector")
+    return np.ascontiguousarray(vectors / norms, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------- FAISS
+def _faiss() -> Any:
+    import faiss
+
+    return faiss
+
+
+class VectorStore:
+    """Unit vectors in a FAISS inner-product index, exact or approximate with tuned recall.
+
+    Rows are numbered ``0..n-1`` in insertion order; the :class:`ModelIndex` maps them to
+    metadata. ``search`` is safe to call from several threads at once; ``add`` is not.
+
+    Args:
+        dim: vector dimension.
+        kind: ``"flat"`` (exact), ``"ivf"``, ``"hnsw"``, or ``"auto"`` (flat below
+            ``approximate_threshold`` vectors, IVF above).
+        approximate_threshold: the switch point for ``"auto"``.
+        target_recall: recall@10 against exact search that the approximate index is tuned to.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        kind: IndexKind = "auto",
+        approximate_threshold: int = DEFAULT_APPROXIMATE_THRESHOLD,
+        target_recall: float = DEFAULT_TARGET_RECALL,
+        seed: int = 0,
+    ) -> None:
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        if kind not in ("auto", "flat", "ivf", "hnsw"):
+            raise ValueError(f"unknown index kind {kind!r}; use auto, flat, ivf or hnsw")
+        self.dim = dim
+        self.kind: IndexKind = kind
+        self.approximate_threshold = approximate_threshold
+        self.target_recall = target_recall
+        self.seed = seed
+        self.index: Any = _faiss().IndexFlatIP(dim)
+        self.active_kind: str = "flat"
+        self.search_parameter: int | None = None  # nprobe (IVF) or efSearch (HNSW)
+        self.recall_at_10: float | None = None  # None: exact
+        self.trained_at: int = 0
+
+    # -------------------------------------------------------------- size and state
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def state(self) -> dict[str, Any]:
+        """What the manifest records about this store."""
+        return {
+            "kind": self.kind,
+            "active_kind": self.active_kind,
+            "search_parameter": self.search_parameter,
+            "recall_at_10": self.recall_at_10,
+            "trained_at": self.trained_at,
+            "approximate_threshold": self.approximate_threshold,
+            "target_recall": self.target_recall,
+        }
+
+    def _wanted_kind(self, total: int) -> str:
+        if self.kind != "auto":
+            return self.kind
+        return "ivf" if total >= self.approximate_threshold else "flat"
+
+    # -------------------------------------------------------------- add
+    def add(self, vectors: np.ndarray) -> None:
+        """Append unit vectors ``(n, dim)``; rebuilds the FAISS index when its kind changes or
+        an IVF index has grown 4x since it was trained, then re-measures recall."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
+        if len(vectors) == 0:
+            return
+        total = len(self) + len(vectors)
+        wanted = self._wanted_kind(total)
+        retrain = wanted != self.active_kind or (
+            wanted == "ivf" and total > 4 * max(self.trained_at, 1)
+        )
+        if retrain and wanted != "flat":
+            everything = np.concatenate([self.reconstruct_all(), vectors])
+            self._rebuild(everything, wanted)
+        else:
+            self.index.add(vectors)
+        if self.active_kind != "flat":
+            self._tune()
+
+    def reconstruct_all(self) -> np.ndarray:
+        """Every stored vector, ``(n, dim)`` float32, in row order."""
+        n = len(self)
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self._ensure_direct_map()
+        return np.asarray(self.index.reconstruct_n(0, n), dtype=np.float32)
+
+    def reconstruct(self, rows: Sequence[int]) -> np.ndarray:
+        """The stored vectors of ``rows``, ``(len(rows), dim)``."""
+        self._ensure_direct_map()
+        ids = np.asarray(rows, dtype=np.int64)
+        return np.asarray(self.index.reconstruct_batch(ids), dtype=np.float32).reshape(
+            len(ids), self.dim
+        )
+
+    def _ensure_direct_map(self) -> None:
+        if self.active_kind == "ivf":
+            ivf = _faiss().extract_index_ivf(self.index)
+            if ivf.direct_map.type == 0:  # NoMap
+                ivf.make_direct_map()
+
+    def _rebuild(self, vectors: np.ndarray, kind: str) -> None:
+        faiss = _faiss()
+        n = len(vectors)
+        if kind == "flat":
+            index = faiss.IndexFlatIP(self.dim)
+            index.add(vectors)
+        elif kind == "ivf":
+            # about 2 sqrt(n) lists, a power of two, each trained on at most 40 points per list
+            nlist = int(2 ** round(math.log2(max(2.0 * math.sqrt(n), 16.0))))
+            nlist = max(1, min(nlist, n // 8 if n >= 8 else 1))
+            quantizer = faiss.IndexFlatIP(self.dim)
+            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.niter = 10
+            index.cp.seed = self.seed
+            rng = np.random.default_rng(self.seed)
+            sample_size = min(n, 40 * nlist)
+            sample = vectors[np.sort(rng.choice(n, size=sample_size, replace=False))]
+            index.train(sample)
+            index.add(vectors)
+            index.make_direct_map()
+            quantizer.this.disown()  # the IVF index owns its quantizer from now on
+            index.own_fields = True
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = 64
+            index.add(vectors)
+        else:  # pragma: no cover - guarded in __init__
+            raise ValueError(kind)
+        self.index = index
+        self.active_kind = kind
+        self.trained_at = n
+
+    def _tune(self) -> None:
+        """Smallest nprobe / efSearch whose recall@10 vs exact reaches ``target_recall``."""
+        faiss = _faiss()
+        n = len(self)
+        rng = np.random.default_rng(self.seed + 1)
+        rows = rng.choice(n, size=min(_RECALL_QUERIES, n), replace=False)
+        queries = self.reconstruct(np.sort(rows))
+        # queries are stored models slightly perturbed, like a re-uploaded derivative would be
+        queries = queries + rng.normal(scale=0.25 / math.sqrt(self.dim), size=queries.shape)
+        queries = _normalise(queries.astype(np.float32))
+        k = min(10, n)
+        exact = faiss.IndexFlatIP(self.dim)
+        exact.add(self.reconstruct_all())
+        _, truth = exact.search(queries, k)
+        if self.active_kind == "ivf":
+            ivf = faiss.extract_index_ivf(self.index)
+            candidates = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p < ivf.nlist]
+            candidates.append(ivf.nlist)
+        else:
+            candidates = [16, 32, 64, 128, 256, 512, 1024]
+        recall = 0.0
+        chosen = candidates[-1]
+        for parameter in candidates:
+            _, found = self.index.search(queries, k, params=self._params(parameter))
+            recall = float(
+                np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth, strict=True)])
+            )
+            chosen = parameter
+            if recall >= self.target_recall:
+                break
+        self.search_parameter = chosen
+        self.recall_at_10 = recall
+
+    def _params(self, parameter: int | None, selector: Any = None) -> Any:
+        faiss = _faiss()
+        if self.active_kind == "ivf":
+            params = faiss.SearchParametersIVF()
+            params.nprobe = int(parameter or 1)
+        elif self.active_kind == "hnsw":
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = int(parameter or 16)
+        else:
+            params = faiss.SearchParameters()
+        if selector is not None:
+            params.sel = selector
+        return params
+
+    # -------------------------------------------------------------- search
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed_rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows by inner product: ``(scores, rows)``, both ``(q, k')`` with
+        ``k' = min(k, candidates)``; rows are ``-1`` where fewer candidates exist.
+
+        ``allowed_rows`` restricts the candidates (a metadata filter). Small candidate sets are
+        searched exactly; large ones through the approximate index with a FAISS selector.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"expected queries of shape (q, {self.dim}), got {queries.shape}")
+        n = len(self)
+        candidates = n if allowed_rows is None else len(allowed_rows)
+        k = min(k, candidates)
+        if k <= 0:
+            empty = np.zeros((len(queries), 0))
+            return empty.astype(np.float32), empty.astype(np.int64)
+        if allowed_rows is None:
+            return self.index.search(queries, k, params=self._params(self.search_parameter))
+        allowed_rows = np.asarray(allowed_rows, dtype=np.int64)
+        if self.active_kind == "flat" or len(allowed_rows) > _EXACT_SUBSET_LIMIT:
+            selector = _faiss().IDSelectorBatch(allowed_rows)
+            params = self._params(self.search_parameter, selector)
+            return self.index.search(queries, k, params=params)
+        subset = self.reconstruct(allowed_rows)  # (m, dim)
+        scores = queries @ subset.T  # (q, m)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, top, axis=1), allowed_rows[top]
+
+    # -------------------------------------------------------------- persistence
+    def save(self, path: Path) -> None:
+        """Write the FAISS index to ``path`` (the caller makes the write atomic)."""
+        _faiss().write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: Path, dim: int, state: Mapping[str, Any]) -> VectorStore:
+        """Read a store written by :meth:`save`, with the manifest's ``state``."""
+        store = cls(
+            dim,
+            kind=state.get("kind", "auto"),
+            approximate_threshold=int(
+                state.get("approximate_threshold", DEFAULT_APPROXIMATE_THRESHOLD)
+            ),
+            target_recall=float(state.get("target_recall", DEFAULT_TARGET_RECALL)),
+        )
+        store.index = _faiss().read_index(str(path))
+        if store.index.d != dim:
+            raise IndexFormatError(f"{path}: FAISS index has dim {store.index.d}, manifest {dim}")
+        store.active_kind = str(state.get("active_kind", "flat"))
+        parameter = state.get("search_parameter")
+        store.search_parameter = None if parameter is None else int(parameter)
+        recall = state.get("recall_at_10")
+        store.recall_at_10 = None if recall is None else float(recall)
+        store.trained_at = int(state.get("trained_at", 0))
+        return store
+
+
+# ---------------------------------------------------------------------------------- the index
+_SCHEMA = """
+CREATE TABLE manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE models (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    content_hash TEXT NOT NULL UNIQUE,
+    spec_summary TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    added_at TEXT NOT NULL
+);
+"""
+
+
+def parse_filters(filters: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``["task=digits", "epoch=10"]`` → ``{"task": "digits", "epoch": 10}``.
+
+    Values that parse as JSON numbers or booleans are compared as such; everything else as text.
+    """
+    if filters is None:
+        return {}
+    if isinstance(filters, Mapping):
+        items = list(filters.items())
+    else:
+        items = []
+        for text in filters:
+            key, sep, value = str(text).partition("=")
+            if not sep or not key.strip():
+                raise WeightspaceError(f"filter {text!r} is not of the form key=value")
+            items.append((key.strip(), value.strip()))
+    parsed: dict[str, Any] = {}
+    for key, value in items:
+        if not _FILTER_KEY.match(key):
+            raise WeightspaceError(
+                f"filter key {key!r} may only hold letters, digits, '_', '.' and '-'"
+            )
+        if isinstance(value, str):
+            with contextlib.suppress(json.JSONDecodeError):
+                decoded = json.loads(value)
+                if isinstance(decoded, bool | int | float):
+                    value = decoded
+        parsed[key] = value
+    return parsed
+
+
+def _connect(meta: Path) -> sqlite3.Connection:
+    """A connection for reading. Not ``mode=ro``: after a killed writer, the first reader must be
+    able to roll back the hot journal SQLite left behind."""
+    connection = sqlite3.connect(meta, timeout=30, check_same_thread=False)
+    connection.execute("PRAGMA query_only=ON")
+    return connection
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class ModelIndex:
+    """A persistent, de-duplicated index of model embeddings with metadata.
+
+    Open one with :meth:`open`, or make one with :meth:`build`. Reads (``search``, ``get``) are
+    thread-safe; writes (``add``) take the index's file lock and commit atomically.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], store: VectorStore) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.store = store
+        self._local = threading.local()
+
+    # -------------------------------------------------------------- properties
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["fingerprint"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def encoder(self) -> str | None:
+        """Where the encoder came from (a directory or ``module:attr``), if recorded."""
+        value = self.manifest.get("encoder")
+        return None if value is None else str(value)
+
+    @property
+    def generation(self) -> int:
+        return int(self.manifest["generation"])
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelIndex({str(self.path)!r}, models={len(self)}, dim={self.dim}, "
+            f"kind={self.store.active_kind!r}, fingerprint={self.fingerprint[:12]!r})"
+        )
+
+    def info(self) -> dict[str, Any]:
+        """The manifest plus the live count, for ``/health`` and the CLI."""
+        return {**self.manifest, "count": len(self), "path": str(self.path)}
+
+    # -------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str | Path) -> ModelIndex:
+        """Open a committed index; refuse other format versions and inconsistent files."""
+        path = Path(path)
+        meta = path / _META_FILE
+        if not path.is_dir() or not meta.is_file():
+            raise IndexFormatError(
+                f"{path}: not a weightspace index (no {_META_FILE}); create one with "
+                f"`weightspace index build`"
+            )
+        for _attempt in range(5):
+            manifest = cls._read_manifest(path)
+            vectors = path / f"vectors-{manifest['generation']}.faiss"
+            try:
+                store = VectorStore.load(vectors, int(manifest["dim"]), manifest["store"])
+            except RuntimeError as exc:
+                if vectors.exists():
+                    raise IndexFormatError(
+                        f"{vectors}: cannot read the FAISS index ({exc}); rebuild the index"
+                    ) from None
+                time.sleep(0.05)  # a writer committed a newer generation meanwhile: re-read
+                continue
+            if len(store) != int(manifest["count"]):
+                raise IndexFormatError(
+                    f"{vectors}: holds {len(store)} vectors but {meta} lists "
+                    f"{manifest['count']} models; rebuild the index"
+                )
+            return cls(path, manifest, store)
+        raise IndexFormatError(
+            f"{path}: the vectors file of the committed generation is missing; rebuild the index"
+        )
+
+    @staticmethod
+    def _read_manifest(path: Path) -> dict[str, Any]:
+        meta = path / _META_FILE
+        try:
+            connection = _connect(meta)
+            try:
+                rows = connection.execute("SELECT key, value FROM manifest").fetchall()
+            finally:
+                connection.close()
+        except sqlite3.DatabaseError as exc:
+            raise IndexFormatError(
+                f"{meta}: not a weightspace index database ({exc}); an interrupted first build "
+                f"leaves this behind: run `weightspace index build --overwrite` again"
+            ) from None
+        manifest = {key: json.loads(value) for key, value in rows}
+        version = manifest.get("format_version")
+        if version != INDEX_FORMAT_VERSION:
+            raise IndexFormatError(
+                f"{path}: index format version {version}, but this weightspace reads version "
+                f"{INDEX_FORMAT_VERSION}; rebuild it with `weightspace index build --overwrite`"
+            )
+        for key in ("fingerprint", "dim", "generation", "count", "store"):
+            if key not in manifest:
+                raise IndexFormatError(f"{meta}: manifest lacks {key!r}; rebuild the index")
+        return manifest
+
+    def _connection(self) -> sqlite3.Connection:
+        """A read-only connection owned by the calling thread."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = _connect(self.path / _META_FILE)
+            self._local.connection = connection
+        return connection
+
+    def close(self) -> None:
+        """Close this thread's database connection (others close when their thread ends)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    def check_embedder(self, embedder: Any) -> None:
+        """Raise :class:`EncoderMismatchError` unless ``embedder`` built this index."""
+        fingerprint = embedder_fingerprint(embedder)
+        if fingerprint != self.fingerprint:
+            raise EncoderMismatchError(
+                f"{self.path}: built with encoder {self.fingerprint[:16]} "
+                f"({self.encoder or 'unknown source'}), but the given encoder is "
+                f"{fingerprint[:16]}; query with the same encoder or rebuild the index"
+            )
+
+    # -------------------------------------------------------------- building
+    @classmethod
+    def build(
+        cls,
+        path: str | Path,
+        models: Iterable[LoadedModel],
+        embedder: Any,
+        *,
+        encoder: str | None = None,
+        kind: IndexKind = "auto",
+        approximate_threshold: int = DEFAULT_APPROXIMATE_THRESHOLD,
+        overwrite: bool = False,
+        batch_size: int = 64,
+        on_progress: ProgressCallback | None = None,
+        lock_timeout: float = 10.0,
+    ) -> tuple[ModelIndex, AddReport]:
+        """Embed ``models`` and store them as a new index at ``path``.
+
+        An existing index at ``path`` is replaced only with ``overwrite=True``, and only when the
+        new one is committed: a build that fails or is killed leaves it as it was.
+        """
+        fingerprint = embedder_fingerprint(embedder)
+        path = Path(path)
+        if not overwrite and _existing_generation(path) is not None:  # fail before embedding
+            raise WeightspaceError(
+                f"{path}: an index already exists; use `index add` to extend it or "
+                f"--overwrite to replace it"
+            )
+        records, vectors, report = _embed_all(
+            models, embedder, known_hashes={}, batch_size=batch_size, on_progress=on_progress
+        )
+        dim = int(vectors.shape[1]) if len(vectors) else _declared_dim(embedder)
+        store = VectorStore(dim, kind=kind, approximate_threshold=approximate_threshold)
+        store.add(vectors)
+        manifest = {
+            "format_version": INDEX_FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "encoder": encoder,
+            "dim": dim,
+            "created_at": _now(),
+        }
+        path.mkdir(parents=True, exist_ok=True)
+        with _write_lock(path, lock_timeout):
+            previous = _existing_generation(path)
+            if previous is not None and not overwrite:
+                raise WeightspaceError(
+                    f"{path}: an index already exists; use `index add` to extend it or "
+                    f"--overwrite to replace it"
+                )
+            _commit(
+                path,
+                manifest,
+                store,
+                records,
+                first_id=0,
+                reset=True,
+                on_progress=on_progress,
+            )
+        report.added.extend(range(len(records)))
+        report.duplicates[:] = [
+            (source, -1 - existing if existing < 0 else existing)
+            for source, existing in report.duplicates
+        ]
+        return cls.open(path), report
+
+    def add(
+        self,
+        models: Iterable[LoadedModel],
+        embedder: Any,
+        *,
+        batch_size: int = 64,
+        on_progress: ProgressCallback | None = None,
+        lock_timeout: float = 10.0,
+    ) -> AddReport:
+        """Embed and store ``models`` not stored yet (by content hash); commit atomically."""
+        self.check_embedder(embedder)
+        with _write_lock(self.path, lock_timeout):
+            self._reload_locked()
+            records, vectors, report = _embed_all(
+                models,
+                embedder,
+                known_hashes=self._hash_to_id(),
+                batch_size=batch_size,
+                on_progress=on_progress,
+            )
+            self._append_locked(records, vectors, report, on_progress)
+        return report
+
+    def add_vectors(
+        self,
+        vectors: np.ndarray,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        on_progress: ProgressCallback | None = None,
+        lock_timeout: float = 10.0,
+    ) -> AddReport:
+        """Store precomputed vectors ``(n, dim)`` with metadata records.
+
+        Each record needs ``path`` and ``content_hash``, and may have ``spec_summary``,
+        ``spec_json`` and ``metrics``. The vectors must come from this index's encoder.
+        """
+        vectors = _normalise(np.asarray(vectors, dtype=np.float32))
+        if len(records) != len(vectors):
+            raise ValueError(f"got {len(vectors)} vectors but {len(records)} records")
+        with _write_lock(self.path, lock_timeout):
+            self._reload_locked()
+            known = self._hash_to_id()
+            report = AddReport()
+            keep: list[int] = []
+            rows: list[dict[str, Any]] = []
+            for i, record in enumerate(records):
+                digest = str(record["content_hash"])
+                if digest in known:
+                    report.duplicates.append((str(record["path"]), known[digest]))
+                    continue
+                known[digest] = -1 - len(keep)
+                keep.append(i)
+                rows.append(_row(record))
+            self._append_locked(rows, vectors[keep], report, on_progress)
+        return report
+
+    def _append_locked(
+        self,
+        rows: list[dict[str, Any]],
+        vectors: np.ndarray,
+        report: AddReport,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        if not rows:
+            return
+        if vectors.shape[1] != self.dim:
+            raise WeightspaceError(
+                f"{self.path}: vectors have dim {vectors.shape[1]}, the index holds dim {self.dim}"
+            )
+        first_id = len(self.store)
+        self.store.add(vectors)
+        try:
+            _commit(
+                self.path,
+                self.manifest,
+                self.store,
+                rows,
+                first_id=first_id,
+                reset=False,
+                on_progress=on_progress,
+            )
+        finally:
+            self._reload_locked()  # on failure, back to the committed state
+        report.added.extend(range(first_id, first_id + len(rows)))
+        report.duplicates[:] = [
+            (path, first_id - 1 - existing if existing < 0 else existing)
+            for path, existing in report.duplicates
+        ]
+
+    def _reload_locked(self) -> None:
+        fresh = ModelIndex.open(self.path)
+        self.manifest, self.store = fresh.manifest, fresh.store
+
+    def refresh(self) -> bool:
+        """Reload if another process committed a newer generation; return whether it did."""
+        try:
+            manifest = self._read_manifest(self.path)
+        except IndexFormatError:
+            return False
+        if manifest["generation"] == self.generation:
+            return False
+        fresh = ModelIndex.open(self.path)
+        self.manifest, self.store = fresh.manifest, fresh.store
+        return True
+
+    def _hash_to_id(self) -> dict[str, int]:
+        connection = _connect(self.path / _META_FILE)
+        try:
+            return dict(connection.execute("SELECT content_hash, id FROM models").fetchall())
+        finally:
+            connection.close()
+
+    # -------------------------------------------------------------- reading
+    def get(self, model_id: int) -> ModelRecord | None:
+        """The stored metadata of one model, or ``None``."""
+        row = (
+            self._connection()
+            .execute(
+                "SELECT id, path, content_hash, spec_summary, spec_json, metrics, added_at "
+                "FROM models WHERE id = ?",
+                (int(model_id),),
+            )
+            .fetchone()
+        )
+        return None if row is None else _record(row)
+
+    def find_hash(self, digest: str) -> ModelRecord | None:
+        """The stored model with this content hash, or ``None``."""
+        row = (
+            self._connection()
+            .execute(
+                "SELECT id, path, content_hash, spec_summary, spec_json, metrics, added_at "
+                "FROM models WHERE content_hash = ?",
+                (digest,),
+            )
+            .fetchone()
+        )
+        return None if row is None else _record(row)
+
+    def _allowed_rows(self, filters: Mapping[str, Any]) -> np.ndarray:
+        clauses, values = [], []
+        for key, value in filters.items():
+            if key in _COLUMN_FILTERS:
+                clauses.append(f"{_COLUMN_FILTERS[key]} = ?")
+            else:
+                clauses.append(f"json_extract(metrics, '$.\"{key}\"') = ?")
+            values.append(value)
+        query = "SELECT id FROM models WHERE " + " AND ".join(clauses)
+        ids = [row[0] for row in self._connection().execute(query, values)]
+        return np.asarray([i for i in ids if i < len(self.store)], dtype=np.int64)
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        filters: Iterable[str] | Mapping[str, Any] | None = None,
+    ) -> list[list[SearchHit]]:
+        """Nearest stored models of each query vector ``(q, dim)`` (or ``(dim,)``).
+
+        Args:
+            queries: embeddings from this index's encoder; normalised here.
+            k: neighbours per query.
+            filters: ``key=value`` strings or a mapping; keys are metric names (``task``,
+                ``epoch``, ...) or ``path``, ``content_hash``, ``arch_summary``.
+        """
+        if k < 1:
+            raise WeightspaceError(f"k must be at least 1, got {k}")
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise WeightspaceError(
+                f"query vectors have shape {queries.shape}; this index holds dim {self.dim}"
+            )
+        queries = _normalise(queries, source="query")
+        parsed = parse_filters(filters)
+        allowed = self._allowed_rows(parsed) if parsed else None
+        scores, rows = self.store.search(queries, k, allowed_rows=allowed)
+        ids = sorted({int(r) for r in rows.ravel() if r >= 0})
+        records: dict[int, ModelRecord] = {}
+        if ids:
+            placeholders = ",".join("?" * len(ids))
+            for row in self._connection().execute(
+                "SELECT id, path, content_hash, spec_summary, spec_json, metrics, added_at "
+                f"FROM models WHERE id IN ({placeholders})",
+                ids,
+            ):
+                records[row[0]] = _record(row)
+        results: list[list[SearchHit]] = []
+        for score_row, id_row in zip(scores, rows, strict=True):
+            hits = []
+            for score, row in zip(score_row, id_row, strict=True):
+                if row < 0 or int(row) not in records:
+                    continue
+                hits.append(SearchHit(len(hits) + 1, float(score), records[int(row)]))
+            results.append(hits)
+        return results
+
+    def search_models(
+        self,
+        models: Sequence[LoadedModel],
+        embedder: Any,
+        k: int = 10,
+        *,
+        filters: Iterable[str] | Mapping[str, Any] | None = None,
+    ) -> list[list[SearchHit]]:
+        """Embed ``models`` with ``embedder`` (checked against the index) and search."""
+        self.check_embedder(embedder)
+        vectors = embed_models(embedder, [m.graph for m in models], source=models[0].path)
+        return self.search(vectors, k, filters=filters)
+
+
+# ---------------------------------------------------------------------------------- writing
+def _record(row: Sequence[Any]) -> ModelRecord:
+    return ModelRecord(
+        id=int(row[0]),
+        path=row[1],
+        content_hash=row[2],
+        spec_summary=row[3],
+        spec_json=row[4],
+        metrics=json.loads(row[5]),
+        added_at=row[6],
+    )
+
+
+def _row(record: Mapping[str, Any]) -> dict[str, Any]:
+    metrics = {
+        str(k): s
+        for k, v in dict(record.get("metrics", {})).items()
+        if (s := _json_scalar(v)) is not None
+    }
+    return {
+        "path": str(record["path"]),
+        "content_hash": str(record["content_hash"]),
+        "spec_summary": str(record.get("spec_summary", "")),
+        "spec_json": str(record.get("spec_json", "")),
+        "metrics": metrics,
+    }
+
+
+def _declared_dim(embedder: Any) -> int:
+    dim = getattr(embedder, "dim", None)
+    if dim is None:
+        raise WeightspaceError(
+            "no models to index and the encoder declares no dim; give at least one checkpoint"
+        )
+    return int(dim)
+
+
+def _embed_all(
+    models: Iterable[LoadedModel],
+    embedder: Any,
+    *,
+    known_hashes: Mapping[str, int],
+    batch_size: int,
+    on_progress: ProgressCallback | None,
+) -> tuple[list[dict[str, Any]], np.ndarray, AddReport]:
+    """Hash, de-duplicate and embed in batches; nothing is written here."""
+    report = AddReport()
+    seen = dict(known_hashes)
+    rows: list[dict[str, Any]] = []
+    chunks: list[np.ndarray] = []
+    batch: list[tuple[dict[str, Any], Any]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        vectors = embed_models(embedder, [g for _, g in batch], source=batch[0][0]["path"])
+        chunks.append(vectors)
+        rows.extend(r for r, _ in batch)
+        batch.clear()
+        if on_progress is not None:
+            on_progress("embed", len(rows), 0)  # total unknown: inputs are streamed
+
+    for model in models:
+        digest = content_hash(model.spec_json, model.tensors)
+        if digest in seen:
+            report.duplicates.append((model.path, seen[digest]))
+            continue
+        # a later duplicate of this model refers to it as -1 - its position until committed
+        seen[digest] = -1 - (len(rows) + len(batch))
+        record = _row(
+            {
+                "path": model.path,
+                "content_hash": digest,
+                "spec_summary": model.spec_summary,
+                "spec_json": model.spec_json,
+                "metrics": model.metrics,
+            }
+        )
+        batch.append((record, model.graph))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    if chunks:
+        vectors = np.concatenate(chunks)
+    else:
+        dim = getattr(embedder, "dim", None)
+        vectors = np.zeros((0, int(dim) if dim else 0), dtype=np.float32)
+    return rows, vectors, report
+
+
+@contextlib.contextmanager
+def _write_lock(path: Path, timeout: float) -> Iterator[None]:
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path / _LOCK_FILE))
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise IndexBusyError(
+            f"{path}: another process is writing this index (lock {path / _LOCK_FILE} held for "
+            f"{timeout:.0f} s); wait for it to finish"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _existing_generation(path: Path) -> int | None:
+    """The committed generation of the index at ``path``; ``None`` if nothing was committed.
+
+    An index of another format version, or a damaged one, counts as existing (``0``): it is
+    replaced only on request.
+    """
+    meta = path / _META_FILE
+    if not meta.is_file():
+        return None
+    try:
+        connection = _connect(meta)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError:
+        return 0
+    if "manifest" not in tables:
+        return None  # an interrupted first build committed nothing
+    try:
+        return int(ModelIndex._read_manifest(path)["generation"])
+    except IndexFormatError:
+        return 0
+
+
+def _generations_on_disk(path: Path) -> list[int]:
+    return [int(m.group(1)) for p in path.iterdir() if (m := _VECTORS_PATTERN.match(p.name))]
+
+
+def _commit(
+    path: Path,
+    manifest: Mapping[str, Any],
+    store: VectorStore,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    first_id: int,
+    reset: bool,
+    on_progress: ProgressCallback | None,
+    chunk: int = 10_000,
+) -> None:
+    """Write the new generation's FAISS file, then its rows and manifest in one transaction.
+
+    The caller holds the write lock. Killed before the COMMIT, the previous generation stays the
+    committed one and its FAISS file is untouched.
+    """
+    generation = max([*_generations_on_disk(path), 0]) + 1
+    vectors_file = path / f"vectors-{generation}.faiss"
+    temporary = path / f".vectors-{generation}.faiss.tmp-{os.getpid()}"
+    store.save(temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, vectors_file)
+    _fsync_directory(path)
+
+    connection = sqlite3.connect(path / _META_FILE, timeout=30, isolation_level=None)
+    try:
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if reset:
+                connection.execute("DROP TABLE IF EXISTS manifest")
+                connection.execute("DROP TABLE IF EXISTS models")
+                for statement in _SCHEMA.strip().split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+            stamp = _now()
+            for start in range(0, len(rows), chunk):
+                connection.executemany(
+                    "INSERT INTO models (id, path, content_hash, spec_summary, spec_json, "
+                    "metrics, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            first_id + start + offset,
+                            row["path"],
+                            row["content_hash"],
+                            row["spec_summary"],
+                            row["spec_json"],
+                            json.dumps(row["metrics"], sort_keys=True),
+                            stamp,
+                        )
+                        for offset, row in enumerate(rows[start : start + chunk])
+                    ],
+                )
+                if on_progress is not None:
+                    on_progress("write", min(start + chunk, len(rows)), len(rows))
+            new_manifest = {
+                **manifest,
+                "format_version": INDEX_FORMAT_VERSION,
+                "generation": generation,
+                "count": len(store),
+                "store": store.state(),
+                "updated_at": stamp,
+                "faiss_version": _faiss().__version__,
+            }
+            connection.executemany(
+                "INSERT OR REPLACE INTO manifest (key, value) VALUES (?, ?)",
+                [(key, json.dumps(value)) for key, value in new_manifest.items()],
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            with contextlib.suppress(OSError):
+                vectors_file.unlink()
+            raise
+    finally:
+        connection.close()
+    for old in _generations_on_disk(path):
+        if old != generation:
+            with contextlib.suppress(OSError):
+                (path / f"vectors-{old}.faiss").unlink()
+    for stray in path.glob(".vectors-*.tmp-*"):
+        with contextlib.suppress(OSError):
+            stray.unlink()

@@ -1,0 +1,17 @@
+"""Shared fixtures: dtypes, seeds, and the zoo of test architectures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["float32", "float64"])
+def dtype(request: pytest.FixtureRequest) -> torch.dtype:
+    """Run a test in both float32 and float64 (tolerances come from weightspace.testing)."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
