@@ -17,6 +17,7 @@ __all__ = [
     "ShapeMismatchError",
     "NonFiniteWeightsError",
     "MissingArchitectureError",
+    "SymmetryError",
 ]
 
 
@@ -51,3 +52,7 @@ class NonFiniteWeightsError(WeightspaceError):
 
 class MissingArchitectureError(WeightspaceError):
     """A plain state dict was given without anything that describes its architecture."""
+
+
+class SymmetryError(WeightspaceError, ValueError):
+    """A transform was asked of a neuron group that does not admit it, or with bad parameters."""

@@ -54,6 +54,19 @@ class NeuralGraph(Data):
     def spec(self) -> NetworkSpec:
         return self["spec"]
 
+    def __repr__(self) -> str:
+        fields = []
+        for key, value in self._store.items():
+            if isinstance(value, Tensor):
+                fields.append(f"{key}={list(value.shape)}")
+            elif isinstance(value, NetworkSpec):
+                fields.append(f"spec={value.summary()!r}")
+            elif isinstance(value, list):
+                fields.append(f"{key}=[{len(value)}]")
+            else:
+                fields.append(f"{key}={value!r}")
+        return f"{type(self).__name__}({', '.join(fields)})"
+
     @property
     def edge_features(self) -> int:
         return int(self.edge_attr.shape[1])

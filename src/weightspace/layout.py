@@ -64,8 +64,8 @@ class NeuronGroup:
 
     @property
     def activation(self) -> str:
-        """The activation applied to the group (``identity`` if none, the last one if several)."""
-        return sorted(self.activations)[-1] if self.activations else "identity"
+        """The activation applied to the group (``identity`` if none; if several, the first by name)."""
+        return sorted(self.activations)[0] if self.activations else "identity"
 
 
 @dataclass(frozen=True)

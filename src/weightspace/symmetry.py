@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from weightspace.errors import WeightspaceError
+from weightspace.errors import SymmetryError
 from weightspace.graph import NeuralGraph, check_state_dict, to_graph, to_state_dict
 from weightspace.layout import ROLE_INPUT, Layout, layout_of
 from weightspace.module import SpecModule, to_module
@@ -75,9 +75,6 @@ GroupTensors = dict[int, Tensor]
 #: Names of the random symmetry transforms, in the order :func:`random_symmetry` applies them.
 SYMMETRIES: tuple[str, ...] = ("sign_flip", "rescale", "permutation")
 
-
-class SymmetryError(WeightspaceError, ValueError):
-    """A transform was asked of a neuron group that does not admit it, or with bad parameters."""
 
 
 # ---------------------------------------------------------------------------------------------
