@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse
 
 from weightspace.errors import (
     CheckpointError,
@@ -135,9 +137,6 @@ class _UploadLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from fastapi import HTTPException
-        from fastapi.responses import JSONResponse
-
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
@@ -176,10 +175,10 @@ def create_app(
             :class:`~weightspace.index.LoadedModel`.
         max_upload_bytes: larger request bodies get 413.
         max_concurrent_embeddings: uploads loaded and embedded at once (bounds memory).
-    """
-    from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-    from fastapi.responses import JSONResponse
 
+    Returns:
+        An ASGI application for uvicorn: the FastAPI app (at ``.app``) behind the upload limit.
+    """
     index.check_embedder(embedder)
     embedding_slots = threading.BoundedSemaphore(max_concurrent_embeddings)
     refresh_lock = threading.Lock()
@@ -314,9 +313,14 @@ def create_app(
         loaded, vector = embed_upload(file, spec)
         head = getattr(embedder, "predict_accuracy", None)
         if callable(head):
-            with embedding_slots:
-                value = float(np.asarray(head([loaded.graph]), dtype=np.float64).reshape(-1)[0])
-            return {"predicted_test_accuracy": value, "method": "encoder accuracy head"}
+            try:
+                with embedding_slots:
+                    prediction = np.asarray(head([loaded.graph]), dtype=np.float64)
+            except WeightspaceError:
+                prediction = None  # an encoder trained without an accuracy head says so
+            if prediction is not None:
+                value = float(prediction.reshape(-1)[0])
+                return {"predicted_test_accuracy": value, "method": "encoder accuracy head"}
         [hits] = index.search(vector, k)
         known = [h for h in hits if isinstance(h.record.metrics.get("test_accuracy"), int | float)]
         if not known:
