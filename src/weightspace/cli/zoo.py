@@ -1,0 +1,155 @@
+"""``weightspace zoo``: generate, import and describe model zoos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from weightspace.cli.app import app
+
+zoo_app = typer.Typer(
+    help="Model zoos: train one from a preset (generate), bring your own sweep (import), "
+    "summarise one (info).",
+    no_args_is_help=True,
+)
+app.add_typer(zoo_app, name="zoo")
+
+
+def _split_names(values: list[str] | None) -> tuple[str, ...] | None:
+    """``--tasks a,b --tasks c`` → ``("a", "b", "c")``; None when not given."""
+    if not values:
+        return None
+    names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
+    return names or None
+
+
+@zoo_app.command("generate")
+def generate(
+    preset: str = typer.Option(..., "--preset", help="tiny, small, medium or large."),
+    out: Path = typer.Option(..., "--out", help="Zoo directory (an unfinished one resumes)."),
+    tasks: list[str] | None = typer.Option(
+        None, "--tasks", help="Tasks instead of the preset's (comma-separated or repeated)."
+    ),
+    archs: list[str] | None = typer.Option(
+        None, "--archs", help="Architectures instead of the preset's, e.g. mlp-w32-d2-relu."
+    ),
+    runs: int | None = typer.Option(None, "--runs", min=1, help="Runs per (task, arch) pair."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs per run."),
+    seed: int = typer.Option(0, "--seed", help="Zoo seed: same seed, same zoo."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Processes training shards in parallel."
+    ),
+    threads: int = typer.Option(
+        1, "--threads", min=1, help="Torch threads per worker (1 is fastest on a busy machine)."
+    ),
+) -> None:
+    """Train a zoo of small networks; interrupted, the same command resumes."""
+    from rich.console import Console
+
+    from weightspace.zoo.generate import generate_zoo
+    from weightspace.zoo.presets import get_preset
+
+    console = Console(stderr=True)
+    recipe = get_preset(preset).with_overrides(
+        tasks=_split_names(tasks), archs=_split_names(archs), runs=runs, epochs=epochs
+    )
+    zoo = generate_zoo(
+        out,
+        recipe,
+        seed=seed,
+        device=device,
+        workers=workers,
+        threads=threads,
+        show_progress=True,
+        console=console,
+    )
+    info = zoo.info()
+    console.print(
+        f"[green]zoo ready[/] {out}: {info['runs']} runs, {info['checkpoints']} checkpoints, "
+        f"{len(zoo.manifest.get('skipped', []))} skipped (diverged)"
+    )
+
+
+@zoo_app.command("import")
+def import_(
+    checkpoints: Path = typer.Option(..., "--checkpoints", help="Directory of checkpoint files."),
+    metrics: Path = typer.Option(
+        ..., "--metrics", help="Table (.csv/.parquet) with columns file, test_accuracy, …"
+    ),
+    out: Path = typer.Option(..., "--out", help="New zoo directory."),
+    activation: str | None = typer.Option(
+        None, "--activation", help="Activation between layers of plain Sequential checkpoints."
+    ),
+    spec: Path | None = typer.Option(None, "--spec", help="NetworkSpec JSON of every checkpoint."),
+    model: str | None = typer.Option(
+        None, "--model", help="Factory 'package.module:function' building the nn.Module."
+    ),
+    mapping: list[str] | None = typer.Option(
+        None, "--map", help="Rename a column: NEW=OLD, e.g. test_accuracy=acc (repeatable)."
+    ),
+) -> None:
+    """Turn your own sweep (checkpoint files + metrics table) into a zoo."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from weightspace.zoo.importer import import_zoo, parse_mapping
+
+    console = Console(stderr=True)
+    zoo, failed = import_zoo(
+        checkpoints,
+        metrics,
+        out,
+        activation=activation,
+        spec=spec,
+        model=model,
+        rename=parse_mapping(mapping),
+        console=console,
+    )
+    console.print(f"[green]imported[/] {len(zoo)} checkpoints into {out}")
+    if failed:
+        table = Table(title=f"{len(failed)} rows not imported (also in {out}/manifest.json)")
+        table.add_column("row", justify="right")
+        table.add_column("file")
+        table.add_column("problem", overflow="fold")
+        for item in failed:
+            table.add_row(str(item["row"]), item["file"], item["problem"])
+        console.print(table)
+
+
+@zoo_app.command("info")
+def info(
+    directory: Path = typer.Argument(..., help="Zoo directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Runs, checkpoints, tasks, architectures, accuracy quantiles and size of a zoo."""
+    from weightspace.zoo.store import Zoo
+
+    summary = Zoo.open(directory).info()
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"zoo {directory}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("kind", f"{summary['kind']} (format {summary['format_version']})")
+    table.add_row("runs", str(summary["runs"]))
+    table.add_row("checkpoints", str(summary["checkpoints"]))
+    table.add_row("epochs", ", ".join(map(str, summary["epochs"])) or "—")
+    table.add_row("tasks", ", ".join(f"{k} ({v})" for k, v in summary["tasks"].items()))
+    table.add_row(
+        "architectures", "\n".join(f"{k} ({v})" for k, v in summary["architectures"].items())
+    )
+    quantiles = summary["test_accuracy_quantiles"]
+    table.add_row(
+        "test accuracy",
+        "  ".join(f"{k}={v:.3f}" for k, v in quantiles.items() if v is not None) or "—",
+    )
+    table.add_row("failed / skipped rows", f"{summary['failed']} / {summary['skipped']}")
+    table.add_row("size on disk", f"{summary['size_bytes'] / 2**20:.1f} MiB")
+    Console().print(table)

@@ -1,0 +1,166 @@
+"""Named zoo recipes: which tasks and architectures, how many runs, how long.
+
+==========  ===============================================================  ===================
+preset      contents                                                        meant for
+==========  ===============================================================  ===================
+``tiny``    2 tasks, 2 architectures, 4 runs each, 3 epochs                 tests (< 30 s)
+``small``   5 tasks, 3 MLPs + 2 CNNs per image task, 48 runs, 20 epochs     the demo (≤ 5 min,
+                                                                            2 CPU cores)
+``medium``  5 tasks, 14 architectures, 96 runs, 20 epochs (~22k ckpts)      a workstation
+``large``   5 tasks, 26 architectures, 256 runs, 30 epochs (~118k ckpts)   a GPU
+==========  ===============================================================  ===================
+
+A preset's architectures apply to every task that supports their family (MLPs everywhere, 2-D
+CNNs on ``digits``, 1-D CNNs on ``mnist1d``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from weightspace.zoo.architectures import UnknownNameError, _suggest
+from weightspace.zoo.sweep import SearchSpace, TrainSettings
+
+__all__ = ["PRESETS", "Preset", "get_preset", "list_presets"]
+
+DEFAULT_TASKS = ("digits", "mnist1d", "wine", "breast-cancer", "synthetic-0")
+CHECKPOINTS_20 = (0, 1, 2, 5, 10, 20)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A zoo recipe.
+
+    Args:
+        name: registry name.
+        description: one line for ``--help`` and the manifest.
+        tasks: task names.
+        archs: architecture names (each used on every compatible task).
+        runs: runs per (task, architecture) pair.
+        settings: epochs, checkpoint epochs, batch size, optimiser constants.
+        runs_per_shard: runs trained together and stored in one weight shard (the unit of
+            resumption); fewer means finer resume, more means faster vectorised training.
+        search_space: the hyper-parameter ranges.
+    """
+
+    name: str
+    description: str
+    tasks: tuple[str, ...]
+    archs: tuple[str, ...]
+    runs: int
+    settings: TrainSettings
+    runs_per_shard: int = 64
+    search_space: SearchSpace = field(default_factory=SearchSpace)
+
+    def with_overrides(
+        self,
+        *,
+        tasks: tuple[str, ...] | None = None,
+        archs: tuple[str, ...] | None = None,
+        runs: int | None = None,
+        epochs: int | None = None,
+    ) -> Preset:
+        """A copy with the CLI's ``--tasks``/``--archs``/``--runs``/``--epochs`` applied."""
+        settings = self.settings
+        if epochs is not None:
+            kept = tuple(e for e in settings.checkpoint_epochs if e < epochs)
+            settings = replace(settings, epochs=epochs, checkpoint_epochs=(*kept, epochs))
+        return replace(
+            self,
+            tasks=tasks or self.tasks,
+            archs=archs or self.archs,
+            runs=runs if runs is not None else self.runs,
+            settings=settings,
+        )
+
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset(
+            name="tiny",
+            description="a few dozen checkpoints in seconds, for tests",
+            tasks=("digits", "wine"),
+            archs=("mlp-w8-d1-relu", "cnn2d-c4-d2-relu"),
+            runs=4,
+            settings=TrainSettings(epochs=3, checkpoint_epochs=(0, 1, 3), batch_size=32),
+            runs_per_shard=4,
+        ),
+        Preset(
+            name="small",
+            description="the demo: a few thousand checkpoints, 5 tasks, MLPs and CNNs",
+            tasks=DEFAULT_TASKS,
+            archs=(
+                "mlp-w16-d1-relu",
+                "mlp-w32-d2-tanh",
+                "mlp-w16-d2-gelu",
+                "cnn2d-c8-d3-relu",
+                "cnn2d-c8-d3-bn-res-leaky_relu",
+                "cnn1d-c8-d2-relu",
+                "cnn1d-c8-d3-bn-res-tanh",
+            ),
+            runs=48,
+            settings=TrainSettings(epochs=20, checkpoint_epochs=CHECKPOINTS_20, batch_size=32),
+            runs_per_shard=48,
+        ),
+        Preset(
+            name="medium",
+            description="~20k checkpoints over 5 tasks and 14 architectures",
+            tasks=DEFAULT_TASKS,
+            archs=(
+                "mlp-w8-d1-relu",
+                "mlp-w16-d2-relu",
+                "mlp-w32-d2-tanh",
+                "mlp-w32-d3-gelu",
+                "mlp-w64-d1-leaky_relu",
+                "mlp-w64-d3-relu",
+                "cnn2d-c8-d3-relu",
+                "cnn2d-c8-d3-bn-res-leaky_relu",
+                "cnn2d-c16-d2-tanh",
+                "cnn2d-c4-d4-bn-gelu",
+                "cnn1d-c8-d2-relu",
+                "cnn1d-c8-d3-bn-res-tanh",
+                "cnn1d-c16-d3-gelu",
+                "cnn1d-c4-d4-bn-res-relu",
+            ),
+            runs=96,
+            settings=TrainSettings(epochs=20, checkpoint_epochs=CHECKPOINTS_20, batch_size=32),
+            runs_per_shard=96,
+        ),
+        Preset(
+            name="large",
+            description="≥100k checkpoints; meant for a GPU (--device cuda)",
+            tasks=DEFAULT_TASKS,
+            archs=tuple(
+                [
+                    f"mlp-w{w}-d{d}-{a}"
+                    for w, d in ((8, 1), (16, 2), (32, 2), (64, 3), (128, 2))
+                    for a in ("relu", "tanh")
+                ]
+                + [
+                    f"{family}-c{c}-d{d}{flags}-{a}"
+                    for family in ("cnn2d", "cnn1d")
+                    for c, d, flags in ((8, 2, ""), (8, 3, "-bn-res"), (16, 3, ""), (16, 4, "-bn"))
+                    for a in ("relu", "gelu")
+                ]
+            ),
+            runs=256,
+            settings=TrainSettings(
+                epochs=30, checkpoint_epochs=(0, 1, 2, 5, 10, 20, 30), batch_size=32
+            ),
+            runs_per_shard=256,
+        ),
+    )
+}
+
+
+def list_presets() -> list[str]:
+    """Names of the registered presets."""
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name`` (raises :class:`UnknownNameError` listing the valid ones)."""
+    if name not in PRESETS:
+        raise UnknownNameError(_suggest("preset", name, list_presets()))
+    return PRESETS[name]
