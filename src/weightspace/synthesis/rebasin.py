@@ -1,0 +1,215 @@
+r"""Weight matching (Git Re-Basin) and linear interpolation of weights.
+
+Two independently trained networks of one architecture compute similar functions with their
+hidden neurons in unrelated orders, so averaging their weights entry by entry mixes unrelated
+neurons. *Weight matching* (Ainsworth, Hayase & Srinivasa, 2022, "Git Re-Basin", algorithm 2)
+first permutes model B's hidden neurons to line up with model A's by maximising the summed inner
+product of all weights,
+
+.. math::
+    \max_{\{P_\ell\}} \sum_{\text{layers } \ell}
+        \big\langle W^A_\ell,\; P_{\mathrm{out}(\ell)}\, W^B_\ell\, P_{\mathrm{in}(\ell)}^\top
+        \big\rangle_F + \big\langle b^A_\ell,\; P_{\mathrm{out}(\ell)}\, b^B_\ell \big\rangle,
+
+by coordinate descent from a forward initialisation (tie sets in topological order, each
+matched on its incoming weights alone, given its inputs' permutations): each step fixes every permutation but one and solves the remaining linear
+assignment problem exactly (``scipy.optimize.linear_sum_assignment``) on
+
+.. math::
+    C_{ij} = \sum_{\ell:\,\mathrm{out}(\ell) = g} \langle W^A_\ell[i], W^{B'}_\ell[j] \rangle
+           + b^A_\ell[i]\, b^{B'}_\ell[j]
+           + \sum_{\ell:\,\mathrm{in}(\ell) = g} \langle W^A_\ell[:, i], W^{B'}_\ell[:, j] \rangle,
+
+where :math:`B'` is B under the current permutations. Steps sweep the permutable tie sets of
+:func:`weightspace.layout.layout_of` in a random (seeded) order until a sweep changes nothing.
+A tie set (groups joined by residual adds) shares one permutation, so its cost sums over all
+its groups: residual CNNs and MLPs are handled like chains. Conv kernels and the spatial
+positions of a flattened conv output are part of each (neuron, neuron) edge's feature vector.
+
+Everything here is a pure function of ``(spec, state_dict)`` pairs; inputs are never modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from weightspace.layout import Layout, layout_of
+from weightspace.spec import NetworkSpec
+from weightspace.symmetry import permute
+from weightspace.synthesis.common import StateDict, check_alpha, check_mergeable
+
+__all__ = [
+    "interpolate",
+    "match_weights",
+    "align",
+    "rebasin_interpolate",
+    "weight_inner_product",
+]
+
+
+def interpolate(
+    spec: NetworkSpec,
+    state_a: Mapping[str, Tensor],
+    state_b: Mapping[str, Tensor],
+    alpha: float,
+) -> StateDict:
+    r"""Naive weight interpolation :math:`\theta = (1 - \alpha)\,\theta_A + \alpha\,\theta_B`.
+
+    ``alpha = 0`` returns A's tensors, ``alpha = 1`` B's (exactly, not up to rounding).
+    """
+    alpha = check_alpha(alpha)
+    out: StateDict = {}
+    for key in spec.param_shapes():
+        a, b = state_a[key], state_b[key].to(state_a[key])
+        if alpha == 0.0:
+            out[key] = a.clone()
+        elif alpha == 1.0:
+            out[key] = b.clone()
+        else:
+            out[key] = torch.lerp(a, b, alpha)
+    return out
+
+
+def weight_inner_product(
+    spec: NetworkSpec, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor]
+) -> float:
+    r"""The matching objective :math:`\sum_k \langle \theta^A_k, \theta^B_k \rangle` (float64)."""
+    return float(
+        sum((state_a[k].double() * state_b[k].double()).sum() for k in spec.param_shapes())
+    )
+
+
+def _neuron_features(
+    state: Mapping[str, Tensor], layout: Layout, group: int, *, readers: bool = True
+) -> Tensor:
+    """Every weight touching the neurons of ``group``, one row per neuron: ``(n, F)`` float64.
+
+    Rows are the producer's incoming weights and bias; then (if ``readers``), for each reader,
+    its columns (``weight.reshape(out, n, -1)[:, i]`` flattened).
+    """
+    g = layout.groups[group]
+    parts: list[Tensor] = []
+    if g.producer is not None:
+        w = state[f"{g.producer}.weight"]
+        parts.append(w.reshape(g.size, -1).double())  # (n, in * kernel)
+        bias = state.get(f"{g.producer}.bias")
+        if bias is not None:
+            parts.append(bias.double().reshape(g.size, 1))
+    for reader in g.readers if readers else ():
+        w = state[f"{reader}.weight"]
+        cols = w.reshape(w.shape[0], g.size, -1).transpose(0, 1)  # (n, out, S * kernel)
+        parts.append(cols.reshape(g.size, -1).double())
+    return torch.cat(parts, dim=1)
+
+
+def match_weights(
+    spec: NetworkSpec,
+    state_a: Mapping[str, Tensor],
+    state_b: Mapping[str, Tensor],
+    *,
+    max_sweeps: int = 100,
+    seed: int = 0,
+) -> dict[int, Tensor]:
+    r"""Permutations of B's hidden neurons that best match A's (weight matching).
+
+    Args:
+        spec: the shared architecture.
+        state_a: the reference model (kept as is).
+        state_b: the model to permute.
+        max_sweeps: upper bound on coordinate-descent sweeps over the tie sets.
+        seed: seeds the order in which tie sets are visited.
+
+    Returns:
+        Group index → ``(n,)`` long permutation, one entry per group of every permutable tie set,
+        in :func:`weightspace.symmetry.permute`'s convention (new neuron ``i`` of B is old neuron
+        ``perm[i]``), so ``permute(spec, state_b, perms)`` is B aligned to A.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    layout = layout_of(spec)
+    tie_sets = layout.permutable_tie_sets()
+    perms: dict[int, Tensor] = {
+        members[0]: torch.arange(layout.groups[members[0]].size) for members in tie_sets
+    }
+    if not tie_sets:
+        return {}
+    rng = np.random.default_rng(seed)
+    set_of = {g: members[0] for members in tie_sets for g in members}
+    # Forward initialisation: visit tie sets in topological order and match only the incoming
+    # rows whose inputs are already matched (or fixed: the input). Starting from this instead of
+    # the identity makes the result independent of the order B's neurons happen to be stored in.
+    solved: set[int] = set()
+    for members in sorted(tie_sets, key=min):
+        head = members[0]
+        current = permute(spec, state_b, perms)
+        cost = None
+        for g in members:
+            producer = layout.groups[g].producer
+            source = layout.link(producer).source if producer is not None else None
+            if source is None or (source in set_of and set_of[source] not in solved):
+                continue
+            term = (
+                _neuron_features(state_a, layout, g, readers=False)
+                @ _neuron_features(current, layout, g, readers=False).T
+            )
+            cost = term if cost is None else cost + term
+        if cost is not None:
+            _, sigma = linear_sum_assignment(cost.numpy(), maximize=True)
+            perms[head] = perms[head][torch.from_numpy(sigma).long()]
+        solved.add(head)
+    features_a = {g: _neuron_features(state_a, layout, g) for members in tie_sets for g in members}
+    for _ in range(max_sweeps):
+        changed = False
+        for index in rng.permutation(len(tie_sets)):
+            members = tie_sets[int(index)]
+            head = members[0]
+            current = permute(spec, state_b, perms)
+            cost = sum(
+                features_a[g] @ _neuron_features(current, layout, g).T for g in members
+            )  # (n, n): similarity of A's neuron i with current B's neuron j
+            cost_np = cost.numpy()
+            _, sigma = linear_sum_assignment(cost_np, maximize=True)
+            gain = cost_np[np.arange(len(sigma)), sigma].sum() - np.trace(cost_np)
+            if gain > 1e-12 * max(1.0, abs(float(np.trace(cost_np)))):
+                perms[head] = perms[head][torch.from_numpy(sigma).long()]
+                changed = True
+        if not changed:
+            break
+    return {g: perms[members[0]] for members in tie_sets for g in members}
+
+
+def align(
+    spec: NetworkSpec,
+    state_a: Mapping[str, Tensor],
+    state_b: Mapping[str, Tensor],
+    *,
+    max_sweeps: int = 100,
+    seed: int = 0,
+) -> StateDict:
+    """B with its hidden neurons permuted to match A (same function as B)."""
+    perms = match_weights(spec, state_a, state_b, max_sweeps=max_sweeps, seed=seed)
+    return permute(spec, state_b, perms)
+
+
+def rebasin_interpolate(
+    spec: NetworkSpec,
+    state_a: Mapping[str, Tensor],
+    state_b: Mapping[str, Tensor],
+    alpha: float,
+    *,
+    max_sweeps: int = 100,
+    seed: int = 0,
+) -> StateDict:
+    r"""Weight matching, then interpolation: :math:`(1-\alpha)\,\theta_A + \alpha\,\pi(\theta_B)`.
+
+    Raises:
+        SynthesisError: the state dicts do not fit ``spec``.
+    """
+    alpha = check_alpha(alpha)
+    check_mergeable(spec, state_a, spec, state_b)
+    aligned = align(spec, state_a, state_b, max_sweeps=max_sweeps, seed=seed)
+    return interpolate(spec, state_a, aligned, alpha)
