@@ -1,0 +1,75 @@
+"""``weightspace bench``: every method on every protocol, one report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from weightspace.cli.app import app
+
+
+@app.command()
+def bench(
+    zoo: Annotated[Path, typer.Option("--zoo", help="Zoo directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Results directory.")],
+    encoder: Annotated[
+        Path | None,
+        typer.Option(
+            "--encoder", help="A trained encoder directory (default: train one per seed)."
+        ),
+    ] = None,
+    train: Annotated[
+        bool,
+        typer.Option("--train", help="Train the encoder per seed (the default without --encoder)."),
+    ] = False,
+    seeds: Annotated[
+        int, typer.Option("--seeds", min=1, help="Repetitions; figures are mean ± std.")
+    ] = 3,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods", help="Comma-separated methods (default: ours and every baseline)."
+        ),
+    ] = None,
+    time_limit: Annotated[
+        float, typer.Option("--time-limit", help="Seconds per encoder training (0: none).")
+    ] = 150.0,
+    epochs: Annotated[int, typer.Option("--epochs", help="Maximum encoder epochs.")] = 40,
+    max_gallery: Annotated[int, typer.Option("--max-gallery", help="Retrieval gallery cap.")] = 300,
+    queries: Annotated[
+        int, typer.Option("--queries", help="Retrieval queries per protocol.")
+    ] = 150,
+    held_out: Annotated[
+        str,
+        typer.Option("--held-out", help="Extra prediction protocols: architectures,tasks or ''."),
+    ] = "architectures,tasks",
+    synthesis: Annotated[bool, typer.Option("--synthesis/--no-synthesis")] = True,
+    device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
+) -> None:
+    """Run our encoder and every baseline on every protocol; write results.json, report.md and
+    plots to OUT."""
+    from rich.console import Console
+
+    from weightspace.bench import DEFAULT_METHODS, BenchConfig, run_bench
+
+    console = Console(stderr=True)
+    if encoder is not None and train:
+        raise typer.BadParameter("give either --encoder or --train, not both")
+    config = BenchConfig(
+        zoo=str(zoo),
+        out=str(out),
+        encoder=str(encoder) if encoder else None,
+        seeds=seeds,
+        methods=tuple(m.strip() for m in methods.split(",")) if methods else DEFAULT_METHODS,
+        train_epochs=epochs,
+        train_time_limit=time_limit,
+        held_out=tuple(h for h in (s.strip() for s in held_out.split(",")) if h),
+        max_gallery=max_gallery,
+        num_queries=queries,
+        synthesis=synthesis,
+        device=device,
+    )
+    run_bench(config, log=lambda message: console.print(message, highlight=False))
+    console.print(f"[green]report:[/] {out / 'report.md'}")

@@ -1,0 +1,304 @@
+"""Tables and plots from a benchmark's ``results.json``: ``report.md`` and PNG figures.
+
+Every figure in the report is computed from the results dictionary that
+:func:`weightspace.bench.run_bench` produced; nothing is typed in by hand. Each cell is the mean
+over seeds ± the standard deviation (``n`` seeds given in the header).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["write_report", "summarise", "format_cell", "headline_table"]
+
+PREDICTION_COLUMNS = ("kendall_tau", "kendall_tau_above_chance", "r2", "mae", "coverage")
+RETRIEVAL_COLUMNS = ("recall@1", "recall@5", "recall@10", "mrr", "gallery_size")
+OURS = "weightspace"
+
+
+def summarise(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, standard deviation (0 for one value) and count of the finite values."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(finite)), float(np.std(finite)), len(finite)
+
+
+def format_cell(values: Sequence[float], digits: int = 3) -> str:
+    mean, std, n = summarise(values)
+    if n == 0:
+        return "–"
+    if n == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _table(per_method: Mapping[str, list[dict]], columns: Sequence[str]) -> list[str]:
+    present = [c for c in columns if any(c in run for runs in per_method.values() for run in runs)]
+    lines = [
+        "| method | " + " | ".join(present) + " |",
+        "|---|" + "---|" * len(present),
+    ]
+    for method, runs in per_method.items():
+        cells = []
+        for column in present:
+            digits = 0 if column == "gallery_size" else 3
+            cells.append(format_cell([run.get(column, float("nan")) for run in runs], digits))
+        name = f"**{method}** (ours)" if method == OURS else method
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _best_baseline(per_method: Mapping[str, list[dict]], metric: str, higher: bool = True):
+    best, best_value = None, None
+    for method, runs in per_method.items():
+        if method == OURS:
+            continue
+        mean, _, n = summarise([r.get(metric, float("nan")) for r in runs])
+        if n and (best_value is None or (mean > best_value if higher else mean < best_value)):
+            best, best_value = method, mean
+    return best, best_value
+
+
+def headline_table(results: Mapping[str, Any]) -> list[str]:
+    """The README's headline: ours vs the best baseline per key metric."""
+    rows = []
+    pred = results.get("prediction", {}).get("held-out runs", {})
+    for metric, higher in (("kendall_tau", True), ("r2", True), ("mae", False)):
+        if OURS in pred:
+            best, _ = _best_baseline(pred, metric, higher)
+            rows.append(
+                (
+                    f"accuracy prediction, held-out runs: {metric}",
+                    pred.get(OURS),
+                    best,
+                    pred.get(best) if best else None,
+                    metric,
+                )
+            )
+    for protocol, metric in (
+        ("S", "recall@1"),
+        ("L", "recall@10"),
+        ("L", "mrr"),
+        ("F", "recall@10"),
+    ):
+        section = results.get("retrieval", {}).get(protocol, {})
+        if OURS in section:
+            best, _ = _best_baseline(section, metric)
+            rows.append(
+                (
+                    f"retrieval {protocol}: {metric}",
+                    section.get(OURS),
+                    best,
+                    section.get(best) if best else None,
+                    metric,
+                )
+            )
+    lines = ["| metric | weightspace | best baseline |", "|---|---|---|"]
+    for label, ours, best, theirs, metric in rows:
+        ours_cell = format_cell([r.get(metric, float("nan")) for r in ours or []])
+        theirs_cell = (
+            f"{format_cell([r.get(metric, float('nan')) for r in theirs])} ({best})"
+            if best
+            else "–"
+        )
+        lines.append(f"| {label} | {ours_cell} | {theirs_cell} |")
+    return lines
+
+
+def _verdicts(results: Mapping[str, Any]) -> list[str]:
+    """Plain sentences: where ours wins, where a baseline wins."""
+    lines = []
+    for protocol, per_method in results.get("prediction", {}).items():
+        if OURS not in per_method:
+            continue
+        ours, _, _ = summarise([r.get("kendall_tau", float("nan")) for r in per_method[OURS]])
+        best, value = _best_baseline(per_method, "kendall_tau")
+        if best is None or not math.isfinite(ours):
+            continue
+        if value > ours:
+            lines.append(
+                f"- **{protocol}**: the baseline `{best}` beats ours on Kendall τ "
+                f"({value:.3f} vs {ours:.3f})."
+            )
+        else:
+            lines.append(
+                f"- **{protocol}**: ours leads the best baseline (`{best}`) on Kendall τ by "
+                f"{ours - value:+.3f} ({ours:.3f} vs {value:.3f})."
+            )
+    for protocol, section in results.get("retrieval", {}).items():
+        if OURS not in section:
+            continue
+        metric = "recall@1" if protocol == "S" else "recall@10"
+        ours, _, _ = summarise([r.get(metric, float("nan")) for r in section[OURS]])
+        best, value = _best_baseline(section, metric)
+        if best is None:
+            continue
+        verb = "beats ours" if value > ours else "trails ours"
+        lines.append(
+            f"- **retrieval {protocol}**: the best baseline `{best}` {verb} on {metric} "
+            f"({value:.3f} vs {ours:.3f})."
+        )
+    return lines
+
+
+def _plots(results: Mapping[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    preds = results.get("predictions_seed0", {})
+    if preds:
+        n = len(preds)
+        cols = min(4, n)
+        rows = math.ceil(n / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+        for ax, (method, data) in zip(axes.flat, preds.items(), strict=False):
+            true = np.asarray(data["true"], dtype=float)
+            pred = np.asarray([np.nan if p is None else p for p in data["predicted"]], float)
+            ax.scatter(true, pred, s=4, alpha=0.5)
+            ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+            ax.set_title(method, fontsize=9)
+            ax.set_xlabel("true test accuracy", fontsize=8)
+            ax.set_ylabel("predicted", fontsize=8)
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(out / "predicted_vs_true.png", dpi=110)
+        plt.close(fig)
+        made.append("predicted_vs_true.png")
+    retrieval = results.get("retrieval", {})
+    if any(retrieval.values()):
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+        for ax, protocol in zip(axes, ("S", "L", "F"), strict=True):
+            for method, runs in retrieval.get(protocol, {}).items():
+                ks = sorted(int(k.split("@")[1]) for k in runs[0] if k.startswith("recall@"))
+                means = [summarise([r[f"recall@{k}"] for r in runs])[0] for k in ks]
+                ax.plot(ks, means, marker="o", ms=3, label=method, lw=2 if method == OURS else 1)
+            ax.set_title(f"retrieval {protocol}")
+            ax.set_xlabel("k")
+            ax.set_ylabel("Recall@k")
+            ax.set_ylim(0, 1.02)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "recall_at_k.png", dpi=110)
+        plt.close(fig)
+        made.append("recall_at_k.png")
+    emap = results.get("embedding_map", {})
+    if emap.get("x"):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        tasks = emap["task"]
+        for task in sorted(set(tasks)):
+            idx = [i for i, t in enumerate(tasks) if t == task]
+            axes[0].scatter(
+                [emap["x"][i] for i in idx], [emap["y"][i] for i in idx], s=5, label=task
+            )
+        axes[0].legend(fontsize=7, markerscale=2)
+        axes[0].set_title("embedding space (PCA), by task")
+        if emap.get("test_accuracy"):
+            sc = axes[1].scatter(emap["x"], emap["y"], c=emap["test_accuracy"], s=5, cmap="viridis")
+            fig.colorbar(sc, ax=axes[1], label="test accuracy")
+        axes[1].set_title("embedding space (PCA), by accuracy")
+        fig.tight_layout()
+        fig.savefig(out / "embedding_map.png", dpi=110)
+        plt.close(fig)
+        made.append("embedding_map.png")
+    log_path = out / "encoders" / "seed-0" / "log.csv"
+    if log_path.exists():
+        import pandas as pd
+
+        log = pd.read_csv(log_path)
+        columns = [c for c in log.columns if c != "epoch" and log[c].notna().any()]
+        if columns:
+            fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+            for c in columns:
+                target = axes[0] if "loss" in c else axes[1]
+                target.plot(log["epoch"], log[c], label=c)
+            axes[0].set_title("training losses")
+            axes[1].set_title("validation metrics")
+            for ax in axes:
+                ax.set_xlabel("epoch")
+                ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out / "training_curves.png", dpi=110)
+            plt.close(fig)
+            made.append("training_curves.png")
+    synthesis = results.get("synthesis", {})
+    for name in synthesis.get("plots", []):
+        if (out / name).exists():
+            made.append(name)
+    return made
+
+
+def write_report(results: Mapping[str, Any], out: str | Path) -> Path:
+    """Write ``report.md`` (and the plots) for ``results`` into ``out``."""
+    out = Path(out)
+    zoo = results.get("zoo", {})
+    seeds = results.get("config", {}).get("seeds", "?")
+    lines = [
+        "# weightspace benchmark",
+        "",
+        f"Zoo **{zoo.get('name')}** (`{zoo.get('path')}`): {zoo.get('checkpoints')} checkpoints "
+        f"from {zoo.get('runs')} runs, {zoo.get('architectures')} architectures, tasks "
+        f"{', '.join(zoo.get('tasks', []))}. Seeds: {seeds} (held-out runs); cells are mean ± "
+        "std over seeds. Splits are by run: every checkpoint of a run is on one side.",
+        "",
+        f"Encoder: {results.get('encoder', {}).get('source')}.",
+        "",
+    ]
+    for note in results.get("notes", []):
+        lines += [f"> **Note.** {note}", ""]
+    lines += ["## Headline", "", *headline_table(results), "", *_verdicts(results), ""]
+    for protocol, per_method in results.get("prediction", {}).items():
+        split = results.get("splits", {}).get(protocol)
+        lines += [f"## Accuracy prediction: {protocol}", ""]
+        if split:
+            lines += [f"Split: {split}", ""]
+        lines += [*_table(per_method, PREDICTION_COLUMNS), ""]
+    names = {
+        "S": "S — symmetry (query = random permutation + rescaling + sign flip of a gallery model)",
+        "L": "L — lineage (query = noised / pruned / quantised / fine-tuned derivative, then a "
+        "random symmetry transform; relevant = the source run's checkpoints)",
+        "F": "F — function (relevant = the gallery models whose test predictions agree most)",
+    }
+    for protocol, per_method in results.get("retrieval", {}).items():
+        if per_method:
+            lines += [
+                f"## Retrieval {names.get(protocol, protocol)}",
+                "",
+                *_table(per_method, RETRIEVAL_COLUMNS),
+                "",
+            ]
+    synthesis = results.get("synthesis")
+    if synthesis:
+        lines += ["## Synthesis", ""]
+        for line in synthesis.get("markdown", []):
+            lines.append(line)
+        lines.append("")
+    if results.get("skipped"):
+        lines += ["## Skipped, and why", ""]
+        for what, why in results["skipped"].items():
+            lines.append(f"- `{what}`: {why}")
+        lines.append("")
+    timings = results.get("timings", {})
+    if timings:
+        lines += ["## Timings (seconds, mean over seeds)", "", "| step | seconds |", "|---|---|"]
+        for step, values in timings.items():
+            lines.append(f"| {step} | {summarise(values)[0]:.1f} |")
+        lines.append("")
+    plots = _plots(results, out)
+    if plots:
+        lines += ["## Figures", ""]
+        lines += [f"![{p}]({p})" for p in plots]
+        lines.append("")
+    lines += ["Reproduce: `weightspace bench --zoo ZOO --out OUT` (or `make demo`).", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
