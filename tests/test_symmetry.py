@@ -135,20 +135,31 @@ def test_canonical_form_is_normalised_and_idempotent(arch, act):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_sign_canonical_form_falls_back_to_the_first_nonzero_weight(bias):
+def test_sign_canonical_form_falls_back_to_the_incoming_weights(bias):
     spec = mlp_spec([4, 5, 3], "tanh", bias=bias)
     state = make_state_dict(spec)
     if bias:
         state["0.bias"] = torch.zeros(5, dtype=torch.float64)
-    state["0.weight"][1, 0] = 0.0  # neuron 1 is decided by its second weight
+    state["0.weight"][1] = torch.tensor([2.0, -1.0, -1.0, 0.0], dtype=torch.float64)  # sum 0
     state["0.weight"][2] = 0.0  # neuron 2 has nothing to decide by: left as it is
     signs = {1: torch.tensor([-1.0, -1.0, 1.0, -1.0, 1.0])}
     flipped = flip_signs(spec, state, signs)
     canonical = canonicalize_sign(spec, state)
     for key, value in canonicalize_sign(spec, flipped).items():
         assert torch.equal(value, canonical[key]), key
-    assert bool((canonical["0.weight"][[0, 3, 4], 0] > 0).all())
-    assert float(canonical["0.weight"][1, 1]) > 0
+    assert bool((canonical["0.weight"][[0, 3, 4]].sum(1) > 0).all())
+    assert float(canonical["0.weight"][1].pow(3).sum()) > 0  # row sum 0: decided by cubes
+
+
+def test_sign_canonical_form_of_bias_free_neurons_ignores_input_order():
+    """Permuting the neurons a bias-free tanh group reads must not change its signs."""
+    spec = mlp_spec([4, 6, 5, 3], "tanh", bias=False)
+    state = make_state_dict(spec)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    permuted = permute(spec, state, {1: perm})
+    a, b = canonicalize_sign(spec, state), canonicalize_sign(spec, permuted)
+    assert torch.allclose(b["2.weight"], a["2.weight"][:, perm])
+    assert torch.allclose(b["4.weight"], a["4.weight"])
 
 
 def test_scale_canonical_form_skips_dead_neurons():

@@ -76,7 +76,6 @@ GroupTensors = dict[int, Tensor]
 SYMMETRIES: tuple[str, ...] = ("sign_flip", "rescale", "permutation")
 
 
-
 # ---------------------------------------------------------------------------------------------
 # core
 # ---------------------------------------------------------------------------------------------
@@ -502,12 +501,15 @@ def canonicalize_sign(spec: NetworkSpec, state_dict: Mapping[str, Tensor]) -> St
 
     .. math::
         s_i = \operatorname{sign}(b_i) \text{ if } b_i \ne 0, \text{ else }
-        \operatorname{sign}(W[i, j^*]),\ j^* = \min\{j : W[i, j] \ne 0\}
+        \operatorname{sign}\Big(\sum_j W[i, j]\Big), \text{ else }
+        \operatorname{sign}\Big(\sum_j W[i, j]^3\Big)
 
-    with :math:`W` the producer's rows flattened (:math:`s_i = 1` if the whole row and bias are
-    zero), then :func:`flip_signs` with :math:`s`. Earlier groups are fixed first, so the sign of
-    :math:`W[i, j^*]` no longer depends on how the inputs of ``g`` were flipped:
-    ``canonicalize_sign(flip_signs(sd, s)) == canonicalize_sign(sd)`` exactly.
+    with :math:`W` the producer's rows flattened (:math:`s_i = 1` if all are zero), then
+    :func:`flip_signs` with :math:`s`. The fall-backs for bias-free neurons are odd in the row
+    and depend only on the multiset of its entries (summed in sorted order, so bitwise), hence
+    invariant to permutations of the neurons the group reads — a "first nonzero weight" rule
+    would not be. Earlier groups are fixed first, so the row no longer depends on how the inputs
+    of ``g`` were flipped: ``canonicalize_sign(flip_signs(sd, s)) == canonicalize_sign(sd)``.
     """
     state = _copy_checked(spec, state_dict)
     layout = layout_of(spec)
@@ -515,8 +517,10 @@ def canonicalize_sign(spec: NetworkSpec, state_dict: Mapping[str, Tensor]) -> St
         producer = layout.groups[group].producer
         assert producer is not None
         rows, bias = _incoming(state, producer)
-        first = (rows != 0).to(torch.uint8).argmax(dim=1, keepdim=True)  # first nonzero, (n, 1)
-        sign = torch.sign(rows.gather(1, first).squeeze(1))  # (n,)
+        ordered = rows.sort(dim=1).values  # (n, fan_in): permutation-invariant order
+        sign = torch.sign(ordered.sum(dim=1))  # (n,)
+        cubes = torch.sign(ordered.pow(3).sum(dim=1))
+        sign = torch.where(sign == 0, cubes, sign)
         if bias is not None:
             sign = torch.where(bias != 0, torch.sign(bias), sign)
         sign = torch.where(sign == 0, torch.ones_like(sign), sign)
