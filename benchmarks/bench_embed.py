@@ -1,0 +1,397 @@
+"""Embedding throughput of the weight-space encoder: models per second, per architecture.
+
+    python benchmarks/bench_embed.py                       # CPU, float32, built-in architectures
+    python benchmarks/bench_embed.py --zoo DIR             # plus one row per zoo architecture
+    python benchmarks/bench_embed.py --device cuda --dtype bf16 --batch-size 65536
+
+For every architecture it times, in one process:
+
+* ``encoder``: the encoder's forward pass on pre-collated batches (``GraphBank.select`` done
+  beforehand, as a serving loop would), ``torch.inference_mode``;
+* ``end_to_end`` (CPU only, fewer models): canonicalisation + graph building + batching + forward,
+  i.e. :meth:`Encoder.embed` on ``(spec, state_dict)`` pairs;
+* ``flat_mlp``: the flat-weights baseline, an MLP ``P → 256 → 256 → d`` on the concatenated
+  parameter vector, in the same dtype and batch size (``ratio`` = encoder / flat models per s).
+
+It also reports matmul FLOPs per model (``torch.utils.flop_counter``), two byte counts per model
+— ``input_bytes`` (the graph tensors the encoder must read) and ``traffic_bytes`` (bytes read
+and written by every eager kernel, counted with a dispatch mode) — and ``memory_bound_fraction``:
+the time ``traffic_bytes`` take at this machine's measured copy bandwidth, divided by the
+measured time per model (1.0 = as fast as eager memory traffic allows). The table is printed and
+written to ``benchmarks/results/bench_embed.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from weightspace.module import to_module
+from weightspace.nn import Encoder, EncoderConfig
+from weightspace.nn.batch import GraphBank
+from weightspace.nn.encoder import prepare_graph
+from weightspace.spec import NetworkSpec, Op, mlp_spec
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cnn_35_nodes() -> NetworkSpec:
+    """1→8→8→8 3x3 convs (ReLU), global average pool, linear 8→10: 1,338 parameters, 35 nodes,
+    216 edges — the reference architecture of the throughput goal."""
+    ops = [Op("x", "input", (), {"shape": (1, 8, 8)})]
+    prev, channels = "x", 1
+    for i in range(3):
+        attrs = {
+            "in_channels": channels,
+            "out_channels": 8,
+            "kernel_size": (3, 3),
+            "stride": (1, 1),
+            "padding": (1, 1),
+            "dilation": (1, 1),
+            "bias": True,
+        }
+        ops += [Op(f"c{i}", "conv2d", (prev,), attrs)]
+        ops += [Op(f"a{i}", "activation", (f"c{i}",), {"function": "relu"})]
+        prev, channels = f"a{i}", 8
+    ops += [Op("gp", "global_pool", (prev,), {"mode": "avg"})]
+    ops += [Op("fc", "linear", ("gp",), {"in_features": 8, "out_features": 10, "bias": True})]
+    return NetworkSpec(tuple(ops))
+
+
+def builtin_architectures() -> dict[str, NetworkSpec]:
+    return {
+        "cnn2d-35n-216e": cnn_35_nodes(),
+        "mlp-64-16-10 (relu)": mlp_spec([64, 16, 10], "relu"),
+        "mlp-64-32-32-10 (tanh)": mlp_spec([64, 32, 32, 10], "tanh"),
+    }
+
+
+def zoo_architectures(path: str) -> dict[str, tuple[NetworkSpec, dict]]:
+    from weightspace.zoo import Zoo
+
+    zoo = Zoo.open(path)
+    out = {}
+    for arch, rows in zoo.table.groupby("arch", sort=True):
+        checkpoint_id = str(rows["checkpoint_id"].iloc[0])
+        out[f"zoo:{arch}"] = (zoo.spec(checkpoint_id), zoo.state_dict(checkpoint_id))
+    return out
+
+
+def random_models(spec: NetworkSpec, n: int, seed: int) -> list[tuple[NetworkSpec, dict]]:
+    """``n`` differently initialised models of one architecture (PyTorch default init)."""
+    torch.manual_seed(seed)
+    models = []
+    base = to_module(spec)
+    for _ in range(n):
+        for module in base.modules():
+            if hasattr(module, "reset_parameters") and module is not base:
+                module.reset_parameters()
+        models.append((spec, {k: v.detach().clone() for k, v in base.state_dict().items()}))
+    return models
+
+
+class TrafficCounter(TorchDispatchMode):
+    """Approximate DRAM traffic of eager execution: for every dispatched aten op that is not a
+    view, the bytes of its tensor inputs and outputs (each at most its storage's size, so
+    broadcast views count once; factory ops like ``new_zeros`` count their output only)."""
+
+    _OUTPUT_ONLY = ("new_zeros", "new_full", "new_empty", "empty_like", "zeros_like", "full_like")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if getattr(func, "is_view", False):
+            return out
+        seen = set()
+
+        def count(x) -> None:
+            if isinstance(x, torch.Tensor):
+                key = (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape))
+                if key not in seen:
+                    seen.add(key)
+                    logical = x.numel() * x.element_size()
+                    self.bytes += min(logical, x.untyped_storage().nbytes())
+            elif isinstance(x, list | tuple):
+                for y in x:
+                    count(y)
+
+        if not any(name in str(func) for name in self._OUTPUT_ONLY):
+            count(list(args) + list((kwargs or {}).values()))
+        count(out)
+        return out
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device: torch.device, repeats: int, min_seconds: float = 0.2) -> float:
+    """Median seconds per call (after a warm-up), each sample running ``fn`` long enough."""
+    fn()
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    single = max(time.perf_counter() - start, 1e-6)
+    inner = max(1, int(min_seconds / single))
+    samples = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        synchronize(device)
+        samples.append((time.perf_counter() - start) / inner)
+    return statistics.median(samples)
+
+
+def machine_peaks(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """Measured copy bandwidth (bytes/s, read + write) and matmul throughput (FLOP/s)."""
+    n = 64 * 2**20 if device.type == "cpu" else 512 * 2**20
+    a = torch.empty(n // 4, dtype=torch.float32, device=device).fill_(1.0)
+    b = torch.empty_like(a)
+    seconds = time_call(lambda: b.copy_(a), device, repeats=5)
+    bandwidth = 2 * a.numel() * a.element_size() / seconds
+    size = 2048 if device.type == "cpu" else 8192
+    x = torch.randn(size, size, device=device).to(dtype)
+    y = torch.randn(size, size, device=device).to(dtype)
+    seconds = time_call(lambda: x @ y, device, repeats=3)
+    return {"copy_bandwidth": bandwidth, "matmul_flops": 2 * size**3 / seconds}
+
+
+class FlatMLP(nn.Module):
+    """The flat-weights baseline: every parameter concatenated, then a 3-layer MLP."""
+
+    def __init__(self, parameters: int, out: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(parameters, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, out),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def bench_architecture(
+    name: str,
+    spec: NetworkSpec,
+    encoder: Encoder,
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+    peaks: dict[str, float],
+) -> dict:
+    distinct = min(args.batch_size, 256)
+    models = random_models(spec, distinct, seed=0)
+    graphs = [prepare_graph(m, encoder.config) for m in models]
+    bank = GraphBank(graphs)
+    # A batch of batch_size graphs cycling through the distinct ones (one vectorised gather).
+    batch = bank.select(torch.arange(args.batch_size) % distinct).to(device, dtype)
+    graph = graphs[0]
+
+    forward = encoder
+    if args.compile:
+        forward = torch.compile(encoder, dynamic=False)
+
+    def run_encoder() -> None:
+        with torch.inference_mode():
+            forward(batch)
+
+    seconds = time_call(run_encoder, device, args.repeats)
+    encoder_rate = args.batch_size / seconds
+
+    # FLOPs and bytes on a small batch, scaled per model.
+    small = bank.select(torch.arange(64) % distinct).to(device, dtype)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        encoder(small)
+    flops_per_model = flops.get_total_flops() / small.num_graphs
+    counter = TrafficCounter()
+    with torch.inference_mode(), counter:
+        encoder(small)
+    traffic = counter.bytes / small.num_graphs
+    input_bytes = (
+        sum(
+            t.numel() * t.element_size()
+            for t in (
+                small.x,
+                small.edge_index,
+                small.edge_attr,
+                small.edge_kind,
+                small.node_depth,
+                small.node_role,
+                small.node_activation,
+                small.node_position,
+                small.batch,
+            )
+        )
+        / small.num_graphs
+    )
+    # Eager traffic was counted at the benchmark dtype; the bound uses the measured bandwidth.
+    memory_fraction = (traffic / peaks["copy_bandwidth"]) / (seconds / args.batch_size)
+    compute_fraction = (flops_per_model / peaks["matmul_flops"]) / (seconds / args.batch_size)
+
+    # Flat-weights baseline, same batch size and dtype.
+    parameters = spec.num_parameters
+    flat = FlatMLP(parameters, encoder.dim).to(device, dtype).eval()
+    flat_input = torch.randn(args.batch_size, parameters, device=device).to(dtype)
+
+    def run_flat() -> None:
+        with torch.inference_mode():
+            flat(flat_input)
+
+    flat_rate = args.batch_size / time_call(run_flat, device, args.repeats)
+
+    end_to_end = None
+    if device.type == "cpu" and not args.skip_end_to_end:
+        subset = models[: min(len(models), 256)]
+        start = time.perf_counter()
+        encoder.embed(subset, batch_size=256, device=device)
+        end_to_end = len(subset) / (time.perf_counter() - start)
+
+    return {
+        "architecture": name,
+        "summary": spec.summary(),
+        "parameters": parameters,
+        "nodes": int(graph.num_nodes),
+        "edges": int(graph.num_edges),
+        "batch_size": args.batch_size,
+        "encoder_models_per_s": encoder_rate,
+        "end_to_end_models_per_s": end_to_end,
+        "flat_mlp_models_per_s": flat_rate,
+        "ratio_encoder_over_flat": encoder_rate / flat_rate,
+        "matmul_flops_per_model": flops_per_model,
+        "input_bytes_per_model": input_bytes,
+        "traffic_bytes_per_model": traffic,
+        "memory_bound_fraction": memory_fraction,
+        "compute_bound_fraction": compute_fraction,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--batch-size", type=int, default=0, help="0: 512 on CPU, 65536 on GPU")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--zoo", default=None, help="also bench one row per zoo architecture")
+    parser.add_argument("--encoder", default=None, help="an encoder directory (default: fresh)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder")
+    parser.add_argument("--only", default=None, help="bench only architectures containing this")
+    parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "bench_embed.json")
+    )
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    if not args.batch_size:
+        args.batch_size = 512 if device.type == "cpu" else 65536
+    torch.manual_seed(0)
+    encoder = Encoder.load(args.encoder) if args.encoder else Encoder(EncoderConfig())
+    encoder = encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    peaks = machine_peaks(device, dtype)
+
+    architectures: dict[str, NetworkSpec] = builtin_architectures()
+    if args.zoo:
+        architectures.update({k: v[0] for k, v in zoo_architectures(args.zoo).items()})
+    if args.only:
+        architectures = {k: v for k, v in architectures.items() if args.only in k}
+
+    rows = []
+    for name, spec in architectures.items():
+        row = bench_architecture(name, spec, encoder, args, device, dtype, peaks)
+        rows.append(row)
+        print(
+            f"{name:34s} {row['nodes']:5d}n {row['edges']:6d}e  encoder "
+            f"{row['encoder_models_per_s']:12,.0f}/s  flat {row['flat_mlp_models_per_s']:12,.0f}/s"
+            f"  {row['matmul_flops_per_model'] / 1e6:6.2f} MFLOP  "
+            f"{row['traffic_bytes_per_model'] / 1e6:6.2f} MB  mem-bound "
+            f"{row['memory_bound_fraction']:.2f}",
+            flush=True,
+        )
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bench_embed — {args.device} {args.dtype}, batch {args.batch_size}")
+    for column in (
+        "architecture",
+        "nodes",
+        "edges",
+        "encoder/s",
+        "end-to-end/s",
+        "flat MLP/s",
+        "ratio",
+        "MFLOP",
+        "in KB",
+        "traffic MB",
+        "mem-bound",
+    ):
+        table.add_column(column, justify="left" if column == "architecture" else "right")
+    for row in rows:
+        table.add_row(
+            row["architecture"],
+            str(row["nodes"]),
+            str(row["edges"]),
+            f"{row['encoder_models_per_s']:,.0f}",
+            "-"
+            if row["end_to_end_models_per_s"] is None
+            else f"{row['end_to_end_models_per_s']:,.0f}",
+            f"{row['flat_mlp_models_per_s']:,.0f}",
+            f"{row['ratio_encoder_over_flat']:.3f}",
+            f"{row['matmul_flops_per_model'] / 1e6:.2f}",
+            f"{row['input_bytes_per_model'] / 1e3:.1f}",
+            f"{row['traffic_bytes_per_model'] / 1e6:.2f}",
+            f"{row['memory_bound_fraction']:.2f}",
+        )
+    Console().print(table)
+
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    )
+    result = {
+        "benchmark": "bench_embed",
+        "device": str(device),
+        "device_name": device_name or platform.machine(),
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "compile": args.compile,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "encoder_config": encoder.config.to_dict(),
+        "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
+        "peaks": peaks,
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

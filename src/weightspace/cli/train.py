@@ -1,0 +1,142 @@
+"""``weightspace train`` and ``weightspace embed``: fit the encoder on a zoo, embed checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from weightspace.cli.app import app
+from weightspace.cli.options import (
+    Activation,
+    AllowNonfinite,
+    ModelFactory,
+    SpecFile,
+    architecture_kwargs,
+)
+
+
+@app.command()
+def train(
+    zoo: Annotated[Path, typer.Option("--zoo", help="Zoo directory to train on.")],
+    out: Annotated[Path, typer.Option("--out", help="Encoder directory to write.")],
+    epochs: Annotated[
+        int, typer.Option(help="Maximum epochs (early stopping may end sooner).")
+    ] = 12,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    objective: Annotated[
+        str, typer.Option(help="contrastive, supervised (accuracy, gap, task heads) or both.")
+    ] = "both",
+    seed: Annotated[int, typer.Option(help="Seeds initialisation, split, batches, views.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Checkpoints per step.")] = 128,
+    learning_rate: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
+    patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping.")] = 8,
+    max_checkpoints: Annotated[
+        int, typer.Option(help="Use at most this many checkpoints (whole runs; 0: all).")
+    ] = 0,
+    time_limit: Annotated[
+        float, typer.Option(help="Stop at the first epoch end after this many seconds (0: off).")
+    ] = 0.0,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch (0: default).")] = 0,
+) -> None:
+    """Train the symmetry-aware encoder on a zoo (contrastive views + supervised heads); write
+    weights, config, training log and the zoo's fingerprint to OUT. Rerunning the same command
+    resumes an interrupted run."""
+    from rich.console import Console
+
+    from weightspace.train import TrainConfig
+    from weightspace.train import train as run_training
+
+    config = TrainConfig(
+        zoo=str(zoo),
+        out=str(out),
+        objective=objective,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        patience=patience,
+        max_checkpoints=max_checkpoints,
+        seed=seed,
+        device=device,
+        threads=threads,
+        time_limit=time_limit,
+    )
+    result = run_training(config, progress=True)
+    console = Console()
+    shown = ", ".join(
+        f"{k.removeprefix('val_')} {v:.3f}"
+        for k, v in result.best_metrics.items()
+        if k in ("val_accuracy_tau", "val_accuracy_r2", "val_accuracy_mae", "val_view_top1")
+    )
+    console.print(
+        f"[green]encoder written to[/] {result.out} — best epoch {result.best_epoch} of "
+        f"{result.epochs_run} ({result.seconds:.0f} s): {shown}",
+        highlight=False,
+    )
+
+
+def _collect_models(inputs: list[Path], kwargs: dict) -> tuple[list, list[dict]]:
+    """Models and their row metadata, in input order (a zoo contributes its table order)."""
+    from weightspace.errors import CheckpointError
+    from weightspace.ingest import load_checkpoint
+    from weightspace.zoo import Zoo
+
+    models, rows = [], []
+    for path in inputs:
+        if path.is_dir():
+            zoo = Zoo.open(path)
+            for checkpoint_id in zoo.ids:
+                models.append((zoo.spec(checkpoint_id), zoo.state_dict(checkpoint_id)))
+                rows.append({"source": str(path), "id": str(checkpoint_id)})
+        elif path.is_file():
+            models.append(load_checkpoint(path, **kwargs))
+            rows.append({"source": str(path), "id": path.stem})
+        else:
+            raise CheckpointError(path, "no such file or zoo directory")
+    return models, rows
+
+
+@app.command()
+def embed(
+    inputs: Annotated[list[Path], typer.Argument(help="Zoo directories and/or checkpoint files.")],
+    encoder: Annotated[Path, typer.Option("--encoder", help="Encoder directory (train --out).")],
+    out: Annotated[Path, typer.Option("--out", help="Output file: .npy or .parquet.")],
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Models per forward pass.")] = 512,
+    activation: Activation = None,
+    spec: SpecFile = None,
+    model: ModelFactory = None,
+    allow_nonfinite: AllowNonfinite = False,
+) -> None:
+    """Embed checkpoints with a trained encoder. ``.npy`` rows follow the order of INPUTS (a zoo
+    in its table order); ``.parquet`` adds ``source`` and ``id`` columns and one ``z`` list
+    column."""
+    from rich.console import Console
+
+    from weightspace.nn.encoder import Encoder, EncoderError
+
+    suffix = out.suffix.lower()
+    if suffix not in (".npy", ".parquet"):
+        raise EncoderError(f"{out}: the output must end in .npy or .parquet")
+    model_encoder = Encoder.load(encoder, device=device)
+    models, rows = _collect_models(
+        inputs, architecture_kwargs(activation, spec, model, allow_nonfinite)
+    )
+    embeddings = model_encoder.embed(models, batch_size=batch_size, device=device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npy":
+        import numpy as np
+
+        np.save(out, embeddings)
+    else:
+        import pandas as pd
+
+        table = pd.DataFrame(rows)
+        table["z"] = list(embeddings)
+        table.attrs["encoder_fingerprint"] = model_encoder.fingerprint
+        table.to_parquet(out, index=False)
+    Console().print(
+        f"[green]{len(models)} embeddings[/] of width {model_encoder.dim} written to {out}",
+        highlight=False,
+    )

@@ -1,0 +1,503 @@
+"""The weight-space encoder: neural graph → one vector per model, plus its heads.
+
+.. code-block:: text
+
+    (spec, state dict) ──canonicalize──► NeuralGraph ──► NodeEmbedding / EdgeEmbedding
+        ──► EdgeNodeConv × L ──► TransformerPooling ──► z ∈ R^d   (Encoder.embed)
+                                                         ├─► projection head (contrastive)
+                                                         ├─► property head (accuracy, gap)
+                                                         └─► task head (classification)
+
+Exact invariance: permutations of hidden neurons by construction (equivariant layers, invariant
+pooling); positive rescaling and sign flips by :func:`weightspace.symmetry.canonicalize`, applied
+in :meth:`Encoder.prepare` before encoding (``EncoderConfig.canonicalize``).
+
+An encoder directory holds ``encoder.safetensors`` (weights) and ``config.json``
+(``{"format": "weightspace-encoder", "format_version": 1, "encoder": {...}}``);
+:meth:`Encoder.save` / :meth:`Encoder.load` write and read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch_geometric.utils import scatter
+
+from weightspace.errors import WeightspaceError
+from weightspace.graph import NeuralGraph, to_graph, to_state_dict
+from weightspace.module import SpecModule
+from weightspace.nn.batch import GraphBank, GraphBatch
+from weightspace.nn.features import EdgeEmbedding, NodeEmbedding, ScalarFeatures
+from weightspace.nn.layers import EdgeNodeConv, degree_inverses, dense_plan
+from weightspace.nn.pooling import TransformerPooling
+from weightspace.spec import NetworkSpec
+
+__all__ = [
+    "ENCODER_FORMAT_VERSION",
+    "EncoderConfig",
+    "Encoder",
+    "EncoderError",
+    "ModelLike",
+]
+
+ENCODER_FORMAT_VERSION = 1
+WEIGHTS_FILE = "encoder.safetensors"
+CONFIG_FILE = "config.json"
+_FORMAT_NAME = "weightspace-encoder"
+
+#: What :meth:`Encoder.embed` accepts per model: a graph, a ``(spec, state_dict)`` pair, or a
+#: :class:`~weightspace.module.SpecModule` (other modules: ``weightspace.ingest.from_module``).
+ModelLike = NeuralGraph | tuple[NetworkSpec, Mapping[str, Tensor]] | SpecModule
+
+
+class EncoderError(WeightspaceError):
+    """An encoder directory is missing, corrupt or incompatible, or cannot serve a request."""
+
+
+@dataclass
+class EncoderConfig:
+    """Architecture of an :class:`Encoder` and the label metadata of its heads."""
+
+    hidden: int = 64  # width of node states
+    edge_hidden: int = 32  # width of edge states and messages
+    num_layers: int = 4  # message-passing rounds
+    aggregators: tuple[str, ...] = ("mean", "max")  # per direction, concatenated
+    directions: tuple[str, ...] = ("forward", "backward")  # incoming and/or outgoing edges
+    activation: str = "silu"  # nonlinearity of the message-passing layers
+    features: str = "signlog"  # scalar feature map of weights and biases: signlog | fourier
+    feature_scales: tuple[float, ...] = (0.01, 0.1, 1.0)  # signlog scales / fourier range
+    num_frequencies: int = 4  # fourier only
+    max_depth: int = 32  # deeper layers share the last depth embedding
+    max_positions: int = 1024  # input/output position tables (positions taken modulo this)
+    max_edge_features: int = 64  # widest edge (kernel entries) accepted
+    pool_heads: int = 4  # attention heads of the pooling transformer
+    pool_layers: int = 1  # transformer blocks before the attention readout
+    pool_seeds: int = 2  # seed queries of the attention readout
+    embedding_dim: int = 64  # width of the model embedding z
+    projection_dim: int = 64  # width of the contrastive projection
+    head_hidden: int = 64  # hidden width of every head
+    targets: tuple[str, ...] = ("test_accuracy", "generalization_gap")  # regression outputs
+    target_mean: tuple[float, ...] = (0.0, 0.0)  # targets are predicted standardised ...
+    target_std: tuple[float, ...] = (1.0, 1.0)  # ... and mapped back with these
+    tasks: tuple[str, ...] = ()  # class names of the task head (empty: no task head)
+    canonicalize: bool = True  # canonical scale/sign form before encoding (exact invariance)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                setattr(self, f.name, tuple(value))
+        if len(self.target_mean) != len(self.targets) or len(self.target_std) != len(self.targets):
+            raise EncoderError(
+                f"encoder config: {len(self.targets)} targets but {len(self.target_mean)} means "
+                f"and {len(self.target_std)} standard deviations"
+            )
+        if self.hidden % self.pool_heads:
+            raise EncoderError(
+                f"encoder config: hidden={self.hidden} must be divisible by "
+                f"pool_heads={self.pool_heads}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EncoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise EncoderError(
+                f"encoder config has unknown fields {unknown}; it was written by a newer "
+                "weightspace — upgrade weightspace"
+            )
+        try:
+            return cls(**dict(data))
+        except TypeError as exc:
+            raise EncoderError(f"encoder config is malformed: {exc}") from None
+
+
+def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.SiLU(), nn.Linear(hidden, outputs))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class Encoder(nn.Module):
+    r"""Symmetry-aware encoder of neural-network weights.
+
+    .. math::
+        z = \mathrm{Pool}\big(\mathrm{Conv}_L \circ \dots \circ \mathrm{Conv}_1
+        (h^{(0)}, e^{(0)})\big)
+
+    with :class:`~weightspace.nn.features.NodeEmbedding` /
+    :class:`~weightspace.nn.features.EdgeEmbedding` for :math:`h^{(0)}, e^{(0)}`,
+    :class:`~weightspace.nn.layers.EdgeNodeConv` layers and
+    :class:`~weightspace.nn.pooling.TransformerPooling`.
+
+    Args:
+        config: the architecture (defaults: :class:`EncoderConfig`).
+
+    Shapes:
+        - input: a :class:`~weightspace.nn.batch.GraphBatch` or PyG ``Batch`` of ``B`` graphs
+        - output: ``(B, embedding_dim)``
+    """
+
+    def __init__(self, config: EncoderConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or EncoderConfig()
+        features = ScalarFeatures(config.features, config.feature_scales, config.num_frequencies)
+        self.node_embedding = NodeEmbedding(
+            config.hidden, features, config.max_depth, config.max_positions
+        )
+        self.edge_embedding = EdgeEmbedding(config.edge_hidden, features, config.max_edge_features)
+        self.convs = nn.ModuleList(
+            EdgeNodeConv(
+                config.hidden,
+                config.edge_hidden,
+                config.aggregators,
+                config.directions,
+                config.activation,
+            )
+            for _ in range(config.num_layers)
+        )
+        self.pool = TransformerPooling(
+            config.hidden,
+            config.embedding_dim,
+            heads=config.pool_heads,
+            num_layers=config.pool_layers,
+            num_seeds=config.pool_seeds,
+        )
+        self.projection_head = _mlp(config.embedding_dim, config.head_hidden, config.projection_dim)
+        self.property_head = (
+            _mlp(config.embedding_dim, config.head_hidden, len(config.targets))
+            if config.targets
+            else None
+        )
+        self.task_head = (
+            _mlp(config.embedding_dim, config.head_hidden, len(config.tasks))
+            if config.tasks
+            else None
+        )
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def dim(self) -> int:
+        """Width of the embedding :meth:`embed` returns."""
+        return self.config.embedding_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def forward(self, batch: GraphBatch | Any) -> Tensor:
+        """Embed a batch of (already canonicalised) graphs: ``(B, embedding_dim)``."""
+        num_graphs = int(batch.num_graphs)
+        node_batch = batch.batch
+        depth = batch.node_depth
+        graph_depth = scatter(depth, node_batch, dim=0, dim_size=num_graphs, reduce="max")
+        h = self.node_embedding(
+            batch.x.to(self.dtype),
+            depth,
+            graph_depth[node_batch] - depth,
+            batch.node_role,
+            batch.node_activation,
+            batch.node_position,
+        )  # (N, hidden)
+        e = self.edge_embedding(batch.edge_attr.to(self.dtype), batch.edge_kind)  # (E, edge_hidden)
+        plan = None
+        spec = getattr(batch, "spec", None)
+        if isinstance(spec, NetworkSpec):
+            plan = dense_plan(spec).to(h.device)
+            if (
+                plan.num_nodes * num_graphs != h.shape[0]
+                or plan.num_edges * num_graphs != e.shape[0]
+            ):
+                plan = None
+        edge_index = batch.edge_index
+        reverse = inverse_degree = None
+        if plan is None:
+            reverse = edge_index.flip(0)
+            inverse_degree = degree_inverses(edge_index, h.shape[0], h.dtype)
+        for i, conv in enumerate(self.convs):
+            last = i == len(self.convs) - 1
+            h, e = conv(h, edge_index, e, reverse, inverse_degree, plan, update_edges=not last)
+        nodes_per_graph = plan.num_nodes if plan is not None else None
+        max_num_nodes = getattr(batch, "max_num_nodes", None)
+        return self.pool(h, node_batch, num_graphs, max_num_nodes, nodes_per_graph)
+
+    def heads(self, z: Tensor) -> dict[str, Tensor]:
+        """Raw head outputs for embeddings ``z``: ``projection``, ``properties`` (standardised
+        targets), and ``task_logits`` when the encoder has a task head."""
+        out = {"projection": self.projection_head(z)}
+        if self.property_head is not None:
+            out["properties"] = self.property_head(z)
+        else:
+            out["properties"] = z.new_zeros(z.shape[0], 0)
+        if self.task_head is not None:
+            out["task_logits"] = self.task_head(z)
+        return out
+
+    # ------------------------------------------------------------------ preparation
+    def prepare(self, models: Iterable[ModelLike]) -> list[NeuralGraph]:
+        """Canonicalise (if configured) and convert models to graphs in the encoder's dtype.
+
+        Raises:
+            EncoderError: a model is neither a graph nor a ``(spec, state_dict)`` pair, or has
+                an edge wider than the encoder accepts.
+        """
+        graphs = []
+        for i, model in enumerate(models):
+            graphs.append(prepare_graph(model, self.config, index=i))
+        return graphs
+
+    def bank(self, models: Iterable[ModelLike]) -> GraphBank:
+        """:meth:`prepare` the models and concatenate them for fast batching."""
+        graphs = self.prepare(models)
+        if not graphs:
+            raise EncoderError("no models given to embed")
+        return GraphBank(graphs)
+
+    # ------------------------------------------------------------------ inference
+    def _run(
+        self,
+        models: Iterable[ModelLike] | GraphBank,
+        batch_size: int,
+        device: torch.device | str | None,
+        with_heads: bool,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        bank = models if isinstance(models, GraphBank) else self.bank(models)
+        if device is not None:
+            self.to(device)
+        was_training = self.training
+        self.eval()
+        # Batches of one architecture each run the dense fast path; results go back in order.
+        chunks = []
+        for spec_id in range(len(bank.unique_specs)):
+            members = torch.nonzero(bank.spec_index == spec_id).flatten()
+            chunks += list(members.split(batch_size))
+        embeddings: list[Tensor] = []
+        outputs: dict[str, list[Tensor]] = {}
+        try:
+            with torch.inference_mode():
+                for index in chunks:
+                    batch = bank.select(index)
+                    z = self(batch.to(self.device, self.dtype))
+                    embeddings.append(z.cpu())
+                    if with_heads:
+                        for key, value in self.heads(z).items():
+                            outputs.setdefault(key, []).append(value.cpu())
+        finally:
+            self.train(was_training)
+        order = torch.cat(chunks).argsort()
+        return torch.cat(embeddings)[order], {k: torch.cat(v)[order] for k, v in outputs.items()}
+
+    def embed(
+        self,
+        models: Iterable[ModelLike] | GraphBank,
+        *,
+        batch_size: int = 512,
+        device: torch.device | str | None = None,
+    ) -> np.ndarray:
+        """Embeddings ``(n, dim)`` of the models, in input order (float32 or the encoder's
+        float64)."""
+        z, _ = self._run(models, batch_size, device, with_heads=False)
+        return z.numpy()
+
+    def predict(
+        self,
+        models: Iterable[ModelLike] | GraphBank,
+        *,
+        batch_size: int = 512,
+        device: torch.device | str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Predicted properties: one array per regression target (``test_accuracy``,
+        ``generalization_gap``), plus ``task`` (class names) and ``task_probabilities``
+        ``(n, num_tasks)`` when the encoder has a task head."""
+        _, out = self._run(models, batch_size, device, with_heads=True)
+        mean = torch.tensor(self.config.target_mean, dtype=out["properties"].dtype)
+        std = torch.tensor(self.config.target_std, dtype=out["properties"].dtype)
+        values = out["properties"] * std + mean
+        result = {name: values[:, i].numpy() for i, name in enumerate(self.config.targets)}
+        if "task_logits" in out:
+            probabilities = out["task_logits"].softmax(-1)
+            result["task_probabilities"] = probabilities.numpy()
+            names = np.asarray(self.config.tasks, dtype=object)
+            result["task"] = names[probabilities.argmax(-1).numpy()]
+        return result
+
+    def predict_accuracy(
+        self, models: Iterable[ModelLike] | GraphBank, **kwargs: Any
+    ) -> np.ndarray:
+        """Predicted test accuracy ``(n,)``."""
+        if "test_accuracy" not in self.config.targets:
+            raise EncoderError(
+                "this encoder has no test_accuracy head; train it with --objective "
+                "supervised or both on a zoo with test accuracies"
+            )
+        return self.predict(models, **kwargs)["test_accuracy"]
+
+    # ------------------------------------------------------------------ persistence
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the config and the weights: equal fingerprints, equal encoders."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        for key, tensor in sorted(self.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(str(tensor.dtype).encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``encoder.safetensors`` and ``config.json`` into ``directory`` (atomically)."""
+        from safetensors.torch import save
+
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        meta = {"format": _FORMAT_NAME, "format_version": str(ENCODER_FORMAT_VERSION)}
+        _atomic_write_bytes(path / WEIGHTS_FILE, save(tensors, metadata=meta))
+        config = {
+            "format": _FORMAT_NAME,
+            "format_version": ENCODER_FORMAT_VERSION,
+            "encoder": self.config.to_dict(),
+            "fingerprint": self.fingerprint,
+        }
+        _atomic_write_bytes(path / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+        return path
+
+    @classmethod
+    def read_config(cls, directory: str | os.PathLike[str]) -> EncoderConfig:
+        """The :class:`EncoderConfig` stored in an encoder directory (validated)."""
+        path = Path(directory)
+        if not path.is_dir():
+            raise EncoderError(
+                f"{path}: no such encoder directory; create one with `weightspace train`"
+            )
+        config_path = path / CONFIG_FILE
+        if not config_path.is_file():
+            raise EncoderError(
+                f"{config_path}: missing; {path} is not an encoder directory (expected "
+                f"{CONFIG_FILE} and {WEIGHTS_FILE} written by `weightspace train`)"
+            )
+        try:
+            data = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise EncoderError(
+                f"{config_path}: not valid JSON ({exc}); the file is corrupt"
+            ) from None
+        if not isinstance(data, dict) or data.get("format") != _FORMAT_NAME:
+            raise EncoderError(f"{config_path}: not a weightspace encoder config")
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > ENCODER_FORMAT_VERSION:
+            raise EncoderError(
+                f"{config_path}: encoder format version {version!r} is not supported by this "
+                f"weightspace (supports up to {ENCODER_FORMAT_VERSION}); upgrade weightspace"
+            )
+        if not isinstance(data.get("encoder"), dict):
+            raise EncoderError(f"{config_path}: the 'encoder' section is missing")
+        try:
+            return EncoderConfig.from_dict(data["encoder"])
+        except EncoderError as exc:
+            raise EncoderError(f"{config_path}: {exc}") from None
+
+    @classmethod
+    def load(
+        cls, directory: str | os.PathLike[str], *, device: torch.device | str | None = None
+    ) -> Encoder:
+        """Load an encoder directory written by :meth:`save` (in eval mode).
+
+        Raises:
+            EncoderError: the directory is missing, corrupt, or incompatible with this version.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(directory)
+        config = cls.read_config(path)
+        weights_path = path / WEIGHTS_FILE
+        if not weights_path.is_file():
+            raise EncoderError(f"{weights_path}: missing; the encoder directory is incomplete")
+        try:
+            tensors = load_file(str(weights_path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise EncoderError(
+                f"{weights_path}: cannot read the weights ({exc}); the file is corrupt"
+            ) from None
+        encoder = cls(config)
+        try:
+            encoder.load_state_dict(tensors, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            raise EncoderError(
+                f"{weights_path}: weights do not match {path / CONFIG_FILE} "
+                f"({' '.join(first[:3])[:300]}); the directory is inconsistent"
+            ) from None
+        dtypes = {t.dtype for t in tensors.values()}
+        if len(dtypes) == 1:
+            encoder = encoder.to(dtype=dtypes.pop())
+        if device is not None:
+            encoder = encoder.to(device)
+        return encoder.eval()
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, parameters={sum(p.numel() for p in self.parameters())}"
+
+
+def prepare_graph(model: ModelLike, config: EncoderConfig, *, index: int = 0) -> NeuralGraph:
+    """One model as the graph the encoder reads: canonicalised if ``config.canonicalize``."""
+    if isinstance(model, NeuralGraph):
+        spec = model.spec
+        state = to_state_dict(model) if config.canonicalize else None
+        graph = model
+    elif isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], NetworkSpec):
+        spec, state = model[0], dict(model[1])
+        graph = None
+    elif isinstance(model, SpecModule):
+        spec = model.spec
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        graph = None
+    else:
+        raise EncoderError(
+            f"model #{index}: expected a NeuralGraph, a SpecModule or a (NetworkSpec, state_dict) "
+            f"pair, got "
+            f"{type(model).__name__}; load files with weightspace.ingest.load_checkpoint and "
+            "modules with weightspace.ingest.from_module first"
+        )
+    if config.canonicalize:
+        from weightspace.symmetry import canonicalize
+
+        state = canonicalize(spec, state)
+        graph = to_graph(spec, state)
+    elif graph is None:
+        graph = to_graph(spec, state)
+    width = int(graph.edge_attr.shape[1])
+    if width > config.max_edge_features:
+        widest = max(
+            (op for op in spec.layers),
+            key=lambda op: op.kernel_numel,
+        )
+        raise EncoderError(
+            f"model #{index} ({spec.summary()}): its edges carry {width} weights (e.g. layer "
+            f"{widest.name!r}, a kernel or flattened feature map), more than the "
+            f"{config.max_edge_features} this encoder accepts; retrain the encoder with a larger "
+            "max_edge_features"
+        )
+    return graph

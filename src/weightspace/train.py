@@ -1,0 +1,716 @@
+"""Train the weight-space encoder on a zoo: one loop, top to bottom.
+
+    weightspace train --zoo ZOO --out ENCODER_DIR [--epochs N] [--objective both] [--seed S]
+
+1. Open the zoo, split its *runs* into train / val / test (every checkpoint of a run on one side).
+2. Canonicalise every checkpoint once and concatenate the graphs into a
+   :class:`~weightspace.nn.batch.GraphBank`.
+3. Each step: two augmented views of a batch (:mod:`weightspace.nn.augment`), NT-Xent between
+   their projections, plus weighted supervised losses (standardised test accuracy and
+   generalisation gap by MSE, task by cross-entropy) on both views.
+4. AdamW with linear warm-up and cosine decay; after each epoch, validation metrics (Kendall tau
+   of predicted test accuracy, view retrieval top-1, ...) decide early stopping.
+5. ``ENCODER_DIR`` gets the best weights (``encoder.safetensors``), their config
+   (``config.json``), this run's :class:`TrainConfig` (``train_config.json``), the log
+   (``log.csv``), the run split (``splits.json``) and the zoo's fingerprint
+   (``zoo_fingerprint.json``). ``checkpoint.pt`` is written every epoch; running the same
+   command again resumes from it, and gives the same result as an uninterrupted run.
+
+Everything is deterministic given ``seed``: the encoder's initialisation, the split, the batch
+order and the augmentations (each epoch draws from its own generator seeded by
+``(seed, epoch)``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from weightspace.errors import WeightspaceError
+from weightspace.nn.augment import AugmentConfig, augment
+from weightspace.nn.batch import GraphBank
+from weightspace.nn.encoder import Encoder, EncoderConfig, prepare_graph
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainError",
+    "MissingLabelError",
+    "train",
+    "split_runs",
+    "zoo_fingerprint",
+    "nt_xent",
+]
+
+OBJECTIVES = ("contrastive", "supervised", "both")
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "log.csv"
+LOG_COLUMNS = (
+    "epoch",
+    "step",
+    "lr",
+    "seconds",
+    "train_loss",
+    "train_contrastive",
+    "train_accuracy_mse",
+    "train_gap_mse",
+    "train_task_ce",
+    "val_contrastive",
+    "val_view_top1",
+    "val_accuracy_tau",
+    "val_accuracy_r2",
+    "val_accuracy_mae",
+    "val_gap_tau",
+    "val_task_accuracy",
+    "val_score",
+)
+
+
+class TrainError(WeightspaceError):
+    """Training cannot start: bad configuration, too few runs to split, unreadable state."""
+
+
+class MissingLabelError(TrainError):
+    """The zoo lacks a label that a requested head needs."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (saved as ``train_config.json``)."""
+
+    zoo: str = ""  # zoo directory (`weightspace zoo generate --out ...`)
+    out: str = ""  # encoder directory to write
+    objective: str = "both"  # contrastive | supervised | both
+    epochs: int = 12  # maximum passes over the training checkpoints (small zoo: ~8 min on 2 cores)
+    batch_size: int = 128  # checkpoints per step (each gives two views when contrastive)
+    learning_rate: float = 2e-3  # peak AdamW learning rate
+    weight_decay: float = 0.05  # AdamW weight decay on matrices (not on biases, norms, tables)
+    warmup_fraction: float = 0.05  # share of all steps spent warming the learning rate up
+    min_lr_ratio: float = 0.05  # the cosine schedule ends at this fraction of the peak
+    grad_clip: float = 1.0  # gradient norm clip (0: off)
+    temperature: float = 0.1  # NT-Xent temperature
+    contrastive_weight: float = 1.0  # weight of NT-Xent
+    accuracy_weight: float = 1.0  # weight of the MSE on standardised test accuracy
+    gap_weight: float = 0.5  # weight of the MSE on the standardised generalisation gap
+    task_weight: float = 0.2  # weight of the task cross-entropy (zoos with several tasks)
+    val_fraction: float = 0.15  # share of runs held out for validation / early stopping
+    test_fraction: float = 0.15  # share of runs held out for benchmarks (never seen here)
+    patience: int = 8  # epochs without validation improvement before stopping
+    max_checkpoints: int = 0  # use at most this many checkpoints, whole runs (0: all)
+    batch_by_architecture: bool = True  # one architecture per batch: the encoder's fast path
+    seed: int = 0  # seeds initialisation, split, batch order and augmentations
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads (0: leave torch's default)
+    time_limit: float = 0.0  # stop after this many seconds of training, at an epoch end (0: off)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # view augmentations
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # architecture
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderConfig.from_dict(self.encoder)
+        if self.objective not in OBJECTIVES:
+            raise TrainError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise TrainError("epochs must be >= 1 and batch_size >= 2")
+        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
+            raise TrainError("val_fraction must be in (0, 1) and test_fraction in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["augment"] = self.augment.to_dict()
+        data["encoder"] = self.encoder.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return cls(**data)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    encoder: Encoder  # the best encoder (by validation score), in eval mode
+    best_epoch: int  # epoch whose weights were kept
+    best_metrics: dict[str, float]  # its validation metrics
+    epochs_run: int  # epochs actually run (early stopping / time limit)
+    seconds: float  # wall time of the training loop (this invocation)
+    log: list[dict[str, float]]  # one row per epoch (also in log.csv)
+    out: Path  # the encoder directory
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+    r"""NT-Xent (SimCLR): each of the ``2B`` views must pick its partner among ``2B - 1``.
+
+    .. math::
+        \ell = -\frac{1}{2B} \sum_{i} \log
+        \frac{\exp(\cos(u_i, u_{p(i)}) / \tau)}{\sum_{k \ne i} \exp(\cos(u_i, u_k) / \tau)}
+
+    Shapes: ``a, b (B, D)`` → scalar.
+    """
+    u = F.normalize(torch.cat([a, b]), dim=-1)  # (2B, D)
+    similarity = u @ u.t() / temperature
+    n = a.shape[0]
+    similarity = similarity.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=u.device), -1e9)
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(u.device)
+    return F.cross_entropy(similarity, partner)
+
+
+def split_runs(
+    run_ids: list[str], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[str]]:
+    """Assign whole runs to ``train`` / ``val`` / ``test`` (sorted, then shuffled by ``seed``)."""
+    runs = sorted(set(run_ids))
+    if len(runs) < 3:
+        raise TrainError(
+            f"the zoo has {len(runs)} training run(s); splitting by run needs at least 3 "
+            "(generate a larger zoo)"
+        )
+    order = np.random.default_rng(seed).permutation(len(runs))
+    shuffled = [runs[i] for i in order]
+    n_val = max(1, round(val_fraction * len(runs)))
+    n_test = round(test_fraction * len(runs))
+    n_test = min(n_test, len(runs) - n_val - 1)
+    return {
+        "val": sorted(shuffled[:n_val]),
+        "test": sorted(shuffled[n_val : n_val + n_test]),
+        "train": sorted(shuffled[n_val + n_test :]),
+    }
+
+
+def zoo_fingerprint(zoo: Any) -> str:
+    """SHA-256 of a zoo's checkpoint ids and manifest: which data an encoder was fitted to."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(sorted(map(str, zoo.ids))).encode())
+    digest.update(json.dumps(zoo.manifest, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _resumable_part(config: dict[str, Any]) -> dict[str, Any]:
+    """The config fields that must match to resume (not where or how long it runs)."""
+    return {k: v for k, v in config.items() if k not in ("device", "threads", "time_limit")}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_log(path: Path, rows: list[dict[str, float]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in LOG_COLUMNS})
+    os.replace(tmp, path)
+
+
+def _kendall_tau(predicted: np.ndarray, actual: np.ndarray) -> float:
+    from weightspace.evaluate.metrics import kendall_tau
+
+    keep = np.isfinite(actual)
+    if keep.sum() < 2:
+        return float("nan")
+    return float(kendall_tau(actual[keep], predicted[keep]))
+
+
+def _masked_mse(predicted: Tensor, target: Tensor) -> Tensor:
+    known = torch.isfinite(target)
+    if not bool(known.any()):
+        return predicted.sum() * 0.0
+    return F.mse_loss(predicted[known], target[known])
+
+
+def _batches(
+    index: Tensor,
+    spec_index: Tensor,
+    batch_size: int,
+    by_architecture: bool,
+    generator: torch.Generator | None,
+) -> list[Tensor]:
+    """Split ``index`` into batches, shuffled if a generator is given. With
+    ``by_architecture`` every batch holds one architecture (the encoder then runs dense blocks
+    instead of gathers and scatters), and the batches of all architectures are interleaved."""
+
+    def shuffle(t: Tensor) -> Tensor:
+        return t if generator is None else t[torch.randperm(t.numel(), generator=generator)]
+
+    if not by_architecture:
+        return list(shuffle(index).split(batch_size))
+    batches: list[Tensor] = []
+    for spec_id in spec_index[index].unique().tolist():
+        batches += list(shuffle(index[spec_index[index] == spec_id]).split(batch_size))
+    if generator is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+    return batches
+
+
+def _parameter_groups(encoder: Encoder, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, parameter in encoder.named_parameters():
+        is_table = ".weight" in name and any(
+            t in name for t in ("depth", "role", "activation", "position", "kind", "seeds", "norm")
+        )
+        (decay if parameter.dim() >= 2 and not is_table else no_decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Data:
+    bank: GraphBank  # every used checkpoint, canonicalised
+    ids: list[str]  # checkpoint ids, bank order
+    splits: dict[str, list[str]]  # run ids per split
+    index: dict[str, Tensor]  # bank indices per split
+    targets: Tensor  # (n, T) raw targets, NaN where unknown
+    target_names: tuple[str, ...]
+    task_labels: Tensor  # (n,) task index
+    tasks: tuple[str, ...]
+    fingerprint: str
+
+
+def _load_data(
+    config: TrainConfig, encoder_config: EncoderConfig, report: Callable[[str, int, int], None]
+) -> _Data:
+    from weightspace.zoo import Zoo
+
+    zoo = Zoo.open(config.zoo)
+    table = zoo.table.reset_index(drop=True)
+    splits = split_runs(
+        [str(r) for r in table["run_id"]], config.val_fraction, config.test_fraction, config.seed
+    )
+    if config.max_checkpoints and len(table) > config.max_checkpoints:
+        # Keep whole runs, in a seeded order, until the budget is reached (split proportions stay).
+        rng = np.random.default_rng(config.seed + 1)
+        sizes = table.groupby(table["run_id"].astype(str)).size()
+        keep, total = set(), 0
+        for run in rng.permutation(sorted(sizes.index)):
+            if total >= config.max_checkpoints:
+                break
+            keep.add(run)
+            total += int(sizes[run])
+        table = table[table["run_id"].astype(str).isin(keep)].reset_index(drop=True)
+        splits = {k: [r for r in v if r in keep] for k, v in splits.items()}
+        if not splits["train"] or not splits["val"]:
+            raise TrainError(
+                f"max_checkpoints={config.max_checkpoints} leaves no train or val runs; raise it"
+            )
+    used = table[~table["run_id"].astype(str).isin(splits["test"])].reset_index(drop=True)
+
+    names: list[str] = []
+    columns: list[np.ndarray] = []
+    if config.objective != "contrastive":
+        accuracy = used["test_accuracy"].to_numpy(dtype=float)
+        if not np.isfinite(accuracy).any():
+            raise MissingLabelError(
+                f"{config.zoo}: no checkpoint has a test_accuracy, which the accuracy head of "
+                f"--objective {config.objective} needs; fill the column (zoo import --metrics) "
+                "or train with --objective contrastive"
+            )
+        names.append("test_accuracy")
+        columns.append(accuracy)
+        if "train_accuracy" in used.columns:
+            gap = used["train_accuracy"].to_numpy(dtype=float) - accuracy
+            if np.isfinite(gap).any():
+                names.append("generalization_gap")
+                columns.append(gap)
+    targets = (
+        torch.tensor(np.stack(columns, axis=1), dtype=torch.float32)
+        if columns
+        else torch.zeros(len(used), 0)
+    )
+    tasks = tuple(sorted(str(t) for t in used["task"].unique()))
+    task_index = {t: i for i, t in enumerate(tasks)}
+    task_labels = torch.tensor([task_index[str(t)] for t in used["task"]], dtype=torch.long)
+
+    ids = [str(i) for i in used["checkpoint_id"]]
+    graphs = []
+    for position, checkpoint_id in enumerate(ids):
+        spec, state = zoo.spec(checkpoint_id), zoo.state_dict(checkpoint_id)
+        graphs.append(prepare_graph((spec, state), encoder_config, index=position))
+        report("canonicalising checkpoints", position + 1, len(ids))
+    bank = GraphBank(graphs)
+
+    run_of = used["run_id"].astype(str).to_numpy()
+    index = {
+        split: torch.from_numpy(np.flatnonzero(np.isin(run_of, splits[split])))
+        for split in ("train", "val")
+    }
+    return _Data(
+        bank, ids, splits, index, targets, tuple(names), task_labels, tasks, zoo_fingerprint(zoo)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def validate(
+    encoder: Encoder,
+    data: _Data,
+    index: Tensor,
+    config: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """Validation metrics of ``encoder`` on the checkpoints at ``index`` (fixed views)."""
+    encoder.eval()
+    generator = torch.Generator().manual_seed(config.seed * 7919 + 17)
+    metrics: dict[str, float] = {}
+    projections: list[list[Tensor]] = [[], []]
+    properties, logits = [], []
+    batches = _batches(
+        index, data.bank.spec_index, config.batch_size, config.batch_by_architecture, None
+    )
+    index = torch.cat(batches)  # metrics below follow the batch order
+    for part in batches:
+        batch = data.bank.select(part)
+        z = encoder(batch.to(device))
+        heads = encoder.heads(z)
+        properties.append(heads["properties"].cpu())
+        if "task_logits" in heads:
+            logits.append(heads["task_logits"].cpu())
+        for view in range(2):
+            augmented = augment(batch, config.augment, generator).to(device)
+            projections[view].append(encoder.heads(encoder(augmented))["projection"].cpu())
+    a, b = torch.cat(projections[0]), torch.cat(projections[1])
+    metrics["val_contrastive"] = float(nt_xent(a, b, config.temperature))
+    similarity = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t()
+    metrics["val_view_top1"] = float(
+        (similarity.argmax(1) == torch.arange(a.shape[0])).float().mean()
+    )
+
+    predicted = torch.cat(properties).double()
+    mean = torch.tensor(encoder.config.target_mean, dtype=torch.float64)
+    std = torch.tensor(encoder.config.target_std, dtype=torch.float64)
+    predicted = (predicted * std + mean).numpy()
+    actual = data.targets[index].double().numpy()
+    for i, name in enumerate(encoder.config.targets):
+        key = "accuracy" if name == "test_accuracy" else "gap"
+        tau = _kendall_tau(predicted[:, i], actual[:, i])
+        metrics[f"val_{key}_tau"] = tau
+        if key == "accuracy":
+            keep = np.isfinite(actual[:, i])
+            err = predicted[keep, i] - actual[keep, i]
+            variance = float(np.var(actual[keep, i])) or 1.0
+            metrics["val_accuracy_mae"] = float(np.abs(err).mean())
+            metrics["val_accuracy_r2"] = 1.0 - float(np.mean(err**2)) / variance
+    if logits:
+        labels = data.task_labels[index]
+        metrics["val_task_accuracy"] = float((torch.cat(logits).argmax(1) == labels).float().mean())
+    supervised = config.objective != "contrastive" and "val_accuracy_tau" in metrics
+    metrics["val_score"] = metrics["val_accuracy_tau"] if supervised else metrics["val_view_top1"]
+    if not math.isfinite(metrics["val_score"]):
+        metrics["val_score"] = -1.0
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
+    """Fit an encoder on ``config.zoo`` and write it to ``config.out`` (see the module docstring).
+
+    Args:
+        config: the run.
+        progress: show a rich progress bar with losses and validation metrics.
+
+    Raises:
+        TrainError / MissingLabelError / ZooError: unusable configuration or zoo.
+    """
+    if not config.zoo or not config.out:
+        raise TrainError("TrainConfig needs both zoo and out")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda was requested but torch sees no CUDA device")
+    bar = _Progress(progress)
+
+    with bar:
+        data = _load_data(config, config.encoder, bar.report)
+        # Heads and label statistics come from the training split only.
+        train_targets = data.targets[data.index["train"]]
+        means, stds = [], []
+        for column in train_targets.t():
+            known = column[torch.isfinite(column)]
+            means.append(float(known.mean()) if known.numel() else 0.0)
+            stds.append(float(known.std()) if known.numel() > 1 else 1.0)
+        encoder_config = replace(
+            config.encoder,
+            targets=data.target_names,
+            target_mean=tuple(means),
+            target_std=tuple(max(s, 1e-6) for s in stds),
+            tasks=data.tasks if len(data.tasks) > 1 and config.objective != "contrastive" else (),
+        )
+        standardised = (data.targets - torch.tensor(means)) / torch.tensor(
+            encoder_config.target_std
+        )
+
+        torch.manual_seed(config.seed)
+        encoder = Encoder(encoder_config).to(device)
+        optimizer = torch.optim.AdamW(
+            _parameter_groups(encoder, config.weight_decay), lr=config.learning_rate
+        )
+        train_index = data.index["train"]
+        steps_per_epoch = len(
+            _batches(
+                train_index,
+                data.bank.spec_index,
+                config.batch_size,
+                config.batch_by_architecture,
+                None,
+            )
+        )
+        total_steps = steps_per_epoch * config.epochs
+        warmup = max(1, int(config.warmup_fraction * total_steps))
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress_ = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            cosine = 0.5 * (1 + math.cos(math.pi * progress_))
+            return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+        # Resume.
+        state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0, "bad": 0}
+        log: list[dict[str, float]] = []
+        best_weights = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+        checkpoint_path = out / CHECKPOINT_FILE
+        config_dict = config.to_dict()
+        if checkpoint_path.exists():
+            try:
+                saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
+            except Exception as exc:
+                raise TrainError(
+                    f"{checkpoint_path}: cannot resume from it ({exc}); delete it to start over"
+                ) from None
+            if (
+                _resumable_part(saved.get("config", {}))
+                != _resumable_part(json.loads(json.dumps(config_dict)))
+                or saved.get("zoo_fingerprint") != data.fingerprint
+            ):
+                raise TrainError(
+                    f"{checkpoint_path}: left by a run with another configuration or zoo; use "
+                    "another --out, or delete it to start over"
+                )
+            encoder.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            best_weights = saved["best_weights"]
+            state = saved["state"]
+            log = saved["log"]
+
+        started = time.perf_counter()
+        bar.start_epochs(config.epochs, state["epoch"])
+        while state["epoch"] < config.epochs and state["bad"] < config.patience:
+            epoch = state["epoch"]
+            encoder.train()
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+            batches = _batches(
+                train_index,
+                data.bank.spec_index,
+                config.batch_size,
+                config.batch_by_architecture,
+                generator,
+            )
+            sums: dict[str, float] = {}
+            bar.start_batches(steps_per_epoch)
+            for index in batches:
+                if index.numel() < 2:
+                    continue
+                batch = data.bank.select(index)
+                views = [augment(batch, config.augment, generator).to(device)]
+                if config.objective != "supervised":
+                    views.append(augment(batch, config.augment, generator).to(device))
+                outputs = [encoder.heads(encoder(view)) for view in views]
+                losses: dict[str, Tensor] = {}
+                if config.objective != "supervised":
+                    losses["contrastive"] = nt_xent(
+                        outputs[0]["projection"], outputs[1]["projection"], config.temperature
+                    )
+                if config.objective != "contrastive":
+                    target = standardised[index].to(device)
+                    for i, name in enumerate(encoder_config.targets):
+                        key = "accuracy_mse" if name == "test_accuracy" else "gap_mse"
+                        losses[key] = sum(
+                            _masked_mse(o["properties"][:, i], target[:, i]) for o in outputs
+                        ) / len(outputs)
+                    if encoder.task_head is not None:
+                        labels = data.task_labels[index].to(device)
+                        losses["task_ce"] = sum(
+                            F.cross_entropy(o["task_logits"], labels) for o in outputs
+                        ) / len(outputs)
+                weights = {
+                    "contrastive": config.contrastive_weight,
+                    "accuracy_mse": config.accuracy_weight,
+                    "gap_mse": config.gap_weight,
+                    "task_ce": config.task_weight,
+                }
+                loss = sum(weights[k] * v for k, v in losses.items())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                state["step"] += 1
+                for k, v in {"loss": loss, **losses}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums["batches"] = sums.get("batches", 0.0) + 1
+                bar.advance_batch(float(loss.detach()))
+
+            metrics = validate(encoder, data, data.index["val"], config, device)
+            row: dict[str, float] = {
+                "epoch": epoch + 1,
+                "step": state["step"],
+                "lr": scheduler.get_last_lr()[0],
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            batches = max(sums.pop("batches", 1.0), 1.0)
+            row.update({f"train_{k}": v / batches for k, v in sums.items()})
+            row.update(metrics)
+            log.append(row)
+            state["epoch"] = epoch + 1
+            if metrics["val_score"] > state["best_score"]:
+                state.update(best_score=metrics["val_score"], best_epoch=epoch + 1, bad=0)
+                best_weights = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+            else:
+                state["bad"] += 1
+            torch.save(
+                {
+                    "config": config_dict,
+                    "zoo_fingerprint": data.fingerprint,
+                    "model": encoder.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best_weights": best_weights,
+                    "state": state,
+                    "log": log,
+                },
+                checkpoint_path,
+            )
+            _write_log(out / LOG_FILE, log)
+            bar.end_epoch(row)
+            if config.time_limit and time.perf_counter() - started > config.time_limit:
+                break
+        seconds = time.perf_counter() - started
+
+    encoder.load_state_dict(best_weights)
+    encoder.eval()
+    encoder.save(out)
+    _write_json(out / "train_config.json", config_dict)
+    _write_json(out / "splits.json", data.splits)
+    _write_json(
+        out / "zoo_fingerprint.json",
+        {
+            "zoo": str(Path(config.zoo).resolve()),
+            "fingerprint": data.fingerprint,
+            "checkpoints_used": len(data.ids),
+            "runs": {k: len(v) for k, v in data.splits.items()},
+        },
+    )
+    _write_log(out / LOG_FILE, log)
+    best_row = next((r for r in log if r["epoch"] == state["best_epoch"]), {})
+    return TrainResult(
+        encoder=encoder,
+        best_epoch=int(state["best_epoch"]),
+        best_metrics={k: float(v) for k, v in best_row.items() if k.startswith("val_")},
+        epochs_run=int(state["epoch"]),
+        seconds=seconds,
+        log=log,
+        out=out,
+    )
+
+
+class _Progress:
+    """A rich progress bar (or nothing): epochs, batches, the running loss and val metrics."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.progress = None
+        self.tasks: dict[str, Any] = {}
+        self.last = ""
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def _task(self, name: str, total: int, completed: int = 0) -> Any:
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=total, info="")
+        self.progress.update(self.tasks[name], total=total, completed=completed)
+        return self.tasks[name]
+
+    def report(self, what: str, done: int, total: int) -> None:
+        if self.progress is not None and (done == total or done % 50 == 0):
+            self.progress.update(self._task(what, total), completed=done)
+
+    def start_epochs(self, total: int, done: int) -> None:
+        if self.progress is not None:
+            self._task("epochs", total, done)
+
+    def start_batches(self, total: int) -> None:
+        if self.progress is not None:
+            self._task("batches", total, 0)
+
+    def advance_batch(self, loss: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.tasks["batches"], advance=1, info=f"loss {loss:.4f}")
+
+    def end_epoch(self, row: dict[str, float]) -> None:
+        if self.progress is None:
+            return
+        shown = []
+        for key in ("train_loss", "val_accuracy_tau", "val_accuracy_mae", "val_view_top1"):
+            if key in row and isinstance(row[key], float) and math.isfinite(row[key]):
+                shown.append(f"{key.replace('val_', 'val ').replace('train_', '')} {row[key]:.3f}")
+        self.progress.update(self.tasks["epochs"], advance=1, info=" · ".join(shown))
