@@ -35,8 +35,11 @@ from weightspace.errors import WeightspaceError
 __all__ = ["BenchConfig", "run_bench", "DEFAULT_METHODS", "OURS"]
 
 OURS = "weightspace"
+#: Our frozen embedding with a gradient-boosted-tree head fitted on the training split.
+OURS_GBT = "weightspace-gbt"
 DEFAULT_METHODS: tuple[str, ...] = (
     OURS,
+    OURS_GBT,
     "flat-mlp",
     "pca-mlp",
     "statnn",
@@ -151,6 +154,30 @@ def _gallery_runs(table: pd.DataFrame, test_ids: Sequence[str], cap: int, seed: 
         chosen.append(runs[i])
         total += int(sizes[runs[i]])
     return _ids_of_runs(rows, chosen)
+
+
+class _EmbeddingGBT:
+    """Our encoder's embedding, frozen, with histogram gradient-boosted trees predicting accuracy.
+
+    The same regressor family as the StatNN baseline, so the two rows compare the features.
+    """
+
+    def __init__(self, encoder: Any, seed: int) -> None:
+        self.encoder = encoder
+        self.seed = seed
+
+    def fit(self, graphs: Sequence[Any], y: np.ndarray) -> _EmbeddingGBT:
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        z = np.asarray(self.encoder.embed(list(graphs)), dtype=np.float64)
+        self.regressor_ = HistGradientBoostingRegressor(
+            max_iter=300, learning_rate=0.05, random_state=self.seed
+        ).fit(z, y)
+        return self
+
+    def predict_accuracy(self, graphs: Sequence[Any]) -> np.ndarray:
+        z = np.asarray(self.encoder.embed(list(graphs)), dtype=np.float64)
+        return self.regressor_.predict(z)
 
 
 class _PerArchitecture:
@@ -288,12 +315,11 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
     table["checkpoint_id"] = table["checkpoint_id"].astype(str)
     table["run_id"] = table["run_id"].astype(str)
     graphs = _GraphCache(zoo)
-    unknown = [
-        m for m in config.methods if m != OURS and m not in list_embedders(include_slow=True)
-    ]
+    ours = (OURS, OURS_GBT)
+    unknown = [m for m in config.methods if m not in ours and m not in list_embedders()]
     if unknown:
         raise BenchError(
-            f"unknown methods {unknown}; valid: {[OURS, *list_embedders(include_slow=True)]}"
+            f"unknown methods {unknown}; valid: {[*ours, *list_embedders(include_slow=True)]}"
         )
     has_accuracy = "test_accuracy" in table.columns and table["test_accuracy"].notna().any()
     notes: list[str] = []
@@ -385,6 +411,10 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
             try:
                 if method == OURS:
                     fitted[method] = encoder
+                elif method == OURS_GBT:
+                    if encoder is None or y_train is None:
+                        raise BenchError(f"{OURS_GBT} needs our encoder and test accuracies")
+                    fitted[method] = _EmbeddingGBT(encoder, seed).fit(train_graphs, y_train)
                 else:
                     fitted[method] = _fit_baseline(
                         method, train_graphs, y_train, train_arch, seed, config
@@ -452,6 +482,8 @@ def _retrieval(
     tasks = rows["task"].astype(str).tolist()
     log(f"  retrieval on a gallery of {len(gallery)} held-out checkpoints")
     for method, model in fitted.items():
+        if isinstance(model, _EmbeddingGBT):
+            continue  # the same embedding as ours: retrieval would repeat our rows
         if isinstance(model, _PerArchitecture):
             results["skipped"].setdefault(
                 f"{method} retrieval",
@@ -555,23 +587,28 @@ def _held_out(
     y_train, y_test = _accuracy(table, train_ids), _accuracy(table, test_ids)
     chance = _chance(table, test_ids)
     results.setdefault("splits", {})[name] = split.to_dict()
+    encoder = None
     for method in config.methods:
         try:
-            if method == OURS:
+            if method == OURS_GBT:
+                if encoder is None:
+                    raise BenchError(f"{OURS_GBT} needs our encoder, which was not fitted here")
+                model = _EmbeddingGBT(encoder, seed).fit(train_graphs, y_train)
+            elif method == OURS:
                 if config.encoder:
                     results["skipped"][f"{OURS} {name}"] = (
                         "a given encoder was trained on its own split; pass --train to refit it "
                         "on the held-out split"
                     )
                     continue
-                model, _, _ = _train_encoder(
+                model = encoder = _train_encoder(
                     config,
                     Path(config.out) / "encoders" / f"{protocol}-seed-{seed}",
                     seed,
                     splits=runs,
                     time_limit=config.held_out_time_limit,
                     log=log,
-                )
+                )[0]
             else:
                 model = _fit_baseline(method, train_graphs, y_train, train_arch, seed, config)
             pred = _predict(method, model, test_graphs, test_arch)

@@ -19,6 +19,7 @@ __all__ = ["write_report", "summarise", "format_cell", "headline_table"]
 PREDICTION_COLUMNS = ("kendall_tau", "kendall_tau_above_chance", "r2", "mae", "coverage")
 RETRIEVAL_COLUMNS = ("recall@1", "recall@5", "recall@10", "mrr", "gallery_size")
 OURS = "weightspace"
+OURS_METHODS = ("weightspace", "weightspace-gbt")
 
 
 def summarise(values: Sequence[float]) -> tuple[float, float, int]:
@@ -49,7 +50,7 @@ def _table(per_method: Mapping[str, list[dict]], columns: Sequence[str]) -> list
         for column in present:
             digits = 0 if column == "gallery_size" else 3
             cells.append(format_cell([run.get(column, float("nan")) for run in runs], digits))
-        name = f"**{method}** (ours)" if method == OURS else method
+        name = f"**{method}** (ours)" if method in OURS_METHODS else method
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -57,7 +58,7 @@ def _table(per_method: Mapping[str, list[dict]], columns: Sequence[str]) -> list
 def _best_baseline(per_method: Mapping[str, list[dict]], metric: str, higher: bool = True):
     best, best_value = None, None
     for method, runs in per_method.items():
-        if method == OURS:
+        if method in OURS_METHODS:
             continue
         mean, _, n = summarise([r.get(metric, float("nan")) for r in runs])
         if n and (best_value is None or (mean > best_value if higher else mean < best_value)):
@@ -66,21 +67,24 @@ def _best_baseline(per_method: Mapping[str, list[dict]], metric: str, higher: bo
 
 
 def headline_table(results: Mapping[str, Any]) -> list[str]:
-    """The README's headline: ours vs the best baseline per key metric."""
+    """The README's headline: our rows against the best baseline, per key metric."""
     rows = []
-    pred = results.get("prediction", {}).get("held-out runs", {})
-    for metric, higher in (("kendall_tau", True), ("r2", True), ("mae", False)):
-        if OURS in pred:
-            best, _ = _best_baseline(pred, metric, higher)
-            rows.append(
-                (
-                    f"accuracy prediction, held-out runs: {metric}",
-                    pred.get(OURS),
-                    best,
-                    pred.get(best) if best else None,
-                    metric,
-                )
-            )
+    for protocol, metrics in (
+        (
+            "held-out runs",
+            (
+                ("kendall_tau", True),
+                ("kendall_tau_above_chance", True),
+                ("r2", True),
+                ("mae", False),
+            ),
+        ),
+        ("held-out architectures", (("kendall_tau", True), ("r2", True))),
+    ):
+        section = results.get("prediction", {}).get(protocol, {})
+        for metric, higher in metrics:
+            if any(m in section for m in OURS_METHODS):
+                rows.append((f"accuracy prediction, {protocol}: {metric}", section, metric, higher))
     for protocol, metric in (
         ("S", "recall@1"),
         ("L", "recall@10"),
@@ -89,25 +93,23 @@ def headline_table(results: Mapping[str, Any]) -> list[str]:
     ):
         section = results.get("retrieval", {}).get(protocol, {})
         if OURS in section:
-            best, _ = _best_baseline(section, metric)
-            rows.append(
-                (
-                    f"retrieval {protocol}: {metric}",
-                    section.get(OURS),
-                    best,
-                    section.get(best) if best else None,
-                    metric,
-                )
-            )
-    lines = ["| metric | weightspace | best baseline |", "|---|---|---|"]
-    for label, ours, best, theirs, metric in rows:
-        ours_cell = format_cell([r.get(metric, float("nan")) for r in ours or []])
-        theirs_cell = (
-            f"{format_cell([r.get(metric, float('nan')) for r in theirs])} ({best})"
+            rows.append((f"retrieval {protocol}: {metric}", section, metric, True))
+    lines = [
+        "| metric | " + " | ".join(OURS_METHODS) + " | best baseline |",
+        "|---|" + "---|" * (len(OURS_METHODS) + 1),
+    ]
+    for label, section, metric, higher in rows:
+        ours = [
+            format_cell([r.get(metric, float("nan")) for r in section.get(m, [])])
+            for m in OURS_METHODS
+        ]
+        best, _ = _best_baseline(section, metric, higher)
+        theirs = (
+            f"{format_cell([r.get(metric, float('nan')) for r in section[best]])} ({best})"
             if best
             else "–"
         )
-        lines.append(f"| {label} | {ours_cell} | {theirs_cell} |")
+        lines.append(f"| {label} | " + " | ".join(ours) + f" | {theirs} |")
     return lines
 
 
@@ -115,22 +117,23 @@ def _verdicts(results: Mapping[str, Any]) -> list[str]:
     """Plain sentences: where ours wins, where a baseline wins."""
     lines = []
     for protocol, per_method in results.get("prediction", {}).items():
-        if OURS not in per_method:
-            continue
-        ours, _, _ = summarise([r.get("kendall_tau", float("nan")) for r in per_method[OURS]])
         best, value = _best_baseline(per_method, "kendall_tau")
-        if best is None or not math.isfinite(ours):
-            continue
-        if value > ours:
-            lines.append(
-                f"- **{protocol}**: the baseline `{best}` beats ours on Kendall τ "
-                f"({value:.3f} vs {ours:.3f})."
-            )
-        else:
-            lines.append(
-                f"- **{protocol}**: ours leads the best baseline (`{best}`) on Kendall τ by "
-                f"{ours - value:+.3f} ({ours:.3f} vs {value:.3f})."
-            )
+        for name in OURS_METHODS:
+            if name not in per_method or best is None:
+                continue
+            ours, _, _ = summarise([r.get("kendall_tau", float("nan")) for r in per_method[name]])
+            if not math.isfinite(ours):
+                continue
+            if value > ours:
+                lines.append(
+                    f"- **{protocol}**: the baseline `{best}` beats `{name}` on Kendall τ "
+                    f"({value:.3f} vs {ours:.3f})."
+                )
+            else:
+                lines.append(
+                    f"- **{protocol}**: `{name}` leads the best baseline (`{best}`) on Kendall τ "
+                    f"by {ours - value:+.3f} ({ours:.3f} vs {value:.3f})."
+                )
     for protocol, section in results.get("retrieval", {}).items():
         if OURS not in section:
             continue

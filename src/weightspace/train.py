@@ -115,6 +115,8 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     time_limit: float = 0.0  # stop after this many seconds of training, at an epoch end (0: off)
+    splits: dict[str, list[str]] | None = None  # explicit run ids per train/val/test (overrides
+    #   the seeded split; `bench` uses it for held-out architectures and tasks)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # view augmentations
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # architecture
 
@@ -172,6 +174,9 @@ def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     similarity = similarity.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=u.device), -1e9)
     partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(u.device)
     return F.cross_entropy(similarity, partner)
+
+
+SPLITS = ("train", "val", "test")
 
 
 def split_runs(
@@ -301,9 +306,19 @@ def _load_data(
 
     zoo = Zoo.open(config.zoo)
     table = zoo.table.reset_index(drop=True)
-    splits = split_runs(
-        [str(r) for r in table["run_id"]], config.val_fraction, config.test_fraction, config.seed
-    )
+    if config.splits is not None:
+        splits = {part: sorted(map(str, config.splits.get(part, []))) for part in SPLITS}
+        if not splits["train"] or not splits["val"]:
+            raise TrainError("explicit splits need at least one train and one val run")
+        table = table[table["run_id"].astype(str).isin(set().union(*splits.values()))]
+        table = table.reset_index(drop=True)
+    else:
+        splits = split_runs(
+            [str(r) for r in table["run_id"]],
+            config.val_fraction,
+            config.test_fraction,
+            config.seed,
+        )
     if config.max_checkpoints and len(table) > config.max_checkpoints:
         # Keep whole runs, in a seeded order, until the budget is reached (split proportions stay).
         rng = np.random.default_rng(config.seed + 1)
