@@ -58,6 +58,8 @@ def _assert_same(a, b, tolerance: float) -> None:
         ("wine", "mlp-w16-d2-relu"),
         ("digits", "cnn2d-c4-d3-bn-res-gelu"),
         ("mnist1d", "cnn1d-c4-d2-tanh"),
+        ("digits", "cnn2d-c8-d3-relu"),
+        ("wine", "mlp-w8-d3-leaky_relu"),
     ],
 )
 def test_vectorised_equals_one_by_one(task: str, arch: str) -> None:

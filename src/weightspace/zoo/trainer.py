@@ -3,12 +3,14 @@
 Two paths train the same runs to the same weights (up to float round-off):
 
 * :func:`train_group` — vectorised. The ``M`` models' parameters live in one flat tensor
-  ``θ ∈ R^{M×P}``; MLP layers are batched matmuls (``torch.baddbmm`` over stacked weights
-  ``(M, out, in)``), conv layers are one grouped convolution with ``groups = M`` over inputs laid
-  out as ``(B, M·C, *spatial)``, BatchNorm is one ``F.batch_norm`` over the ``M·C`` channels, and
-  SGD/Adam are a handful of elementwise ops on ``θ`` with per-model learning rates and weight
-  decays as ``(M, 1)`` columns. The loss is ``Σ_m mean_b CE_m``, so ``∂/∂θ_m`` is exactly the
-  gradient model ``m`` alone would see.
+  ``θ ∈ R^{M×P}``; linear layers are batched matmuls (``torch.bmm``/``baddbmm`` over stacked
+  weights ``(M, out, in)``), convs are batched im2col matmuls on channels-last activations (or,
+  for small inputs, matmuls with the conv's dense matrix), BatchNorm keeps statistics per
+  (model, channel), and SGD/Adam are a handful of elementwise ops on ``θ`` with per-model learning
+  rates and weight decays as ``(M, 1)`` columns. There is no autograd: the backward pass of every
+  layer type is written out (:meth:`StackedNetwork.loss_backward`) for the loss
+  ``Σ_m mean_b CE_m``, so ``∂/∂θ_m`` is exactly the gradient model ``m`` alone would see. Large
+  intermediates of a step live in reused buffers.
 * :func:`train_reference` — one model, an ordinary ``nn.Module`` and ``torch.optim`` loop; the
   baseline of ``benchmarks/bench_zoo.py`` and the oracle of the equivalence test.
 
@@ -21,6 +23,7 @@ or path trains it, on CPU or GPU.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from torch import Tensor, nn
 
 from weightspace.zoo.architectures import (
     BN_EPS,
+    LEAKY_RELU_SLOPE,
     ArchConfig,
     activation_function,
     build_model,
@@ -60,6 +64,11 @@ METRIC_NAMES = (
     "test_accuracy",
 )
 EVAL_CHUNK = 1024
+#: The vectorised evaluation takes ``clamp(EVAL_ELEMENTS // (M·A), EVAL_MIN_CHUNK, EVAL_CHUNK)``
+#: examples at a time (``A``: largest intermediate per example and model), so that its
+#: intermediates stay ~10 MB (cache- and allocator-friendly on CPU).
+EVAL_ELEMENTS = 5 * 2**19
+EVAL_MIN_CHUNK = 64
 ProgressCallback = Callable[[int], None]
 
 
@@ -163,10 +172,10 @@ def _accumulate_metrics(
     logits: Tensor, labels: Tensor, weights: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """Per-model summed loss and correct count. logits ``(M, N, K)``, labels ``(M|1, N)``."""
-    models, n, classes = logits.shape
+    models, n, _ = logits.shape
     labels = labels.expand(models, n)
-    loss = F.cross_entropy(logits.reshape(-1, classes), labels.reshape(-1), reduction="none")
-    loss = loss.view(models, n)
+    # cross-entropy as logsumexp − true logit (much faster than log_softmax over 10 classes)
+    loss = torch.logsumexp(logits, -1) - logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     correct = (logits.argmax(-1) == labels).to(logits.dtype)
     if weights is not None:
         loss, correct = loss * weights, correct * weights
@@ -174,61 +183,208 @@ def _accumulate_metrics(
 
 
 @dataclass(frozen=True)
-class _DenseConv:
-    """A conv layer as a dense ``(out_features, in_features)`` matrix gathered from its kernel.
+class _ConvGeometry:
+    """One conv layer (kernel 3, padding 1) on channels-last activations ``(M, B, *S, C)``.
 
-    ``index[o, i]`` is the position of the kernel entry linking input feature ``i`` to output
-    feature ``o`` in the flattened kernel, or ``O·C·k`` (an appended zero) when they are not
-    connected; features are flattened channels-first, ``(C, *S)``.
+    A conv runs one of two ways, both batched matmuls over the models:
+
+    * im2col (``dense is None``): patches ``(M, B·|S_out|, k·C_in)`` (entries ordered
+      ``(*kernel offset, c)``; ``k = 3^dims``) times the kernel permuted to ``(M, k·C_in, C_out)``.
+      The first conv always runs this way, on patches of the data computed once.
+    * dense (small inputs): the conv as a ``(|S_out|·C_out, |S_in|·C_in)`` matrix per model,
+      gathered from the kernel by ``dense`` (index ``C_out·C_in·k`` is an appended zero). The
+      kernel's gradient gathers the dense gradient's ``|S_out|`` entries of every kernel entry
+      (``grad_index``, with ``grad_mask`` zero where the kernel meets the padding).
     """
 
-    index: Tensor  # (out_features · in_features,) long
-    in_features: int
-    out_features: int
-    channels: int
-    positions: int
+    in_spatial: tuple[int, ...]
+    out_spatial: tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    stride: int
+    dense: Tensor | None = None  # (|S_out|·C_out·|S_in|·C_in,) long
+    grad_index: Tensor | None = None  # (C_out·C_in·k·|S_out|,) long
+    grad_mask: Tensor | None = None  # (C_out·C_in·k, |S_out|) float
+
+    @property
+    def dims(self) -> int:
+        return len(self.in_spatial)
+
+    @property
+    def kernel_size(self) -> int:
+        return 3**self.dims
+
+    @property
+    def patch_size(self) -> int:
+        return self.in_channels * self.kernel_size
+
+    @property
+    def out_positions(self) -> int:
+        return math.prod(self.out_spatial)
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(self.in_spatial) * self.in_channels
+
+    def to(self, device: torch.device) -> _ConvGeometry:
+        if self.dense is None:
+            return self
+        assert self.grad_index is not None and self.grad_mask is not None
+        return dataclasses.replace(
+            self,
+            dense=self.dense.to(device),
+            grad_index=self.grad_index.to(device),
+            grad_mask=self.grad_mask.to(device),
+        )
 
 
-#: Use dense convs when their multiply-adds are at most this many times the convs' own.
+#: Run a conv (after the first) as a dense matmul when that costs at most this many times the
+#: conv's own multiply-adds, i.e. when ``|S_in| ≤ DENSE_CONV_MAX_EXPANSION · 3^dims``.
 DENSE_CONV_MAX_EXPANSION = 4.0
 
 
-def _dense_conv_plan(arch: ArchConfig, input_shape: Sequence[int]) -> list[_DenseConv] | None:
-    """Dense-matrix forms of every conv of ``arch``, or None when that would cost too much.
+def _dense_tables(geometry: _ConvGeometry) -> _ConvGeometry:
+    """``geometry`` with the index tables of its dense form (see :class:`_ConvGeometry`)."""
+    out_c, in_c, k = geometry.out_channels, geometry.in_channels, geometry.kernel_size
+    s_in, s_out = math.prod(geometry.in_spatial), geometry.out_positions
+    zero = out_c * in_c * k
+    dense = torch.full((s_out, out_c, s_in, in_c), zero, dtype=torch.long)
+    grad_index = torch.zeros(out_c, in_c, k, s_out, dtype=torch.long)
+    grad_mask = torch.zeros(out_c, in_c, k, s_out)
+    kernel = torch.arange(out_c).view(-1, 1) * (in_c * k) + torch.arange(in_c).view(1, -1) * k
+    rows = torch.arange(out_c).view(-1, 1) * (s_in * in_c)
+    cols = torch.arange(in_c).view(1, -1)
+    outputs = itertools.product(*(range(n) for n in geometry.out_spatial))
+    for row, position in enumerate(outputs):
+        for j, offset in enumerate(itertools.product(range(3), repeat=geometry.dims)):
+            source = [geometry.stride * p + o - 1 for p, o in zip(position, offset, strict=True)]
+            if not all(0 <= q < n for q, n in zip(source, geometry.in_spatial, strict=True)):
+                continue
+            p = 0
+            for q, n in zip(source, geometry.in_spatial, strict=True):
+                p = p * n + q
+            dense[row, :, p, :] = kernel + j
+            grad_index[:, :, j, row] = row * out_c * s_in * in_c + rows + p * in_c + cols
+            grad_mask[:, :, j, row] = 1.0
+    return dataclasses.replace(
+        geometry,
+        dense=dense.view(-1),
+        grad_index=grad_index.view(-1),
+        grad_mask=grad_mask.view(out_c * in_c * k, s_out),
+    )
 
-    For the tiny inputs of the zoo (8×8 digits) a conv as one batched matmul over all models
-    beats a grouped convolution with ``groups = M`` by far, even though the matrix holds the
-    zeros the conv skips (and drops the padding's).
-    """
-    model = build_model(arch, input_shape, 2)
-    shape = tuple(input_shape)
-    plans: list[_DenseConv] = []
-    dense_cost = conv_cost = 0
-    for block in model.blocks:  # type: ignore[attr-defined]
-        conv = block.conv
-        in_features = math.prod(shape)
-        numbered = torch.arange(1, conv.weight.numel() + 1, dtype=torch.float64)
-        basis = torch.eye(in_features, dtype=torch.float64).view(in_features, *shape)
-        forward = F.conv1d if conv.weight.dim() == 3 else F.conv2d
-        out = forward(basis, numbered.view(conv.weight.shape), None, conv.stride, conv.padding)
-        shape = tuple(out.shape[1:])
-        ids = out.reshape(in_features, -1).t().round().long()  # (out_features, in_features)
-        index = torch.where(ids > 0, ids - 1, conv.weight.numel())
-        plans.append(
-            _DenseConv(index.reshape(-1), in_features, ids.shape[0], shape[0], math.prod(shape[1:]))
-        )
-        dense_cost += ids.numel()
-        conv_cost += math.prod(shape) * conv.weight[0].numel()
-    if dense_cost > DENSE_CONV_MAX_EXPANSION * conv_cost:
-        return None
+
+def _conv_geometry(arch: ArchConfig, input_shape: Sequence[int]) -> list[_ConvGeometry]:
+    channels, spatial = int(input_shape[0]), tuple(int(s) for s in input_shape[1:])
+    plans = []
+    for i in range(arch.depth):
+        stride = arch.stride(i)
+        out = tuple((n - 1) // stride + 1 for n in spatial)  # (n + 2·1 − 3) // stride + 1
+        geometry = _ConvGeometry(spatial, out, channels, arch.width, stride)
+        if i > 0 and math.prod(spatial) <= DENSE_CONV_MAX_EXPANSION * geometry.kernel_size:
+            geometry = _dense_tables(geometry)
+        plans.append(geometry)
+        channels, spatial = arch.width, out
     return plans
 
 
+def _patches(h: Tensor, geometry: _ConvGeometry, padded: Tensor | None = None) -> Tensor:
+    """im2col of channels-last ``h (L, B, *S_in, C)`` → ``(L, B·|S_out|, k·C)`` (a copy).
+
+    ``padded``: optional buffer ``(L, B, *(S_in + 2), C)`` whose border is zero, to pad ``h`` in.
+    """
+    lead, batch, dims = h.shape[0], h.shape[1], geometry.dims
+    if padded is None:
+        padded = F.pad(h, (0, 0) + (1, 1) * dims)  # zero padding 1 on every spatial side
+    else:
+        inner = tuple(slice(1, n + 1) for n in geometry.in_spatial)
+        padded[(slice(None), slice(None), *inner)] = h
+    strides = padded.stride()
+    spatial_strides = strides[2 : 2 + dims]
+    view = padded.as_strided(
+        (lead, batch, *geometry.out_spatial, *([3] * dims), geometry.in_channels),
+        (
+            strides[0],
+            strides[1],
+            *(geometry.stride * s for s in spatial_strides),
+            *spatial_strides,
+            strides[-1],
+        ),
+    )
+    return view.reshape(lead, batch * geometry.out_positions, geometry.patch_size)
+
+
+def _fold_patches(grad_patches: Tensor, geometry: _ConvGeometry, padded: Tensor) -> Tensor:
+    """col2im, the adjoint of :func:`_patches`: ``(M, B·|S_out|, k·C)`` → ``(M, B, *S_in, C)``,
+    summed in the buffer ``padded (M, B, *(S_in + 2), C)``."""
+    models, dims, stride = grad_patches.shape[0], geometry.dims, geometry.stride
+    batch = grad_patches.shape[1] // geometry.out_positions
+    g = grad_patches.view(models, batch, *geometry.out_spatial, *([3] * dims), geometry.in_channels)
+    padded.zero_()
+    for offset in itertools.product(range(3), repeat=dims):
+        where = tuple(
+            slice(o, o + stride * (n - 1) + 1, stride)
+            for o, n in zip(offset, geometry.out_spatial, strict=True)
+        )
+        padded[(slice(None), slice(None), *where)] += g[(..., *offset, slice(None))]
+    inner = tuple(slice(1, n + 1) for n in geometry.in_spatial)
+    return padded[(slice(None), slice(None), *inner)]
+
+
+def _kernel_matrix(kernel: Tensor) -> Tensor:
+    """Conv kernel ``(M, O, C, *k)`` → ``(M, O, k·C)`` in the patch order ``(*offset, c)``."""
+    return kernel.flatten(3).transpose(2, 3).reshape(kernel.shape[0], kernel.shape[1], -1)
+
+
+_ActivationBackward = Callable[[Tensor, Tensor | None, Tensor, Tensor], Tensor]
+
+
+def _activation_backward(name: str) -> _ActivationBackward:
+    """``(grad_out, pre_activation, activation, out) ↦ grad_in`` written into ``out``, with the
+    kernels autograd itself uses."""
+    aten = torch.ops.aten
+    functions: dict[str, _ActivationBackward] = {
+        "relu": lambda g, z, a, out: aten.threshold_backward.grad_input(g, a, 0, grad_input=out),
+        "leaky_relu": lambda g, z, a, out: aten.leaky_relu_backward.grad_input(
+            g, z, LEAKY_RELU_SLOPE, False, grad_input=out
+        ),
+        "tanh": lambda g, z, a, out: aten.tanh_backward.grad_input(g, a, grad_input=out),
+        "gelu": lambda g, z, a, out: aten.gelu_backward.grad_input(g, z, grad_input=out),
+    }
+    return functions[name]
+
+
+#: Activations computed in place when their input is not needed by the backward pass.
+_IN_PLACE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": torch.relu_,
+    "tanh": torch.tanh_,
+}
+
+
+@dataclass
+class _Saved:
+    """What the hand-written backward of one hidden layer needs from its forward."""
+
+    inputs: Tensor  # (M, B, F), or a conv's patches (M, B·|S_out|, k·C)
+    matrix: Tensor  # the weight as a matrix (M, out, F) (linear, im2col or dense conv)
+    pre_activation: Tensor | None  # z (kept for leaky_relu / gelu)
+    activation: Tensor  # a = act(z) (before dropout)
+    multiplier: Tensor | None  # dropout multiplier, broadcastable to a
+    normalised: Tensor | None = None  # BatchNorm x̂
+    inv_std: Tensor | None = None  # BatchNorm 1/√(σ² + ε), (M, C)
+
+
 class StackedNetwork:
-    """``M`` models of one architecture with parameters in one flat leaf ``θ: (M, P)``.
+    """``M`` models of one architecture with parameters in one flat tensor ``θ: (M, P)``.
 
     Parameter views follow the ``nn.Module``'s state-dict keys and shapes, so
     :meth:`state_dict` of model ``m`` loads into :func:`build_model` unchanged.
+
+    Training does not use autograd: :meth:`loss_backward` runs the forward pass, saves what the
+    backward pass needs and writes ``∂(Σ_m mean_b CE_m)/∂θ`` into :attr:`grad` with hand-written
+    gradients of every layer type (batched matmuls, im2col convs, BatchNorm, residual skips,
+    activations, dropout, pooling, softmax cross-entropy). CNN inputs are given as the first
+    conv's patches (see :meth:`prepare_inputs`), computed once per data set.
     """
 
     def __init__(
@@ -260,7 +416,8 @@ class StackedNetwork:
             ],
             dim=1,
         )
-        self.flat = flat.to(self.device).requires_grad_(True)  # (M, P)
+        self.flat = flat.to(self.device)  # (M, P)
+        self.grad = torch.zeros_like(self.flat)  # (M, P), written by loss_backward
         self.buffers = {
             k: torch.stack([state[k] for state in initial_states]).to(self.device)
             for k in self.keys
@@ -269,25 +426,76 @@ class StackedNetwork:
         self.steps_taken = 0
         self.layers = parametrised_layers(arch)
         self.activation = activation_function(arch.activation)
-        plan = _dense_conv_plan(arch, self.input_shape) if arch.family != "mlp" else None
-        self.dense_convs = (
-            None
-            if plan is None
-            else [dataclasses.replace(p, index=p.index.to(self.device)) for p in plan]
+        self.activation_backward = _activation_backward(arch.activation)
+        self._workspace: dict[str, Tensor] = {}
+        self._first_bias_column = arch.family != "mlp" and not arch.batchnorm
+        self.convs = (
+            [g.to(self.device) for g in _conv_geometry(arch, self.input_shape)]
+            if arch.family != "mlp"
+            else []
         )
+        sizes = [math.prod(self.input_shape), arch.width, num_classes]
+        for g in self.convs:
+            sizes += [g.out_positions * (g.patch_size + 1), g.out_positions * g.out_channels]
+        self._example_size = max(sizes)  # largest intermediate per example and model
 
-    def params(self) -> dict[str, Tensor]:
-        """Views ``(M, *shape)`` of every parameter of all models, keyed like the state dict.
+    def _buffer(self, name: str, shape: Sequence[int], saved: list[_Saved] | None) -> Tensor | None:
+        """A reused buffer for a training step's large intermediate ``name`` (None otherwise).
 
-        One ``split`` of ``θ`` (rather than one slice per parameter) keeps the backward pass to a
-        single concatenation of the gradients.
+        Reusing them spares the allocator: on CPU, freshly allocated megabyte-sized tensors cost
+        page faults every step. Each name is written once per step, and what the backward pass
+        reads is only read within that step.
         """
+        if saved is None:
+            return None
+        buffer = self._workspace.get(name)
+        if buffer is None or buffer.shape != tuple(shape):
+            buffer = torch.empty(tuple(shape), device=self.device, dtype=self.flat.dtype)
+            self._workspace[name] = buffer
+        return buffer
+
+    def _padded(self, name: str, like: Tensor, geometry: _ConvGeometry | None = None) -> Tensor:
+        """A reused buffer ``(M, B, *(S + 2), C)`` with a zero border, to pad ``like`` (M, B, *S,
+        C) — or, given ``geometry``, that conv's input — in."""
+        if geometry is not None:
+            batch = like.shape[1] // geometry.out_positions
+            shape = (like.shape[0], batch, *geometry.in_spatial, geometry.in_channels)
+        else:
+            shape = tuple(like.shape)
+        padded = (*shape[:2], *(n + 2 for n in shape[2:-1]), shape[-1])
+        buffer = self._workspace.get(name)
+        if buffer is None or buffer.shape != padded:
+            buffer = torch.zeros(padded, device=self.device, dtype=self.flat.dtype)
+            self._workspace[name] = buffer
+        return buffer
+
+    def _views(self, flat: Tensor) -> dict[str, Tensor]:
         sizes = [stop - start for start, stop in self.offsets.values()]
-        parts = self.flat.split(sizes, dim=1)
+        parts = flat.split(sizes, dim=1)
         return {
             key: part.view(self.num_models, *shape)
             for (key, shape), part in zip(self.param_shapes.items(), parts, strict=True)
         }
+
+    def params(self) -> dict[str, Tensor]:
+        """Views ``(M, *shape)`` of every parameter of all models, keyed like the state dict."""
+        return self._views(self.flat)
+
+    def prepare_inputs(self, x: Tensor) -> Tensor:
+        """Data ``(N, *input_shape)`` → what :meth:`forward` takes: ``(N, F)`` for MLPs, the
+        first conv's patches ``(N, |S_out|·(k·C + 1))`` for CNNs (a column of ones for the bias;
+        without one when BatchNorm follows the conv)."""
+        if not self.convs:
+            return x.reshape(x.shape[0], -1)
+        geometry = self.convs[0]
+        h = x.movedim(1, -1).unsqueeze(0)  # (1, N, *S, C)
+        patches = _patches(h, geometry).view(x.shape[0], geometry.out_positions, -1)
+        if self._first_bias_column:
+            patches = torch.cat([patches, patches.new_ones(*patches.shape[:2], 1)], dim=2)
+        return patches.reshape(x.shape[0], -1)
+
+    def _head_inputs(self, h: Tensor) -> Tensor:
+        return h if not self.convs else h.mean(dim=tuple(range(2, 2 + len(self.input_shape) - 1)))
 
     def forward(
         self,
@@ -297,173 +505,266 @@ class StackedNetwork:
         keep_masks: Tensor | None = None,
         keep_scale: Tensor | None = None,
         bn_momentum: float = 0.1,
+        saved: list[_Saved] | None = None,
     ) -> Tensor:
-        """Logits of every model.
+        """Logits of every model (no autograd; see :meth:`loss_backward`).
 
         Args:
-            x: per-model inputs ``(M, B, *input_shape)`` or shared inputs ``(B, *input_shape)``.
+            x: per-model inputs ``(M, B, F)`` or shared inputs ``(B, F)``, from
+                :meth:`prepare_inputs`.
             training: BatchNorm uses (and updates) batch statistics when True.
             keep_masks: ``(M, B, depth·width)`` bool dropout keep-masks (training only).
             keep_scale: ``(M,)`` inverted-dropout scale ``1/(1−p_m)``.
+            saved: when given, filled with what the backward pass needs, one entry per layer.
 
         Returns:
             ``(M, B, num_classes)``.
         """
+        arch, models = self.arch, self.num_models
         params = self.params()
-        if self.arch.family == "mlp":
-            return self._forward_mlp(params, x, keep_masks, keep_scale)
-        if self.dense_convs is not None:
-            return self._forward_dense_cnn(params, x, training, keep_masks, keep_scale, bn_momentum)
-        return self._forward_cnn(params, x, training, keep_masks, keep_scale, bn_momentum)
-
-    def _dropout_multiplier(
-        self, keep_masks: Tensor | None, keep_scale: Tensor | None, layer: int
-    ) -> Tensor | None:
-        if keep_masks is None or keep_scale is None:
-            return None
-        width = self.arch.width
-        mask = keep_masks[:, :, layer * width : (layer + 1) * width]  # (M, B, W)
-        return mask.to(keep_scale.dtype) * keep_scale.view(-1, 1, 1)
-
-    def _forward_mlp(
-        self,
-        params: dict[str, Tensor],
-        x: Tensor,
-        keep_masks: Tensor | None,
-        keep_scale: Tensor | None,
-    ) -> Tensor:
+        batch = x.shape[-2]
         h = x
-        for i, (prefix, _) in enumerate(self.layers):
-            weight = params[f"{prefix}.weight"]  # (M, out, in)
-            bias = params[f"{prefix}.bias"]  # (M, out)
-            if h.dim() == 2:  # shared inputs (B, F): broadcast the matmul over models
-                h = torch.matmul(h, weight.transpose(1, 2)) + bias.unsqueeze(1)
-            else:
-                h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))  # (M, B, out)
-            if i < self.arch.depth:
-                h = self.activation(h)
-                multiplier = self._dropout_multiplier(keep_masks, keep_scale, i)
-                if multiplier is not None:
-                    h = h * multiplier
-        return h
-
-    def _forward_cnn(
-        self,
-        params: dict[str, Tensor],
-        x: Tensor,
-        training: bool,
-        keep_masks: Tensor | None,
-        keep_scale: Tensor | None,
-        bn_momentum: float,
-    ) -> Tensor:
-        models, dims = self.num_models, self.arch.spatial_dims
-        conv = F.conv1d if dims == 1 else F.conv2d
-        if x.dim() == 2 + dims:  # shared (B, C, *S) → (B, M·C, *S)
-            h = x.repeat(1, models, *([1] * dims))
-        else:  # (M, B, C, *S) → (B, M·C, *S)
-            h = x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
         for i, (prefix, norm) in enumerate(self.layers[:-1]):
-            weight = params[f"{prefix}.weight"]  # (M, C_out, C_in, *k)
-            weight = weight.reshape(-1, *weight.shape[2:])  # (M·C_out, C_in, *k)
-            bias = params[f"{prefix}.bias"].reshape(-1) if norm is None else None
-            y = conv(h, weight, bias, stride=self.arch.stride(i), padding=1, groups=models)
+            weight = params[f"{prefix}.weight"]
+            bias = params.get(f"{prefix}.bias")  # (M, O) or None
+            geometry = self.convs[i] if self.convs else None
+            if geometry is None:  # linear layer
+                inputs, matrix = h, weight  # (M|·, B, F), (M, O, F)
+            elif geometry.dense is not None:
+                table = torch.cat([weight.reshape(models, -1), weight.new_zeros(models, 1)], 1)
+                rows = geometry.out_positions * arch.width
+                out = self._buffer(f"dense{i}", (models, rows * geometry.in_features), saved)
+                matrix = torch.index_select(table, 1, geometry.dense, out=out)
+                matrix = matrix.view(models, rows, geometry.in_features)
+                inputs = h.reshape(models, batch, -1)  # (M, B, |S_in|·C)
+                if bias is not None:
+                    bias = bias.repeat(1, geometry.out_positions)
+            else:
+                matrix = _kernel_matrix(weight)  # (M, O, k·C)
+                if i == 0:  # the data's patches (·|M, B, |S_out|·(k·C [+ 1]))
+                    if bias is not None:  # the bias as the kernel's last column
+                        matrix = torch.cat([matrix, bias.unsqueeze(-1)], dim=2)
+                        bias = None
+                    inputs = h.view(*h.shape[:-1], geometry.out_positions, -1).flatten(-3, -2)
+                else:
+                    name = f"pad{i}" if saved is not None else f"eval_pad{i}"
+                    inputs = _patches(h, geometry, self._padded(name, h))
+            if inputs.dim() == 2:  # shared inputs: broadcast the matmul over models
+                z = torch.matmul(inputs, matrix.transpose(1, 2))
+                if bias is not None:
+                    z.add_(bias.unsqueeze(1))
+            else:
+                shape = (models, inputs.shape[1], matrix.shape[1])
+                out = self._buffer(f"z{i}", shape, saved)
+                if bias is not None:
+                    z = torch.baddbmm(bias.unsqueeze(1), inputs, matrix.transpose(1, 2), out=out)
+                else:
+                    z = torch.bmm(inputs, matrix.transpose(1, 2), out=out)
+            if geometry is not None:
+                z = z.view(models, batch, *geometry.out_spatial, arch.width)
+            normalised = inv_std = None
             if norm is not None:
-                y = F.batch_norm(
-                    y,
-                    self.buffers[f"{norm}.running_mean"].view(-1),
-                    self.buffers[f"{norm}.running_var"].view(-1),
-                    params[f"{norm}.weight"].reshape(-1),
-                    params[f"{norm}.bias"].reshape(-1),
-                    training,
-                    bn_momentum,
-                    BN_EPS,
+                z, normalised, inv_std = self._batch_norm(
+                    params, norm, z, training, bn_momentum, saved is not None
                 )
-            if self.arch.has_skip(i):
-                y = y + h
-            h = self.activation(y)  # (B, M·C, *S)
-            multiplier = self._dropout_multiplier(keep_masks, keep_scale, i)  # (M, B, C)
-            if multiplier is not None:
-                h = h * multiplier.transpose(0, 1).reshape(h.shape[0], -1, *([1] * dims))
-        pooled = h.mean(dim=tuple(range(2, 2 + dims)))  # (B, M·C)
-        pooled = pooled.view(pooled.shape[0], models, -1)  # (B, M, C)
-        weight, bias = params["head.weight"], params["head.bias"]  # (M, K, C), (M, K)
-        return torch.einsum("bmc,mkc->mbk", pooled, weight) + bias.unsqueeze(1)
-
-    def _forward_dense_cnn(
-        self,
-        params: dict[str, Tensor],
-        x: Tensor,
-        training: bool,
-        keep_masks: Tensor | None,
-        keep_scale: Tensor | None,
-        bn_momentum: float,
-    ) -> Tensor:
-        """CNN forward with every conv as a dense batched matmul (small inputs; see
-        :func:`_dense_conv_plan`). Activations are ``(M, B, C·S)``, channels first."""
-        assert self.dense_convs is not None
-        models = self.num_models
-        shared = x.dim() == 1 + len(self.input_shape)
-        h = x.reshape(x.shape[0], -1) if shared else x.reshape(models, x.shape[1], -1)
-        for i, ((prefix, norm), plan) in enumerate(
-            zip(self.layers[:-1], self.dense_convs, strict=True)
-        ):
-            kernel = params[f"{prefix}.weight"].reshape(models, -1)  # (M, O·C·k)
-            kernel = torch.cat([kernel, kernel.new_zeros(models, 1)], dim=1)
-            dense = kernel.index_select(1, plan.index)
-            dense = dense.view(models, plan.out_features, plan.in_features)
-            if h.dim() == 2:  # shared inputs (B, F)
-                y = torch.matmul(h, dense.transpose(1, 2))
+            if arch.has_skip(i):
+                z = z + h
+            keep_z = arch.activation not in _IN_PLACE_ACTIVATIONS
+            a = self.activation(z) if keep_z else _IN_PLACE_ACTIVATIONS[arch.activation](z)
+            multiplier = None
+            if keep_masks is not None and keep_scale is not None:
+                mask = keep_masks[:, :, i * arch.width : (i + 1) * arch.width]  # (M, B, W)
+                multiplier = mask.to(keep_scale.dtype) * keep_scale.view(-1, 1, 1)
+                if geometry is not None:
+                    multiplier = multiplier.view(models, batch, *([1] * geometry.dims), -1)
+                out = self._buffer(f"h{i}", a.shape, saved)
+                h = torch.mul(a, multiplier, out=out) if out is not None else a * multiplier
             else:
-                y = torch.bmm(h, dense.transpose(1, 2))  # (M, B, O·S)
-            y = y.view(models, y.shape[1], plan.channels, plan.positions)  # (M, B, O, S)
-            if norm is None:
-                y = y + params[f"{prefix}.bias"].view(models, 1, -1, 1)
-            else:
-                y = self._batch_norm_dense(params, norm, y, training, bn_momentum)
-            if self.arch.has_skip(i):
-                y = y + h.view_as(y)
-            h = self.activation(y)
-            multiplier = self._dropout_multiplier(keep_masks, keep_scale, i)  # (M, B, C)
-            if multiplier is not None:
-                h = h * multiplier.unsqueeze(-1)
-            h = h.reshape(models, h.shape[1], -1)
-        pooled = h.view(models, h.shape[1], self.arch.width, -1).mean(-1)  # (M, B, C)
-        weight, bias = params["head.weight"], params["head.bias"]  # (M, K, C), (M, K)
+                h = a
+            if saved is not None:
+                saved.append(
+                    _Saved(
+                        inputs, matrix, z if keep_z else None, a, multiplier, normalised, inv_std
+                    )
+                )
+        pooled = self._head_inputs(h)  # (M, B, C)
+        head = self.layers[-1][0]
+        weight, bias = params[f"{head}.weight"], params[f"{head}.bias"]
+        if saved is not None:
+            saved.append(_Saved(pooled, weight, None, h, None))
+        if pooled.dim() == 2:
+            return torch.matmul(pooled, weight.transpose(1, 2)) + bias.unsqueeze(1)
         return torch.baddbmm(bias.unsqueeze(1), pooled, weight.transpose(1, 2))
 
-    def _batch_norm_dense(
+    def _batch_norm(
         self,
         params: dict[str, Tensor],
         norm: str,
         y: Tensor,
         training: bool,
         bn_momentum: float,
-    ) -> Tensor:
-        """BatchNorm over ``y (M, B, C, S)``: statistics per (model, channel) over (B, S)."""
+        keep: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """BatchNorm of channels-last ``y (M, B, *S, C)``: statistics per (model, channel)."""
         running_mean = self.buffers[f"{norm}.running_mean"]  # (M, C)
         running_var = self.buffers[f"{norm}.running_var"]
-        if training:
-            mean = y.mean(dim=(1, 3))
-            var = y.var(dim=(1, 3), unbiased=False)
-            count = y.shape[1] * y.shape[3]
-            with torch.no_grad():
-                running_mean.lerp_(mean.detach(), bn_momentum)
-                unbiased = var.detach() * (count / max(count - 1, 1))
-                running_var.lerp_(unbiased, bn_momentum)
-        else:
-            mean, var = running_mean, running_var
-        scale = torch.rsqrt(var + BN_EPS) * params[f"{norm}.weight"]  # (M, C)
-        shift = params[f"{norm}.bias"] - mean * scale
-        return y * scale[:, None, :, None] + shift[:, None, :, None]
+        gamma, beta = params[f"{norm}.weight"], params[f"{norm}.bias"]
+        shape = (y.shape[0], *([1] * (y.dim() - 2)), y.shape[-1])
+        if not training:
+            scale = torch.rsqrt(running_var + BN_EPS) * gamma  # (M, C)
+            shift = beta - running_mean * scale
+            return y * scale.view(shape) + shift.view(shape), None, None
+        reduce = tuple(range(1, y.dim() - 1))
+        var, mean = torch.var_mean(y, dim=reduce, correction=0)  # (M, C)
+        count = y.numel() // (y.shape[0] * y.shape[-1])
+        running_mean.lerp_(mean, bn_momentum)
+        running_var.lerp_(var * (count / max(count - 1, 1)), bn_momentum)
+        inv_std = torch.rsqrt(var + BN_EPS)
+        normalised = (y - mean.view(shape)) * inv_std.view(shape)
+        out = torch.addcmul(beta.view(shape), normalised, gamma.view(shape))
+        return out, (normalised if keep else None), inv_std
+
+    def loss_backward(
+        self,
+        x: Tensor,
+        labels: Tensor,
+        *,
+        keep_masks: Tensor | None = None,
+        keep_scale: Tensor | None = None,
+        bn_momentum: float = 0.1,
+    ) -> Tensor:
+        """One training forward pass (BatchNorm in training mode) and its backward pass.
+
+        Writes the gradient of ``Σ_m mean_b CE(logits_mb, labels_mb)`` into :attr:`grad`.
+
+        Args:
+            x: per-model inputs ``(M, B, F)`` from :meth:`prepare_inputs`.
+            labels: ``(M, B)``.
+
+        Returns:
+            The logits ``(M, B, K)``.
+        """
+        arch, models = self.arch, self.num_models
+        batch = labels.shape[1]
+        saved: list[_Saved] = []
+        logits = self.forward(
+            x,
+            training=True,
+            keep_masks=keep_masks,
+            keep_scale=keep_scale,
+            bn_momentum=bn_momentum,
+            saved=saved,
+        )
+        params = self.params()
+        grads = self._views(self.grad)
+        # ∂ mean_b CE / ∂ logits = (softmax − onehot) / B
+        g = (logits - logits.amax(-1, keepdim=True)).exp_()  # softmax, by hand: faster on CPU
+        g.div_(g.sum(-1, keepdim=True))
+        index = labels.unsqueeze(-1)
+        g.scatter_add_(-1, index, torch.full(index.shape, -1.0, dtype=g.dtype, device=g.device))
+        g.mul_(1.0 / batch)
+        head = self.layers[-1][0]
+        top = saved.pop()
+        grads[f"{head}.weight"].copy_(torch.bmm(g.transpose(1, 2), top.inputs))
+        torch.sum(g, dim=1, out=grads[f"{head}.bias"])
+        g = torch.bmm(g, top.matrix)  # (M, B, C)
+        if self.convs:  # global average pooling
+            geometry = self.convs[-1]
+            spread = (models, batch, *([1] * geometry.dims), arch.width)
+            g = (g / geometry.out_positions).view(spread).expand(top.activation.shape)
+            out = self._buffer("grad_pool", top.activation.shape, saved)
+            assert out is not None
+            g = out.copy_(g)  # dense: elementwise kernels are slow on broadcast inputs
+        for i in range(len(saved) - 1, -1, -1):
+            prefix, norm = self.layers[i]
+            layer = saved[i]
+            out = self._buffer(f"grad_z{i}", layer.activation.shape, saved)
+            assert out is not None
+            if layer.multiplier is not None:
+                g = torch.mul(g, layer.multiplier, out=out)
+            g = self.activation_backward(g, layer.pre_activation, layer.activation, out)  # ∂/∂z
+            skip = g if arch.has_skip(i) else None
+            if norm is not None:
+                assert layer.normalised is not None and layer.inv_std is not None
+                reduce = tuple(range(1, g.dim() - 1))
+                grad_beta = g.sum(dim=reduce)
+                grad_gamma = (g * layer.normalised).sum(dim=reduce)
+                grads[f"{norm}.bias"].copy_(grad_beta)
+                grads[f"{norm}.weight"].copy_(grad_gamma)
+                count = g.numel() // (models * g.shape[-1])
+                shape = (models, *([1] * (g.dim() - 2)), g.shape[-1])
+                coef = (params[f"{norm}.weight"] * layer.inv_std / count).view(shape)
+                centred = g * count - grad_beta.view(shape)
+                centred = centred - layer.normalised * grad_gamma.view(shape)
+                g = centred * coef
+            g = self._linear_backward(i, g, layer, grads, batch, saved)
+            if g is None:
+                break
+            if skip is not None:
+                g = g + skip
+        return logits
+
+    def _linear_backward(
+        self,
+        i: int,
+        g: Tensor,
+        layer: _Saved,
+        grads: dict[str, Tensor],
+        batch: int,
+        saved: list[_Saved],
+    ) -> Tensor | None:
+        """Gradients of layer ``i``'s weight and bias from ``g = ∂/∂z``; returns ``∂/∂h_in``
+        (None for the first layer)."""
+        models, width = self.num_models, self.arch.width
+        prefix, norm = self.layers[i]
+        weight_grad = grads[f"{prefix}.weight"]
+        bias_grad = grads.get(f"{prefix}.bias") if norm is None else None
+        geometry = self.convs[i] if self.convs else None
+        if geometry is None or geometry.dense is None:  # linear layer or im2col conv
+            flat_g = g.reshape(models, -1, width)  # (M, B·|S_out|, O)
+            grad_matrix = torch.bmm(flat_g.transpose(1, 2), layer.inputs)
+            if geometry is None:
+                weight_grad.copy_(grad_matrix)
+            else:  # (M, O, k·C) → (M, O, C, k)
+                k = geometry.kernel_size
+                if i == 0 and bias_grad is not None:  # the bias's column of the first conv
+                    bias_grad.copy_(grad_matrix[:, :, -1])
+                    grad_matrix, bias_grad = grad_matrix[:, :, :-1], None
+                weight_grad.view(models, width, -1, k).copy_(
+                    grad_matrix.unflatten(2, (k, -1)).transpose(2, 3)
+                )
+            if bias_grad is not None:
+                torch.sum(flat_g, dim=1, out=bias_grad)
+            if i == 0:
+                return None
+            shape = (models, flat_g.shape[1], layer.matrix.shape[2])
+            grad_inputs = torch.bmm(
+                flat_g, layer.matrix, out=self._buffer(f"grad_h{i}", shape, saved)
+            )
+            if geometry is None:
+                return grad_inputs
+            padded = self._padded(f"grad_pad{i}", grad_inputs, geometry)
+            return _fold_patches(grad_inputs, geometry, padded)
+        assert geometry.grad_index is not None and geometry.grad_mask is not None
+        flat_g = g.reshape(models, batch, -1)  # (M, B, |S_out|·O)
+        out = self._buffer(f"grad_dense{i}", layer.matrix.shape, saved)
+        grad_dense = torch.bmm(flat_g.transpose(1, 2), layer.inputs, out=out).view(models, -1)
+        picked = grad_dense.index_select(1, geometry.grad_index)
+        picked = picked.view(models, *geometry.grad_mask.shape) * geometry.grad_mask
+        torch.sum(picked, dim=-1, out=weight_grad.view(models, -1))
+        if bias_grad is not None:
+            torch.sum(g.reshape(models, -1, width), dim=1, out=bias_grad)
+        out = self._buffer(f"grad_h{i}", (models, batch, layer.matrix.shape[2]), saved)
+        grad_inputs = torch.bmm(flat_g, layer.matrix, out=out)  # (M, B, |S_in|·C)
+        return grad_inputs.view(models, batch, *geometry.in_spatial, geometry.in_channels)
 
     def state_dict(self, model: int) -> dict[str, Tensor]:
         """Raw ``nn.Module`` state dict of model ``model`` (CPU copies)."""
         state: dict[str, Tensor] = {}
-        flat = self.flat.detach()
         for key in self.keys:
             if key in self.param_shapes:
                 start, stop = self.offsets[key]
-                value = flat[model, start:stop].view(self.param_shapes[key])
+                value = self.flat[model, start:stop].view(self.param_shapes[key])
             elif key.endswith("num_batches_tracked"):
                 value = torch.tensor(self.steps_taken, dtype=torch.long)
             else:
@@ -471,9 +772,28 @@ class StackedNetwork:
             state[key] = value.to("cpu", copy=True).contiguous()
         return state
 
+    def state_dicts(self) -> list[dict[str, Tensor]]:
+        """:meth:`state_dict` of every model, copied to the CPU in one transfer."""
+        flat = self.flat.to("cpu")
+        buffers = {k: v.to("cpu") for k, v in self.buffers.items()}
+        states = []
+        for model in range(self.num_models):
+            state: dict[str, Tensor] = {}
+            for key in self.keys:
+                if key in self.param_shapes:
+                    start, stop = self.offsets[key]
+                    value = flat[model, start:stop].view(self.param_shapes[key])
+                elif key.endswith("num_batches_tracked"):
+                    value = torch.tensor(self.steps_taken, dtype=torch.long)
+                else:
+                    value = buffers[key][model]
+                state[key] = value.clone(memory_format=torch.contiguous_format)
+            states.append(state)
+        return states
+
     def finite(self) -> Tensor:
         """``(M,)`` bool: every parameter and buffer of the model is finite."""
-        ok = torch.isfinite(self.flat.detach()).all(1)
+        ok = torch.isfinite(self.flat).all(1)
         for value in self.buffers.values():
             ok &= torch.isfinite(value).all(1)
         return ok
@@ -482,7 +802,8 @@ class StackedNetwork:
     def evaluate(
         self, x: Tensor, labels: Tensor, weights: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Per-model mean loss and accuracy ``(M,), (M,)`` on shared inputs ``x (N, …)``.
+        """Per-model mean loss and accuracy ``(M,), (M,)`` on shared inputs ``x (N, F)`` (from
+        :meth:`prepare_inputs`).
 
         ``labels`` is ``(N,)`` or per model ``(M, N)``; ``weights (M, N)`` restricts each model to
         its own examples (its training subset).
@@ -490,8 +811,10 @@ class StackedNetwork:
         labels = labels.view(1, -1) if labels.dim() == 1 else labels
         loss_sum = torch.zeros(self.num_models, device=self.device)
         correct = torch.zeros(self.num_models, device=self.device)
-        for start in range(0, x.shape[0], EVAL_CHUNK):
-            stop = start + EVAL_CHUNK
+        size = max(self.num_models * self._example_size, 1)
+        chunk = min(max(EVAL_ELEMENTS // size, EVAL_MIN_CHUNK), EVAL_CHUNK)
+        for start in range(0, x.shape[0], chunk):
+            stop = start + chunk
             logits = self.forward(x[start:stop], training=False)
             w = None if weights is None else weights[:, start:stop]
             chunk_loss, chunk_correct = _accumulate_metrics(logits, labels[:, start:stop], w)
@@ -527,17 +850,17 @@ class _StackedOptimizer:
         self.settings = settings
         self.first_moment = torch.zeros_like(flat)  # sgd momentum buffer / adam m
         self.second_moment = torch.zeros_like(flat[self.num_sgd :])  # adam v
+        self.denom = torch.empty_like(self.second_moment)
         self.step_count = 0
 
     @torch.no_grad()
-    def step(self, flat: Tensor) -> None:
-        assert flat.grad is not None
+    def step(self, flat: Tensor, grad: Tensor) -> None:
         self.step_count += 1
         k = self.num_sgd
-        grad = flat.grad.addcmul_(self.wd, flat)  # g ← ∇θ + λ θ, in place
+        grad = grad.addcmul_(self.wd, flat)  # g ← ∇θ + λ θ, in place
         if k > 0:
             buf = self.first_moment[:k]
-            buf.mul_(self.settings.momentum).add_(grad[:k])
+            torch.add(grad[:k], buf, alpha=self.settings.momentum, out=buf)  # b ← μ b + g
             flat[:k].addcmul_(self.lr[:k], buf, value=-1.0)
         if k < flat.shape[0]:
             beta1, beta2 = self.settings.betas
@@ -546,8 +869,10 @@ class _StackedOptimizer:
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             bias1 = 1 - beta1**self.step_count
             bias2_sqrt = math.sqrt(1 - beta2**self.step_count)
-            denom = v.sqrt().div_(bias2_sqrt).add_(self.settings.eps)
-            flat[k:].addcdiv_(m * (self.lr[k:] / bias1), denom, value=-1.0)
+            # in the preallocated buffer: m / (√v / √(1−β₂ᵗ) + ε), then θ ← θ − η/(1−β₁ᵗ) · that
+            denom = torch.sqrt(v, out=self.denom).div_(bias2_sqrt).add_(self.settings.eps)
+            update = torch.div(m, denom, out=denom)
+            flat[k:].addcmul_(self.lr[k:], update, value=-1.0 / bias1)
 
 
 def _steps_per_epoch(task: Task, settings: TrainSettings) -> int:
@@ -587,9 +912,10 @@ def train_group(
     network = StackedNetwork(arch, task.input_shape(family), task.num_classes, initial, device)
     optimizer = _StackedOptimizer(network.flat, runs, settings)
 
-    x_train = task.inputs("train", family).to(device)
+    x_train = network.prepare_inputs(task.inputs("train", family).to(device))
     splits = {
-        s: (task.inputs(s, family).to(device), task.labels[s].to(device)) for s in ("val", "test")
+        s: (network.prepare_inputs(task.inputs(s, family).to(device)), task.labels[s].to(device))
+        for s in ("val", "test")
     }
     train_labels = torch.stack([s.labels for s in streams]).to(device)  # (M, N)
     train_weights = torch.zeros(models, x_train.shape[0], device=device)
@@ -611,14 +937,10 @@ def train_group(
             values[f"{split}_loss"], values[f"{split}_accuracy"] = network.evaluate(x, y)
         values = {k: v.cpu() for k, v in values.items()}
         finite = network.finite().cpu()
-        for m, run in enumerate(runs):
+        for m, (run, state) in enumerate(zip(runs, network.state_dicts(), strict=True)):
             results.append(
                 CheckpointResult(
-                    run.run_id,
-                    epoch,
-                    network.state_dict(m),
-                    _metrics_dict(values, m),
-                    bool(finite[m]),
+                    run.run_id, epoch, state, _metrics_dict(values, m), bool(finite[m])
                 )
             )
 
@@ -636,22 +958,16 @@ def train_group(
             masks = masks.to(device)
         for step in range(steps):
             idx = indices[:, step]  # (M, B)
-            x = x_train[idx]  # (M, B, *input_shape)
+            x = x_train[idx]  # (M, B, F)
             y = train_labels.gather(1, idx)  # (M, B)
-            logits = network.forward(
+            network.loss_backward(
                 x,
-                training=True,
+                y,
                 keep_masks=None if masks is None else masks[:, step],
                 keep_scale=keep_scale,
                 bn_momentum=settings.bn_momentum,
             )
-            loss = F.cross_entropy(
-                logits.reshape(-1, task.num_classes), y.reshape(-1), reduction="none"
-            )
-            loss = loss.view(models, batch).mean(1).sum()
-            network.flat.grad = None
-            loss.backward()
-            optimizer.step(network.flat)
+            optimizer.step(network.flat, network.grad)
             network.steps_taken += 1
         if epoch in settings.checkpoint_epochs:
             checkpoint(epoch)
