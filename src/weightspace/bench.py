@@ -73,6 +73,7 @@ class BenchConfig:
     max_gallery: int = 300  # retrieval gallery: at most this many held-out checkpoints
     num_queries: int = 150  # retrieval queries per protocol
     weightwatcher_max_models: int = 600  # WeightWatcher is slow: subsample its training set
+    nfn_epochs: int = 15  # NFN training epochs per architecture (one NFN per architecture)
     device: str = "cpu"  # encoder device
     synthesis: bool = True  # merging / reconstruction / sampling section
     synthesis_task: str = "digits"  # the (task, architecture) group synthesis is measured on
@@ -262,9 +263,9 @@ def _fit_baseline(
     if name in PER_ARCHITECTURE:
         if y is None:
             raise BenchError(f"{name} is fitted per architecture on accuracies; none available")
-        return _PerArchitecture(lambda: get_embedder(name, random_state=seed)).fit(
-            graphs, arches, y
-        )
+        return _PerArchitecture(
+            lambda: get_embedder(name, random_state=seed, epochs=config.nfn_epochs)
+        ).fit(graphs, arches, y)
     model = get_embedder(name, random_state=seed)
     if name == "weightwatcher" and len(graphs) > config.weightwatcher_max_models:
         idx = np.random.default_rng(seed).choice(
