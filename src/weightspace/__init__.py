@@ -29,6 +29,7 @@ def __getattr__(name: str):  # heavy subpackages load on first use, not on `impo
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'weightspace' has no attribute {name!r}")
 
+
 __all__ = [
     "ACTIVATIONS",
     "Encoder",

@@ -703,12 +703,11 @@ def _synthesis(
         *_markdown_table(summary),
         "",
         f"Reconstructions ({len(recon)} held-out models): original accuracy "
-        f"{recon['original_accuracy'].mean():.3f}, decoded {recon['decoded_accuracy'].mean():.3f}; "
+        f"{recon['accuracy'].mean():.3f}, decoded {recon['decoded_accuracy'].mean():.3f}; "
         f"agreement with the original {recon['agreement'].mean():.3f} vs with another model's "
         f"decode {recon['agreement_other'].mean():.3f} (a faithful decoder would make the first "
         "clearly larger)."
-        if {"original_accuracy", "decoded_accuracy", "agreement", "agreement_other"}
-        <= set(recon.columns)
+        if {"accuracy", "decoded_accuracy", "agreement", "agreement_other"} <= set(recon.columns)
         else recon.describe().to_string(),
         "",
         "Sampling (100 models from a KDE over the training runs' embeddings): "

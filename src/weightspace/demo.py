@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
-        "--time-limit", type=float, default=100.0, help="seconds per encoder training"
+        "--time-limit", type=float, default=40.0, help="seconds per encoder training"
     )
     args = parser.parse_args(argv)
     zoo = args.out / "zoo"
@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> None:
             str(args.seeds),
             "--time-limit",
             str(args.time_limit),
+            "--held-out-time-limit",
+            str(args.time_limit),
+            "--nfn-epochs",
+            "5",
+            "--decoder-steps",
+            "800",
         ]
     )
     print(f"\nDone in {(time.perf_counter() - start) / 60:.1f} min. Report: {bench / 'report.md'}")

@@ -34,6 +34,8 @@ def format_cell(values: Sequence[float], digits: int = 3) -> str:
     mean, std, n = summarise(values)
     if n == 0:
         return "–"
+    if abs(mean) >= 1e4:  # diverged regressors (R² of -1e38): keep the table readable
+        return f"{mean:.2e}" if n == 1 else f"{mean:.2e} ± {std:.1e}"
     if n == 1:
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -301,7 +303,28 @@ def write_report(results: Mapping[str, Any], out: str | Path) -> Path:
         lines += ["## Figures", ""]
         lines += [f"![{p}]({p})" for p in plots]
         lines.append("")
-    lines += ["Reproduce: `weightspace bench --zoo ZOO --out OUT` (or `make demo`).", ""]
+    lines += [
+        "Reproduce: `weightspace bench --zoo ZOO --out OUT` with the options in `results.json` "
+        "(`config`), or `make demo`. Regenerate this page from the numbers alone with "
+        "`python -m weightspace.report OUT/results.json`.",
+        "",
+    ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m weightspace.report RESULTS.json``: rewrite report.md beside it."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("results", type=Path)
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    print(write_report(results, args.results.parent))
+
+
+if __name__ == "__main__":
+    main()

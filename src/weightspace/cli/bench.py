@@ -52,7 +52,14 @@ def bench(
         str,
         typer.Option("--held-out", help="Extra prediction protocols: architectures,tasks or ''."),
     ] = "architectures,tasks",
+    held_out_time_limit: Annotated[
+        float, typer.Option("--held-out-time-limit", help="Seconds per held-out encoder training.")
+    ] = 60.0,
+    nfn_epochs: Annotated[
+        int, typer.Option("--nfn-epochs", help="NFN epochs per architecture.")
+    ] = 15,
     synthesis: Annotated[bool, typer.Option("--synthesis/--no-synthesis")] = True,
+    decoder_steps: Annotated[int, typer.Option("--decoder-steps", help="Decoder steps.")] = 1500,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
 ) -> None:
     """Run our encoder and every baseline on every protocol; write results.json, report.md and
@@ -72,6 +79,9 @@ def bench(
         methods=tuple(m.strip() for m in methods.split(",")) if methods else DEFAULT_METHODS,
         train_epochs=epochs,
         train_time_limit=time_limit,
+        held_out_time_limit=held_out_time_limit,
+        nfn_epochs=nfn_epochs,
+        decoder_steps=decoder_steps,
         held_out=tuple(h for h in (s.strip() for s in held_out.split(",")) if h),
         max_gallery=max_gallery,
         num_queries=queries,
