@@ -364,7 +364,13 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
             "fingerprint": given_encoder.fingerprint,
             "trained_on_this_zoo": bool(same),
         }
-        if not same:
+        if same:
+            notes.append(
+                f"The encoder {config.encoder} was trained on this zoo: every seed uses the "
+                "held-out runs of its own split (splits.json), so seeds vary the baselines' "
+                "initialisation and the retrieval queries, not the split."
+            )
+        else:
             notes.append(
                 f"The encoder {config.encoder} was trained on another zoo (its zoo fingerprint "
                 "differs): its figures measure transfer, and the held-out split is drawn fresh."
@@ -396,6 +402,8 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
                 log=log,
             )
             results["timings"].setdefault("encoder_training_s", []).append(seconds)
+            epochs = len(_read_csv_rows(out / "encoders" / f"seed-{seed}" / "log.csv"))
+            results["timings"].setdefault("encoder_epochs", []).append(epochs)
         train_ids = _ids_of_runs(table, [*splits["train"], *splits["val"]])
         test_ids = _ids_of_runs(table, splits["test"])
         if not test_ids:
@@ -733,6 +741,13 @@ def _markdown_table(frame: pd.DataFrame) -> list[str]:
         cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _read_csv_rows(path: Path) -> list[str]:
+    try:
+        return path.read_text().strip().splitlines()[1:]
+    except OSError:
+        return []
 
 
 def _read_json(path: Path) -> Any:

@@ -54,8 +54,6 @@ def main(argv: list[str] | None = None) -> None:
             str(args.time_limit),
             "--nfn-epochs",
             "5",
-            "--decoder-steps",
-            "800",
         ]
     )
     print(f"\nDone in {(time.perf_counter() - start) / 60:.1f} min. Report: {bench / 'report.md'}")

@@ -116,8 +116,20 @@ def headline_table(results: Mapping[str, Any]) -> list[str]:
 
 
 def _verdicts(results: Mapping[str, Any]) -> list[str]:
-    """Plain sentences: where ours wins, where a baseline wins."""
+    """Plain sentences: where ours wins, where a baseline wins, and the budget ours had."""
     lines = []
+    timings = results.get("timings", {})
+    if timings.get("encoder_epochs"):
+        epochs, _, _ = summarise(timings["encoder_epochs"])
+        seconds, _, _ = summarise(timings.get("encoder_training_s", []))
+        limit = results.get("config", {}).get("train_time_limit")
+        lines.append(
+            f"- Our encoder was trained for {epochs:.1f} epochs ({seconds:.0f} s) per seed under "
+            f"this run's time limit ({limit} s per fit); the baselines' fits are not limited. "
+            "NFN is fitted once per architecture (a specialist per architecture; `coverage` "
+            "is the share of checkpoints it could take), while one encoder serves every "
+            "architecture."
+        )
     for protocol, per_method in results.get("prediction", {}).items():
         best, value = _best_baseline(per_method, "kendall_tau")
         for name in OURS_METHODS:
