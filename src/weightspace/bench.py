@@ -758,13 +758,10 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    import os
-    import tempfile
+    from weightspace.zoo.store import atomic_write
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=_json_default)
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, default=_json_default)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _json_default(value: Any) -> Any:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from weightspace.errors import WeightspaceError
+from weightspace.zoo.store import atomic_write
 
 __all__ = ["Prediction", "conformal_halfwidth", "predict_checkpoint"]
 
@@ -66,17 +65,6 @@ def conformal_halfwidth(residuals: np.ndarray, coverage: float) -> float:
     return float(r[rank - 1])
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _encoder_zoo(encoder_dir: Path) -> Any | None:
     from weightspace.zoo import Zoo
 
@@ -108,7 +96,7 @@ def _calibration(encoder: Any, encoder_dir: Path, zoo: Any | None) -> np.ndarray
     predicted = encoder.predict_accuracy([zoo.graph(i) for i in ids])
     residuals = np.abs(predicted - rows["test_accuracy"].to_numpy(float))
     payload = {"encoder_fingerprint": encoder.fingerprint, "residuals": residuals.tolist()}
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload)))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload)))
     return residuals
 
 
@@ -121,11 +109,11 @@ def _zoo_embeddings(encoder: Any, encoder_dir: Path, zoo: Any) -> tuple[list[str
     ids = list(map(str, zoo.ids))
     z = np.asarray(encoder.embed([zoo.graph(i) for i in ids]), dtype=np.float32)
 
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             np.savez(handle, ids=np.asarray(ids), z=z, fingerprint=np.asarray(encoder.fingerprint))
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return ids, z
 
 

@@ -62,6 +62,8 @@ class StatNNEmbedder(FeatureEmbedder):
             classic GBT on these features and far faster).
         learning_rate: its shrinkage.
         max_depth: depth of its trees (None: limited by 31 leaves).
+        min_samples_leaf: fewest training models per leaf (lower it for zoos of a few dozen
+            models, or the trees cannot split).
         canonicalize: canonicalise rescalings and signs first, which makes the embedding exactly
             invariant to every symmetry of :mod:`weightspace.symmetry`.
         random_state: seed of the regressor.
@@ -72,12 +74,14 @@ class StatNNEmbedder(FeatureEmbedder):
         n_estimators: int = 300,
         learning_rate: float = 0.05,
         max_depth: int | None = None,
+        min_samples_leaf: int = 20,
         canonicalize: bool = False,
         random_state: int = 0,
     ) -> None:
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.max_depth = max_depth
+        self.min_samples_leaf = min_samples_leaf
         self.canonicalize = canonicalize
         self.random_state = random_state
 
@@ -91,6 +95,7 @@ class StatNNEmbedder(FeatureEmbedder):
     def _make_regressor(self) -> Any:
         return HistGradientBoostingRegressor(
             max_iter=self.n_estimators,
+            min_samples_leaf=self.min_samples_leaf,
             learning_rate=self.learning_rate,
             max_depth=self.max_depth,
             random_state=self.random_state,
