@@ -84,7 +84,8 @@ def weightwatcher_metrics(spec: NetworkSpec, sd: dict[str, Tensor], min_evals: i
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    import weightwatcher
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        import weightwatcher  # prints its SVD backend choice on import
 
     out = np.full((len(spec.layers), len(WEIGHTWATCHER_METRICS)), np.nan)
     sink = io.StringIO()
