@@ -758,7 +758,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from weightspace.zoo.store import atomic_write
+    from weightspace.atomic import atomic_write
 
     text = json.dumps(data, indent=2, default=_json_default)
     atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from weightspace.atomic import atomic_write
 from weightspace.errors import WeightspaceError
-from weightspace.zoo.store import atomic_write
 
 __all__ = ["Prediction", "conformal_halfwidth", "predict_checkpoint"]
 

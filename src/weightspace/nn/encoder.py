@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
+from weightspace.atomic import atomic_write_bytes
 from weightspace.errors import WeightspaceError
 from weightspace.graph import NeuralGraph, to_graph, to_state_dict
 from weightspace.module import SpecModule
@@ -127,12 +128,6 @@ class EncoderConfig:
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inputs, hidden), nn.SiLU(), nn.Linear(hidden, outputs))
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class Encoder(nn.Module):
@@ -373,14 +368,14 @@ class Encoder(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         meta = {"format": _FORMAT_NAME, "format_version": str(ENCODER_FORMAT_VERSION)}
-        _atomic_write_bytes(path / WEIGHTS_FILE, save(tensors, metadata=meta))
+        atomic_write_bytes(path / WEIGHTS_FILE, save(tensors, metadata=meta))
         config = {
             "format": _FORMAT_NAME,
             "format_version": ENCODER_FORMAT_VERSION,
             "encoder": self.config.to_dict(),
             "fingerprint": self.fingerprint,
         }
-        _atomic_write_bytes(path / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+        atomic_write_bytes(path / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
         return path
 
     @classmethod

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weightspace.atomic import atomic_write_bytes
 from weightspace.module import to_module
 from weightspace.spec import NetworkSpec
 from weightspace.synthesis.common import StateDict, SynthesisError
@@ -328,8 +329,8 @@ class Decoder(nn.Module):
             "fingerprint": self.fingerprint,
             "log": self.log,
         }
-        _atomic_write(path / DECODER_WEIGHTS, blob)
-        _atomic_write(path / DECODER_CONFIG, (json.dumps(meta, indent=2) + "\n").encode())
+        atomic_write_bytes(path / DECODER_WEIGHTS, blob)
+        atomic_write_bytes(path / DECODER_CONFIG, (json.dumps(meta, indent=2) + "\n").encode())
         return path
 
     @classmethod
@@ -387,12 +388,6 @@ class Decoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"embedding_dim={self.embedding_dim}, specs={[s.summary() for s in self.specs]}"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------

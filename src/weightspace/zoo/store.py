@@ -28,10 +28,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import platform
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from weightspace.atomic import TEMP_MARK, atomic_write
 from weightspace.errors import WeightspaceError
 
 __all__ = [
@@ -59,7 +58,6 @@ MANIFEST = "manifest.json"
 TABLE = "checkpoints.parquet"
 WEIGHTS = "weights"
 PARTS = "parts"
-TEMP_MARK = ".tmp-"
 
 #: Columns every zoo table has (generated zoos add the sweep's hyper-parameters and more).
 CORE_COLUMNS: tuple[str, ...] = (
@@ -77,26 +75,6 @@ CORE_COLUMNS: tuple[str, ...] = (
 
 class ZooError(WeightspaceError):
     """A zoo directory is missing, malformed, from a newer format, or inconsistent."""
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then ``os.replace`` it into place.
-
-    The temporary name contains ``.tmp-`` so leftovers of a killed process can be swept away.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return path
 
 
 def remove_temporaries(root: str | Path) -> int:
