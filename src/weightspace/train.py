@@ -118,6 +118,10 @@ class TrainConfig:
     splits: dict[str, list[str]] | None = None  # explicit run ids per train/val/test (overrides
     #   the seeded split; `bench` uses it for held-out architectures and tasks)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # view augmentations
+    finetune_probability: float = 0.0  # chance a view starts from its checkpoint after a few SGD
+    #   steps on the checkpoint's own task (built-in tasks only; 0: off)
+    finetune_steps: int = 4  # SGD steps of those views (computed once, before the first epoch)
+    finetune_learning_rate: float = 0.02  # their step size
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # architecture
 
     def __post_init__(self) -> None:
@@ -131,6 +135,8 @@ class TrainConfig:
             raise TrainError("epochs must be >= 1 and batch_size >= 2")
         if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
             raise TrainError("val_fraction must be in (0, 1) and test_fraction in [0, 1)")
+        if not 0 <= self.finetune_probability <= 1 or self.finetune_steps < 1:
+            raise TrainError("finetune_probability must be in [0, 1] and finetune_steps >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -297,6 +303,7 @@ class _Data:
     task_labels: Tensor  # (n,) task index
     tasks: tuple[str, ...]
     fingerprint: str
+    finetuned: GraphBank | None = None  # bank-aligned fine-tuned views (train rows; else copies)
 
 
 def _load_data(
@@ -376,8 +383,80 @@ def _load_data(
         split: torch.from_numpy(np.flatnonzero(np.isin(run_of, splits[split])))
         for split in ("train", "val")
     }
+    finetuned = None
+    if config.finetune_probability > 0:
+        finetuned = _finetuned_bank(config, encoder_config, zoo, used, graphs, index["train"])
+        report("fine-tuning views", 1, 1)
     return _Data(
-        bank, ids, splits, index, targets, tuple(names), task_labels, tasks, zoo_fingerprint(zoo)
+        bank,
+        ids,
+        splits,
+        index,
+        targets,
+        tuple(names),
+        task_labels,
+        tasks,
+        zoo_fingerprint(zoo),
+        finetuned,
+    )
+
+
+def _finetuned_bank(
+    config: TrainConfig,
+    encoder_config: EncoderConfig,
+    zoo: Any,
+    used: Any,
+    graphs: list[Any],
+    train_index: Tensor,
+) -> GraphBank:
+    """Every training checkpoint after ``finetune_steps`` SGD steps on its own task
+    (:mod:`weightspace.finetune`), as a bank aligned with the main one; other rows keep their
+    graph. One vectorised fine-tuning per (task, architecture)."""
+    from weightspace.finetune import finetune_state_dicts, task_training_data
+
+    views = list(graphs)
+    groups: dict[tuple[str, str], list[int]] = {}
+    ids = [str(i) for i in used["checkpoint_id"]]
+    tasks = [str(t) for t in used["task"]]
+    for position in train_index.tolist():
+        spec = zoo.spec(ids[position])
+        groups.setdefault((tasks[position], spec.to_json()), []).append(position)
+    generator = torch.Generator().manual_seed(config.seed * 7_919 + 17)
+    for (task_name, _), positions in sorted(groups.items()):
+        spec = zoo.spec(ids[positions[0]])
+        inputs, labels = task_training_data(task_name, spec)
+        tuned = finetune_state_dicts(
+            spec,
+            [zoo.state_dict(ids[p]) for p in positions],
+            inputs,
+            labels,
+            steps=config.finetune_steps,
+            learning_rate=config.finetune_learning_rate,
+            generator=generator,
+        )
+        for p, state in zip(positions, tuned, strict=True):
+            views[p] = prepare_graph((spec, state), encoder_config, index=p)
+    return GraphBank(views)
+
+
+def _view(batch: Any, tuned: Any, config: TrainConfig, generator: torch.Generator) -> Any:
+    """One augmented view of ``batch``; each graph first swapped for its fine-tuned view
+    (``tuned``, if any) with probability ``config.finetune_probability``."""
+    if tuned is not None:
+        chosen = torch.rand(batch.num_graphs, generator=generator) < config.finetune_probability
+        batch = _mix_views(batch, tuned, chosen)
+    return augment(batch, config.augment, generator)
+
+
+def _mix_views(batch: Any, finetuned: Any, chosen: Tensor) -> Any:
+    """``batch`` with the weights of the ``chosen`` graphs (``(B,)`` bool) taken from
+    ``finetuned`` (the same graphs' fine-tuned views: identical structure)."""
+    nodes = chosen[batch.batch].unsqueeze(-1)
+    edges = chosen[batch.edge_batch].unsqueeze(-1)
+    return replace(
+        batch,
+        x=torch.where(nodes, finetuned.x, batch.x),
+        edge_attr=torch.where(edges, finetuned.edge_attr, batch.edge_attr),
     )
 
 
@@ -563,9 +642,11 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
                 if index.numel() < 2:
                     continue
                 batch = data.bank.select(index)
-                views = [augment(batch, config.augment, generator).to(device)]
+                tuned = data.finetuned.select(index) if data.finetuned is not None else None
+
+                views = [_view(batch, tuned, config, generator).to(device)]
                 if config.objective != "supervised":
-                    views.append(augment(batch, config.augment, generator).to(device))
+                    views.append(_view(batch, tuned, config, generator).to(device))
                 outputs = [encoder.heads(encoder(view)) for view in views]
                 losses: dict[str, Tensor] = {}
                 if config.objective != "supervised":

@@ -39,6 +39,14 @@ def train(
         float, typer.Option(help="Stop at the first epoch end after this many seconds (0: off).")
     ] = 0.0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0: default).")] = 0,
+    finetune_views: Annotated[
+        float,
+        typer.Option(
+            help="Chance that a contrastive view starts from its checkpoint after a few SGD "
+            "steps on the checkpoint's own task (built-in tasks only; 0: off)."
+        ),
+    ] = 0.0,
+    finetune_steps: Annotated[int, typer.Option(help="SGD steps of those views.")] = 4,
 ) -> None:
     """Train the symmetry-aware encoder on a zoo (contrastive views + supervised heads); write
     weights, config, training log and the zoo's fingerprint to OUT. Rerunning the same command
@@ -61,6 +69,8 @@ def train(
         device=device,
         threads=threads,
         time_limit=time_limit,
+        finetune_probability=finetune_views,
+        finetune_steps=finetune_steps,
     )
     result = run_training(config, progress=True)
     console = Console()
