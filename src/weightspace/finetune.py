@@ -84,12 +84,13 @@ def finetune_state_dicts(
         inputs: ``(N, *input_shape)`` training inputs; ``labels``: ``(N,)`` class indices.
         steps: SGD steps per checkpoint (0 returns copies).
         learning_rate: the step size :math:`\\eta`.
-        batch_size: examples per step, drawn with replacement per model.
+        batch_size: examples per step (at most ``N``), drawn with replacement per model.
         generator: draws the minibatches (CPU generator; default: seed 0).
         chunk: models per vectorised call (bounds memory).
 
     Returns:
-        ``M`` state dicts with the same keys, dtypes and shapes.
+        ``M`` state dicts with the same keys, dtypes and shapes (computed in the dtype of the
+        first checkpoint's first tensor).
 
     Raises:
         FinetuneError: bad settings, or inputs that do not match.
@@ -104,7 +105,9 @@ def finetune_state_dicts(
         return []
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     names = list(state_dicts[0])
-    template = to_module(spec, {k: v.float() for k, v in state_dicts[0].items()})
+    dtype = state_dicts[0][names[0]].dtype
+    template = to_module(spec, {k: v.to(dtype) for k, v in state_dicts[0].items()})
+    inputs, batch_size = inputs.to(dtype), min(batch_size, inputs.shape[0])
 
     def loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(functional_call(template, params, (x,)), y)
@@ -113,7 +116,7 @@ def finetune_state_dicts(
     out: list[dict[str, Tensor]] = []
     for start in range(0, len(state_dicts), chunk):
         group = state_dicts[start : start + chunk]
-        params = {k: torch.stack([sd[k].float() for sd in group]) for k in names}  # (M, ...)
+        params = {k: torch.stack([sd[k].to(dtype) for sd in group]) for k in names}  # (M, ...)
         for _ in range(steps):
             rows = torch.randint(inputs.shape[0], (len(group), batch_size), generator=generator)
             gradients = step_gradients(params, inputs[rows], labels[rows])

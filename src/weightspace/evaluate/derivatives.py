@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from weightspace.errors import WeightspaceError
-from weightspace.module import to_module
 from weightspace.spec import NetworkSpec
 
 __all__ = [
@@ -141,24 +140,21 @@ def finetune(
             f"fine-tuning needs as many labels as inputs (got {inputs.shape[0]} inputs and "
             f"{labels.shape[0]} labels), and at least one"
         )
+    from weightspace.finetune import finetune_state_dicts
+
     state = _copy(spec, state_dict)
-    dtype = next(iter(state.values())).dtype
-    x = inputs.reshape(inputs.shape[0], *spec.input_shape).to(dtype)
-    y = labels.long()
-    model = to_module(spec, state)
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
-    with torch.enable_grad():
-        for _ in range(steps):
-            index = torch.randint(
-                0, x.shape[0], (min(batch_size, x.shape[0]),), generator=generator
-            )
-            loss = torch.nn.functional.cross_entropy(model(x[index]), y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    trained = model.state_dict()
-    return {k: trained[k].detach().clone() for k in spec.param_shapes()}
+    x = inputs.reshape(inputs.shape[0], *spec.input_shape)
+    (tuned,) = finetune_state_dicts(
+        spec,
+        [state],
+        x,
+        labels.long(),
+        steps=steps,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        generator=generator,
+    )
+    return tuned
 
 
 def make_derivative(
