@@ -210,3 +210,70 @@ def test_dense_fast_path_gradients_match() -> None:
         grads.append([p.grad.clone() for p in encoder.parameters() if p.grad is not None])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_dense_fast_path_inference_buffers_match_the_functional_form() -> None:
+    """Inference writes aggregates into preallocated buffers; autograd builds them functionally."""
+    torch.manual_seed(0)
+    config = EncoderConfig(
+        **{**SMALL.to_dict(), "aggregators": ("sum", "mean", "max", "min", "std")}
+    )
+    encoder = Encoder(config).double().eval()
+    for arch in ("mlp_residual", "cnn2d_residual", "mlp_skips"):
+        models = [make_model(arch, "relu", seed=i) for i in range(3)]
+        batch = encoder.bank(models).select(torch.arange(3))
+        with torch.no_grad():
+            buffered = encoder(batch)
+        functional = encoder(batch).detach()
+        torch.testing.assert_close(buffered, functional, rtol=1e-12, atol=1e-12)
+
+
+def test_dense_path_traces_to_one_graph() -> None:
+    """What ``compile=True`` hands to torch.compile: one graph, no breaks, no host tensors."""
+    from weightspace.nn.encoder import encode_dense
+    from weightspace.nn.layers import dense_plan
+
+    torch.manual_seed(0)
+    encoder = Encoder(SMALL).eval()
+    batch = encoder.bank([make_model("cnn2d_residual", "relu", seed=i) for i in range(2)]).select(
+        torch.arange(2)
+    )
+    args = (
+        encoder,
+        dense_plan(batch.spec),
+        2,
+        batch.x.float(),
+        batch.edge_attr.float(),
+        batch.node_depth,
+        batch.node_role,
+        batch.node_activation,
+        batch.node_position,
+        batch.edge_kind,
+    )
+    with torch.inference_mode():
+        explanation = torch._dynamo.explain(encode_dense)(*args)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+
+
+def test_compiled_embed_pads_to_static_batches(monkeypatch) -> None:
+    """``embed(compile=True)`` pads every batch to one size and drops the padding rows."""
+    import weightspace.nn.encoder as encoder_module
+
+    torch._dynamo.reset()
+    compiled = torch.compile(encoder_module.encode_dense, backend="eager", dynamic=False)
+    shapes = []
+
+    def spy(encoder, plan, num_graphs, *tensors):
+        shapes.append(num_graphs)
+        return compiled(encoder, plan, num_graphs, *tensors)
+
+    monkeypatch.setattr(encoder_module, "_compiled_encode_dense", lambda: spy)
+    torch.manual_seed(0)
+    encoder = Encoder(SMALL).double().eval()
+    models = [make_model("mlp", "relu", seed=i) for i in range(5)]
+    models += [make_model("cnn2d", "relu", seed=i) for i in range(2)]
+    eager = encoder.embed(models, batch_size=4)
+    fast = encoder.embed(models, batch_size=4, compile=True)
+    np.testing.assert_allclose(fast, eager, rtol=1e-12, atol=1e-12)
+    assert set(shapes) == {4}
+    torch._dynamo.reset()

@@ -38,7 +38,7 @@ from weightspace.graph import NeuralGraph, to_graph, to_state_dict
 from weightspace.module import SpecModule
 from weightspace.nn.batch import GraphBank, GraphBatch
 from weightspace.nn.features import EdgeEmbedding, NodeEmbedding, ScalarFeatures
-from weightspace.nn.layers import EdgeNodeConv, degree_inverses, dense_plan
+from weightspace.nn.layers import DensePlan, EdgeNodeConv, degree_inverses, dense_plan
 from weightspace.nn.pooling import TransformerPooling
 from weightspace.spec import NetworkSpec
 
@@ -201,41 +201,64 @@ class Encoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def forward(self, batch: GraphBatch | Any) -> Tensor:
-        """Embed a batch of (already canonicalised) graphs: ``(B, embedding_dim)``."""
+    def forward(self, batch: GraphBatch | Any, *, compile: bool = False) -> Tensor:
+        """Embed a batch of (already canonicalised) graphs: ``(B, embedding_dim)``.
+
+        A :class:`~weightspace.nn.batch.GraphBatch` of one architecture (``batch.spec`` set)
+        runs the dense path (:func:`encode_dense`); any other batch runs message passing over
+        ``edge_index``. Both compute the same function.
+
+        Args:
+            batch: the graphs.
+            compile: run the dense path through ``torch.compile`` (inductor; static shapes, so
+                one compilation per architecture, batch size, dtype and device, reused
+                afterwards). Batches without a ``spec`` always run eagerly.
+        """
         num_graphs = int(batch.num_graphs)
+        dtype = self.dtype
+        plan = None
+        spec = getattr(batch, "spec", None)
+        if isinstance(spec, NetworkSpec):
+            plan = dense_plan(spec)
+            if (
+                plan.num_nodes * num_graphs != batch.x.shape[0]
+                or plan.num_edges * num_graphs != batch.edge_attr.shape[0]
+            ):
+                plan = None
+        if plan is not None:
+            run = _compiled_encode_dense() if compile else encode_dense
+            return run(
+                self,
+                plan,
+                num_graphs,
+                batch.x.to(dtype),
+                batch.edge_attr.to(dtype),
+                batch.node_depth,
+                batch.node_role,
+                batch.node_activation,
+                batch.node_position,
+                batch.edge_kind,
+            )
         node_batch = batch.batch
         depth = batch.node_depth
         graph_depth = scatter(depth, node_batch, dim=0, dim_size=num_graphs, reduce="max")
         h = self.node_embedding(
-            batch.x.to(self.dtype),
+            batch.x.to(dtype),
             depth,
             graph_depth[node_batch] - depth,
             batch.node_role,
             batch.node_activation,
             batch.node_position,
         )  # (N, hidden)
-        e = self.edge_embedding(batch.edge_attr.to(self.dtype), batch.edge_kind)  # (E, edge_hidden)
-        plan = None
-        spec = getattr(batch, "spec", None)
-        if isinstance(spec, NetworkSpec):
-            plan = dense_plan(spec).to(h.device)
-            if (
-                plan.num_nodes * num_graphs != h.shape[0]
-                or plan.num_edges * num_graphs != e.shape[0]
-            ):
-                plan = None
+        e = self.edge_embedding(batch.edge_attr.to(dtype), batch.edge_kind)  # (E, edge_hidden)
         edge_index = batch.edge_index
-        reverse = inverse_degree = None
-        if plan is None:
-            reverse = edge_index.flip(0)
-            inverse_degree = degree_inverses(edge_index, h.shape[0], h.dtype)
+        reverse = edge_index.flip(0)
+        inverse_degree = degree_inverses(edge_index, h.shape[0], h.dtype)
         for i, conv in enumerate(self.convs):
             last = i == len(self.convs) - 1
-            h, e = conv(h, edge_index, e, reverse, inverse_degree, plan, update_edges=not last)
-        nodes_per_graph = plan.num_nodes if plan is not None else None
+            h, e = conv(h, edge_index, e, reverse, inverse_degree, update_edges=not last)
         max_num_nodes = getattr(batch, "max_num_nodes", None)
-        return self.pool(h, node_batch, num_graphs, max_num_nodes, nodes_per_graph)
+        return self.pool(h, node_batch, num_graphs, max_num_nodes)
 
     def heads(self, z: Tensor) -> dict[str, Tensor]:
         """Raw head outputs for embeddings ``z``: ``projection``, ``properties`` (standardised
@@ -276,6 +299,7 @@ class Encoder(nn.Module):
         batch_size: int,
         device: torch.device | str | None,
         with_heads: bool,
+        compile: bool = False,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         bank = models if isinstance(models, GraphBank) else self.bank(models)
         if device is not None:
@@ -287,13 +311,19 @@ class Encoder(nn.Module):
         for spec_id in range(len(bank.unique_specs)):
             members = torch.nonzero(bank.spec_index == spec_id).flatten()
             chunks += list(members.split(batch_size))
+        # Compiled graphs have static shapes: pad every batch to the largest one (repeating its
+        # first model; the extra rows are dropped) so each architecture compiles once.
+        static = max(len(index) for index in chunks) if compile else 0
         embeddings: list[Tensor] = []
         outputs: dict[str, list[Tensor]] = {}
         try:
             with torch.inference_mode():
                 for index in chunks:
+                    count = len(index)
+                    if count < static:
+                        index = torch.cat([index, index[:1].expand(static - count)])
                     batch = bank.select(index)
-                    z = self(batch.to(self.device, self.dtype))
+                    z = self(batch.to(self.device, self.dtype), compile=compile)[:count]
                     embeddings.append(z.cpu())
                     if with_heads:
                         for key, value in self.heads(z).items():
@@ -309,10 +339,15 @@ class Encoder(nn.Module):
         *,
         batch_size: int = 512,
         device: torch.device | str | None = None,
+        compile: bool = False,
     ) -> np.ndarray:
         """Embeddings ``(n, dim)`` of the models, in input order (float32 or the encoder's
-        float64)."""
-        z, _ = self._run(models, batch_size, device, with_heads=False)
+        float64).
+
+        ``compile=True`` runs batches through ``torch.compile`` (see :meth:`forward`): the first
+        batch of each architecture pays the compilation (seconds to a minute), later ones run
+        faster, so it pays off for large collections or repeated calls in one process."""
+        z, _ = self._run(models, batch_size, device, with_heads=False, compile=compile)
         return z.numpy()
 
     def predict(
@@ -321,11 +356,12 @@ class Encoder(nn.Module):
         *,
         batch_size: int = 512,
         device: torch.device | str | None = None,
+        compile: bool = False,
     ) -> dict[str, np.ndarray]:
         """Predicted properties: one array per regression target (``test_accuracy``,
         ``generalization_gap``), plus ``task`` (class names) and ``task_probabilities``
-        ``(n, num_tasks)`` when the encoder has a task head."""
-        _, out = self._run(models, batch_size, device, with_heads=True)
+        ``(n, num_tasks)`` when the encoder has a task head. ``compile``: as in :meth:`embed`."""
+        _, out = self._run(models, batch_size, device, with_heads=True, compile=compile)
         mean = torch.tensor(self.config.target_mean, dtype=out["properties"].dtype)
         std = torch.tensor(self.config.target_std, dtype=out["properties"].dtype)
         values = out["properties"] * std + mean
@@ -454,6 +490,68 @@ class Encoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, parameters={sum(p.numel() for p in self.parameters())}"
+
+
+def encode_dense(
+    encoder: Encoder,
+    plan: DensePlan,
+    num_graphs: int,
+    x: Tensor,
+    edge_attr: Tensor,
+    node_depth: Tensor,
+    node_role: Tensor,
+    node_activation: Tensor,
+    node_position: Tensor,
+    edge_kind: Tensor,
+) -> Tensor:
+    r""":meth:`Encoder.forward` for ``B = num_graphs`` graphs of the architecture of ``plan``,
+    nodes and edges in :func:`~weightspace.graph.to_graph` order: ``(B, embedding_dim)``.
+
+    The node attributes (depth, role, activation, position) and edge kinds are the same in every
+    graph, so the table terms of the input embeddings are computed once, on the first graph's
+    ``N`` nodes and ``E`` edges, and broadcast:
+
+    .. math::
+        h^{(0)}_{g,i} = W_b\,\phi(b_{g,i}) + T_i, \qquad
+        e^{(0)}_{g,k} = W_e\,\phi(w_{g,k}) + b_e + E_{\mathrm{kind}}[k]
+
+    with :math:`T = ` :meth:`~weightspace.nn.features.NodeEmbedding.attributes`, the reverse
+    depth taken from the architecture's output depth. The layers then run
+    :meth:`~weightspace.nn.layers.EdgeNodeConv._forward_dense` and the pooling sees a
+    ``(B, N, hidden)`` view (no padding, no mask).
+
+    The function reads only tensors and the plan's Python integers, so it is what
+    ``torch.compile`` traces (``Encoder.forward(..., compile=True)``).
+
+    Shapes:
+        - input: ``x (B * N, 1)``, ``edge_attr (B * E, K)`` in the encoder's dtype; node
+          attributes ``(B * N,)`` and ``edge_kind (B * E,)`` (only the first graph's are read)
+        - output: ``(B, embedding_dim)``
+    """
+    n, e, b = plan.num_nodes, plan.num_edges, num_graphs
+    depth = node_depth[:n]
+    table = encoder.node_embedding.attributes(
+        depth, depth.max() - depth, node_role[:n], node_activation[:n], node_position[:n]
+    )  # (N, hidden)
+    h = encoder.node_embedding.embed_bias(x).view(b, n, -1) + table
+    edge_table = encoder.edge_embedding.attributes(edge_kind[:e])  # (E, edge_hidden)
+    edges = encoder.edge_embedding.embed_weights(edge_attr).view(b, e, -1) + edge_table
+    h, edges = h.view(b * n, -1), edges.view(b * e, -1)
+    for i, conv in enumerate(encoder.convs):
+        h, edges = conv._forward_dense(h, edges, plan, update_edges=i < len(encoder.convs) - 1)
+    return encoder.pool(h, None, b, nodes_per_graph=n)
+
+
+_COMPILED_ENCODE_DENSE: Any = None
+
+
+def _compiled_encode_dense() -> Any:
+    """:func:`encode_dense` under ``torch.compile(dynamic=False)``, created once per process
+    (dynamo recompiles it per architecture, batch size, dtype and device)."""
+    global _COMPILED_ENCODE_DENSE
+    if _COMPILED_ENCODE_DENSE is None:
+        _COMPILED_ENCODE_DENSE = torch.compile(encode_dense, dynamic=False)
+    return _COMPILED_ENCODE_DENSE
 
 
 def prepare_graph(model: ModelLike, config: EncoderConfig, *, index: int = 0) -> NeuralGraph:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
@@ -48,9 +49,39 @@ class DenseLink:
 
 
 @dataclass(frozen=True)
+class DenseResidual:
+    """One residual ``add`` in a graph: identity edges ``edge_start + k`` from node
+    ``source_start + k`` to node ``target_start + k``, ``k < size``."""
+
+    edge_start: int
+    size: int
+    source_start: int
+    target_start: int
+
+
+@dataclass(frozen=True)
+class DenseSegment:
+    """The nodes ``start:stop`` (one neuron group) as seen by one aggregation direction: the
+    layer blocks (indices into :attr:`DensePlan.links`) and residuals (indices into
+    :attr:`DensePlan.residuals`) whose edges end (forward) or start (backward) there. Every node
+    of the segment has ``degree`` such edges, so its mean is a sum times ``1 / degree``."""
+
+    start: int
+    stop: int
+    links: tuple[int, ...]
+    residuals: tuple[int, ...]
+    degree: int
+
+
+@dataclass(frozen=True)
 class DensePlan:
     """Where each layer's block lives in the node and edge tensors of one architecture's
-    graph (as :func:`~weightspace.graph.to_graph` lays them out)."""
+    graph (as :func:`~weightspace.graph.to_graph` lays them out).
+
+    The dense path reads only the Python integers (``links``, ``residuals``, ``segments``), so
+    it needs no device transfer and traces to a static graph under ``torch.compile``; the
+    tensors describe the same structure for other uses.
+    """
 
     num_nodes: int
     num_edges: int
@@ -62,6 +93,9 @@ class DensePlan:
     out_degree: Tensor  # (N,)
     inverse_in_degree: Tensor  # (N, 1), 0 where the degree is 0
     inverse_out_degree: Tensor  # (N, 1)
+    residuals: tuple[DenseResidual, ...] = ()
+    # (forward, backward): node segments in increasing order; nodes in no segment are isolated
+    segments: tuple[tuple[DenseSegment, ...], tuple[DenseSegment, ...]] = ((), ())
 
     def to(self, device: torch.device) -> DensePlan:
         if self.in_degree.device == device:
@@ -82,6 +116,35 @@ def dense_plan(spec: NetworkSpec) -> DensePlan:
         return _build_dense_plan(spec)
 
 
+def _segments(
+    links: list[DenseLink], residuals: list[DenseResidual], forward: bool
+) -> tuple[DenseSegment, ...]:
+    ranges: dict[tuple[int, int], tuple[list[int], list[int], int]] = {}
+    for i, link in enumerate(links):
+        key = (
+            (link.target_start, link.target_stop)
+            if forward
+            else (link.source_start, link.source_stop)
+        )
+        entry = ranges.setdefault(key, ([], [], 0))
+        entry[0].append(i)
+        ranges[key] = (entry[0], entry[1], entry[2] + (link.inp if forward else link.out))
+    for i, residual in enumerate(residuals):
+        start = residual.target_start if forward else residual.source_start
+        key = (start, start + residual.size)
+        entry = ranges.setdefault(key, ([], [], 0))
+        entry[1].append(i)
+        ranges[key] = (entry[0], entry[1], entry[2] + 1)
+    out = [
+        DenseSegment(start, stop, tuple(li), tuple(ri), degree)
+        for (start, stop), (li, ri, degree) in sorted(ranges.items())
+    ]
+    for a, b in zip(out, out[1:], strict=False):
+        if a.stop > b.start:  # neuron groups never overlap; a plan relies on it
+            raise ValueError(f"overlapping node ranges {a.start}:{a.stop} and {b.start}:{b.stop}")
+    return tuple(out)
+
+
 def _build_dense_plan(spec: NetworkSpec) -> DensePlan:
     layout = layout_of(spec)
     links, start = [], 0
@@ -99,11 +162,14 @@ def _build_dense_plan(spec: NetworkSpec) -> DensePlan:
         in_degree[t0 : t0 + target.size] += source.size
         out_degree[s0 : s0 + source.size] += target.size
         start = stop
-    residual_source, residual_target = [], []
+    residual_start = start
+    residuals, residual_source, residual_target = [], [], []
     for skip, primary in layout.residuals:
         size = layout.groups[skip].size
+        residuals.append(DenseResidual(start, size, layout.offsets[skip], layout.offsets[primary]))
         residual_source.append(torch.arange(size) + layout.offsets[skip])
         residual_target.append(torch.arange(size) + layout.offsets[primary])
+        start += size
     residual_source_t = (
         torch.cat(residual_source) if residual_source else torch.zeros(0, dtype=torch.long)
     )
@@ -119,16 +185,27 @@ def _build_dense_plan(spec: NetworkSpec) -> DensePlan:
 
     return DensePlan(
         num_nodes=layout.num_nodes,
-        num_edges=start + residual_source_t.numel(),
+        num_edges=start,
         links=tuple(links),
-        residual_start=start,
+        residual_start=residual_start,
         residual_source=residual_source_t,
         residual_target=residual_target_t,
         in_degree=in_degree,
         out_degree=out_degree,
         inverse_in_degree=inverse(in_degree),
         inverse_out_degree=inverse(out_degree),
+        residuals=tuple(residuals),
+        segments=(_segments(links, residuals, True), _segments(links, residuals, False)),
     )
+
+
+def _activate(x: Tensor, name: str, inplace: bool) -> Tensor:
+    """``make_activation(name)(x)``, in place when ``inplace`` (``gelu``: never)."""
+    if name == "silu":
+        return F.silu(x, inplace=inplace)
+    if name == "relu":
+        return F.relu(x, inplace=inplace)
+    return F.gelu(x)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -281,97 +358,183 @@ class EdgeNodeConv(MessagePassing):
     def _forward_dense(
         self, x: Tensor, edge_attr: Tensor, plan: DensePlan, update_edges: bool
     ) -> tuple[Tensor, Tensor | None]:
-        """:meth:`forward` on a batch of ``B`` graphs of one architecture, block by block.
+        r""":meth:`forward` on a batch of ``B`` graphs of one architecture, block by block.
 
         Every layer link is a complete bipartite block, stored target-major, so its messages
         view as ``(B, out, in, d)``: the source and target terms are broadcasts and the
         forward/backward aggregations are reductions over ``in``/``out``. Residual identity
-        edges (few) go through index operations.
+        edges pair node ``k`` of one group with node ``k`` of another, so they are contiguous
+        ``(B, size, d)`` slices as well: the whole layer runs on slices, without gathers or
+        scatters.
+
+        Within a :class:`DenseSegment` (one neuron group) every node has the same degree
+        :math:`D`, so :math:`\mathrm{mean} = \frac{1}{D}\sum` with a Python scalar; nodes with no
+        edge in a direction aggregate to 0 (``std``: :math:`\sqrt{10^{-5}}`), as in the
+        message-passing path.
+
+        Without autograd and outside ``torch.compile`` (inference), every intermediate is
+        written once into preallocated buffers: the node terms straight into the message
+        buffer (``pre = W_s h_j + W_t h_i``, then ``pre += W_e e`` by one in-place ``addmm``),
+        and each aggregate straight into its column block of the node MLP's input
+        ``[h | aggregates]`` (``out=`` reductions), so there is no zero fill, no running
+        update and no concatenation. Otherwise the same values are built functionally (slices
+        concatenated), which autograd differentiates and inductor fuses.
         """
         d = self.edge_hidden
         n, e = plan.num_nodes, plan.num_edges
         b = x.shape[0] // n
+        inplace = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         source, target = self.lin_nodes(x).view(b, n, 2 * d).split(d, dim=-1)  # (B, N, d)
-        pre = (edge_attr @ self.lin_edge.weight.t()).view(b, e, d)  # W_e e
-        for link in plan.links:
-            block = pre[:, link.edge_start : link.edge_stop].view(b, link.out, link.inp, d)
-            block += source[:, link.source_start : link.source_stop].unsqueeze(1)
-            block += target[:, link.target_start : link.target_stop].unsqueeze(2)
-        if plan.residual_start < e:
-            residual = pre[:, plan.residual_start :]
-            residual += source[:, plan.residual_source] + target[:, plan.residual_target]
-        z = self.act(pre)  # (B, E, d)
-        # In-place running max/min is fastest but breaks autograd; use it for inference only.
-        inplace = not torch.is_grad_enabled()
 
-        parts = [x]
+        # Node terms of every edge's pre-activation, in edge order.
+        def node_terms(link_or_residual, out: Tensor | None) -> Tensor:
+            if isinstance(link_or_residual, DenseLink):
+                link = link_or_residual
+                src = source[:, link.source_start : link.source_stop].unsqueeze(1)
+                tgt = target[:, link.target_start : link.target_stop].unsqueeze(2)
+                shape = (b, link.out, link.inp, d)
+            else:
+                res = link_or_residual
+                src = source[:, res.source_start : res.source_start + res.size]
+                tgt = target[:, res.target_start : res.target_start + res.size]
+                shape = (b, res.size, d)
+            if out is not None:
+                return torch.add(src, tgt, out=out.view(shape))
+            return (src + tgt).reshape(b, -1, d)
+
+        blocks = (*plan.links, *plan.residuals)
+        starts = [link.edge_start for link in blocks]
+        stops = [*starts[1:], e]
+        if inplace:
+            pre = x.new_empty(b, e, d)
+            for block, start, stop in zip(blocks, starts, stops, strict=True):
+                node_terms(block, pre[:, start:stop])
+            pre = pre.view(b * e, d)  # addmm into its own input (addmm_, seen by flop counters)
+            pre = torch.addmm(pre, edge_attr, self.lin_edge.weight.t(), out=pre)
+        else:
+            terms = torch.cat([node_terms(block, None) for block in blocks], dim=1)
+            pre = torch.addmm(terms.view(b * e, d), edge_attr, self.lin_edge.weight.t())
+        z = _activate(pre, self.activation_name, inplace)  # (B * E, d)
+        messages = z.view(b, e, d)
+
+        hidden = self.hidden
+        width = hidden + len(self.directions) * len(self.aggregators) * d
+        node_input = None
+        columns: list[list[Tensor]] = []
+        if inplace:
+            node_input = x.new_empty(b, n, width)
+            node_input[..., :hidden] = x.view(b, n, hidden)
+        column = hidden
         for direction in self.directions:
             forward = direction == "forward"
-            # Reduce each block over the neurons on the other side of the edge.
-            axis = 2 if forward else 1
-            stats = {}
-            needs = set(self.aggregators)
-            if needs & {"sum", "mean", "std"}:
-                stats["sum"] = z.new_zeros(b, n, d)
-            if "std" in needs:
-                stats["squares"] = z.new_zeros(b, n, d)
-            if "max" in needs:
-                stats["max"] = z.new_full((b, n, d), -math.inf)
-            if "min" in needs:
-                stats["min"] = z.new_full((b, n, d), math.inf)
-            for link in plan.links:
-                block = z[:, link.edge_start : link.edge_stop].view(b, link.out, link.inp, d)
-                if forward:
-                    rows = slice(link.target_start, link.target_stop)
-                else:
-                    rows = slice(link.source_start, link.source_stop)
-                if "sum" in stats:
-                    stats["sum"][:, rows] += block.sum(axis)
-                if "squares" in stats:
-                    stats["squares"][:, rows] += block.square().sum(axis)
-                for key, reduce in (("max", "amax"), ("min", "amin")):
-                    if key not in stats:
-                        continue
-                    reduced = block.amax(axis) if key == "max" else block.amin(axis)
-                    if inplace:
-                        combine = torch.maximum if key == "max" else torch.minimum
-                        stats[key][:, rows] = combine(stats[key][:, rows], reduced)
-                    else:  # autograd: the running max must not be overwritten in place
-                        index = torch.arange(rows.start, rows.stop, device=z.device)
-                        index = index.view(1, -1, 1).expand_as(reduced)
-                        stats[key] = stats[key].scatter_reduce(1, index, reduced, reduce)
-            if plan.residual_start < e:
-                messages = z[:, plan.residual_start :]  # (B, R, d)
-                index = plan.residual_target if forward else plan.residual_source
-                expanded = index.view(1, -1, 1).expand_as(messages)
-                if "sum" in stats:
-                    stats["sum"].index_add_(1, index, messages)
-                if "squares" in stats:
-                    stats["squares"].index_add_(1, index, messages.square())
-                for key, reduce in (("max", "amax"), ("min", "amin")):
-                    if key in stats and inplace:
-                        stats[key].scatter_reduce_(1, expanded, messages, reduce)
-                    elif key in stats:
-                        stats[key] = stats[key].scatter_reduce(1, expanded, messages, reduce)
-            isolated = (plan.in_degree if forward else plan.out_degree) == 0  # (N,)
-            inverse = (plan.inverse_in_degree if forward else plan.inverse_out_degree).to(z.dtype)
-            for name in self.aggregators:
-                if name == "sum":
-                    value = stats["sum"]
-                elif name == "mean":
-                    value = stats["sum"] * inverse
-                elif name == "std":
-                    mean = stats["sum"] * inverse
-                    variance = (stats["squares"] * inverse - mean * mean).clamp(min=0)
-                    value = torch.sqrt(variance + 1e-5)
-                else:
-                    value = stats[name].masked_fill(isolated.view(1, n, 1), 0.0)
-                parts.append(value.reshape(b * n, d))
-        out = x + self.node_mlp(self.norm(torch.cat(parts, dim=-1)))  # (B * N, hidden)
+            outs = None
+            if node_input is not None:
+                outs = {
+                    name: node_input[..., column + k * d : column + (k + 1) * d]
+                    for k, name in enumerate(self.aggregators)
+                }
+            pieces: dict[str, list[Tensor]] = {name: [] for name in self.aggregators}
+            cursor = 0
+            segments = plan.segments[0 if forward else 1]
+            for segment in (*segments, None):
+                gap_stop = n if segment is None else segment.start
+                if gap_stop > cursor:  # isolated nodes in this direction
+                    for name in self.aggregators:
+                        fill = math.sqrt(1e-5) if name == "std" else 0.0
+                        if outs is not None:
+                            outs[name][:, cursor:gap_stop].fill_(fill)
+                        else:
+                            pieces[name].append(z.new_full((b, gap_stop - cursor, d), fill))
+                if segment is None:
+                    break
+                rows = slice(segment.start, segment.stop)
+                values = self._aggregate_segment(
+                    messages,
+                    plan,
+                    segment,
+                    forward,
+                    None if outs is None else {k: v[:, rows] for k, v in outs.items()},
+                )
+                for name in self.aggregators:
+                    pieces[name].append(values[name])
+                cursor = segment.stop
+            if outs is None:
+                columns += [pieces[name] for name in self.aggregators]
+            column += len(self.aggregators) * d
+        if node_input is None:
+            parts = [x.view(b, n, hidden)] + [torch.cat(p, dim=1) for p in columns]
+            node_input = torch.cat(parts, dim=-1)
+        first, _, second = self.node_mlp
+        u = first(self.norm(node_input.view(b * n, width)))
+        u = second(_activate(u, self.activation_name, inplace))
+        out = u.add_(x) if inplace else u + x  # (B * N, hidden)
         edge_out = None
         if update_edges:
-            edge_out = torch.addmm(edge_attr, z.view(b * e, d), self.lin_edge_out.weight.t())
+            edge_out = torch.addmm(edge_attr, z, self.lin_edge_out.weight.t())
         return out, edge_out
+
+    def _aggregate_segment(
+        self,
+        messages: Tensor,
+        plan: DensePlan,
+        segment: DenseSegment,
+        forward: bool,
+        outs: dict[str, Tensor] | None,
+    ) -> dict[str, Tensor]:
+        """Every aggregator over one segment's edges: ``{name: (B, size, d)}``, written into
+        ``outs`` (views of the node MLP's input) when given."""
+        b, _, d = messages.shape
+        axis = 2 if forward else 1  # reduce over the neurons on the other side of the edge
+        blocks = [
+            messages[:, link.edge_start : link.edge_stop].view(b, link.out, link.inp, d)
+            for link in (plan.links[i] for i in segment.links)
+        ]
+        residual = [
+            messages[:, res.edge_start : res.edge_start + res.size]
+            for res in (plan.residuals[i] for i in segment.residuals)
+        ]  # (B, size, d): edge k of a residual is node k of the segment
+
+        def reduce(kind: str, out: Tensor | None) -> Tensor:
+            """Sum, sum of squares, max or min over all of the segment's edges (into ``out``)."""
+            reducer = {"max": torch.amax, "min": torch.amin}.get(kind, torch.sum)
+            combine = {"max": torch.maximum, "min": torch.minimum}.get(kind, torch.add)
+            acc = None
+            for is_block, value in [(True, v) for v in blocks] + [(False, v) for v in residual]:
+                if kind == "squares":
+                    value = value.square()
+                first_out = out if acc is None else None
+                if is_block:
+                    value = reducer(value, axis, out=first_out)
+                elif first_out is not None:
+                    value = first_out.copy_(value)
+                acc = value if acc is None else combine(acc, value, out=out)
+            return acc
+
+        def dest(name: str) -> Tensor | None:
+            return None if outs is None else outs[name]
+
+        values: dict[str, Tensor] = {}
+        names = self.aggregators
+        scale = 1.0 / segment.degree
+        single = len(blocks) == 1 and not residual
+        total = None
+        if "sum" in names or "std" in names or ("mean" in names and not single):
+            total = reduce("sum", dest("sum") if "sum" in names else None)
+            if "sum" in names:
+                values["sum"] = total
+        if "mean" in names:
+            if total is None:  # one block: its mean
+                values["mean"] = torch.mean(blocks[0], axis, out=dest("mean"))
+            else:
+                values["mean"] = torch.mul(total, scale, out=dest("mean"))
+        if "std" in names:
+            mean = total * scale
+            variance = (reduce("squares", None) * scale - mean * mean).clamp(min=0)
+            values["std"] = torch.sqrt(variance + 1e-5, out=dest("std"))
+        for name in ("max", "min"):
+            if name in names:
+                values[name] = reduce(name, dest(name))
+        return values
 
     def edge_update(self, source_j: Tensor, target_i: Tensor, edge_attr: Tensor) -> Tensor:
         pre = torch.addmm(source_j, edge_attr, self.lin_edge.weight.t())  # W_s h_j + W_e e

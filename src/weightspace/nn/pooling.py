@@ -108,7 +108,7 @@ class TransformerPooling(nn.Module):
     def forward(
         self,
         x: Tensor,
-        batch: Tensor,
+        batch: Tensor | None,
         num_graphs: int | None = None,
         max_num_nodes: int | None = None,
         nodes_per_graph: int | None = None,
