@@ -118,6 +118,14 @@ def embed(
     spec: SpecFile = None,
     model: ModelFactory = None,
     allow_nonfinite: AllowNonfinite = False,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the encoder (pays a compilation per architecture; for large "
+            "collections, mainly on GPUs).",
+        ),
+    ] = False,
 ) -> None:
     """Embed checkpoints with a trained encoder. ``.npy`` rows follow the order of INPUTS (a zoo
     in its table order); ``.parquet`` adds ``source`` and ``id`` columns and one ``z`` list
@@ -133,7 +141,7 @@ def embed(
     models, rows = _collect_models(
         inputs, architecture_kwargs(activation, spec, model, allow_nonfinite)
     )
-    embeddings = model_encoder.embed(models, batch_size=batch_size, device=device)
+    embeddings = model_encoder.embed(models, batch_size=batch_size, device=device, compile=compile)
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
         import numpy as np
