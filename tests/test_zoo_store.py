@@ -144,6 +144,15 @@ def test_other_config_in_same_directory_is_refused(mini_zoo: Zoo) -> None:
         generate_zoo(mini_zoo.root, _mini(), seed=1, show_progress=False)
 
 
+def test_zoo_of_other_random_streams_is_not_resumed(mini_zoo: Zoo, tmp_path: Path) -> None:
+    manifest = json.loads((mini_zoo.root / MANIFEST).read_text())
+    del manifest["config"]["streams_version"]  # as written before counter-based streams
+    manifest["complete"] = False
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ZooError, match="random streams version 1"):
+        generate_zoo(tmp_path, _mini(), show_progress=False)
+
+
 def test_newer_format_is_refused(mini_zoo: Zoo, tmp_path: Path) -> None:
     manifest = json.loads((mini_zoo.root / MANIFEST).read_text())
     manifest["format_version"] = FORMAT_VERSION + 1

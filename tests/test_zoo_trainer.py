@@ -15,7 +15,8 @@ from weightspace.zoo import (
     train_group,
     train_reference,
 )
-from weightspace.zoo.trainer import RunStreams
+from weightspace.zoo.architectures import build_model, get_arch
+from weightspace.zoo.streams import RunStreams, initial_parameters, mix32, mix32_int
 
 
 @pytest.fixture(autouse=True)
@@ -106,12 +107,56 @@ def test_run_streams_respect_fraction_and_noise() -> None:
         RunSpec.make("digits", "mlp-w8-d1-relu", 0, 0),
         hyper=HyperParams(train_fraction=0.25, label_noise=0.5),
     )
-    streams = RunStreams(run, data)
+    streams = RunStreams([run], data, steps=10, batch_size=32)
     n = data.labels["train"].shape[0]
-    assert streams.subset.numel() == round(0.25 * n)
-    batches = streams.next_batches(10, 32)
-    assert set(batches.flatten().tolist()) <= set(streams.subset.tolist())
-    changed = (streams.labels != data.labels["train"]).sum().item()
+    subset = streams.subset_order[0, : streams.sizes[0]]
+    assert streams.sizes[0] == subset.numel() == round(0.25 * n) == streams.in_subset.sum()
+    for epoch in (1, 2):
+        batches = streams.epoch_batches(epoch)[:, 0]
+        assert batches.shape == (10, 32)
+        assert set(batches.flatten().tolist()) <= set(subset.tolist())
+    # successive permutations of the subset: the first S positions of the stream are all of it
+    stream = torch.cat([streams.epoch_batches(e)[:, 0].flatten() for e in (1, 2)])
+    assert sorted(stream[: subset.numel()].tolist()) == sorted(subset.tolist())
+    changed = (streams.labels[0] != data.labels["train"]).sum().item()
     # half the subset is relabelled uniformly at random, so ~9/10 of those change class
-    assert 0.3 * streams.subset.numel() < changed <= 0.5 * streams.subset.numel() + 1
-    assert streams.next_dropout_masks(3, 32, 8) is None
+    assert 0.3 * subset.numel() < changed <= 0.5 * subset.numel() + 1
+    assert streams.has_dropout == [False]
+
+
+def test_mix32_matches_python_reference() -> None:
+    words = [0, 1, 2, 12345, 2**31 - 1, 2**31, 2**32 - 1, 0x9E3779B9]
+    x = torch.tensor([w - 2**32 if w >= 2**31 else w for w in words], dtype=torch.int32)
+    got = [v & 0xFFFFFFFF for v in mix32(x.clone()).tolist()]
+    assert got == [mix32_int(w) for w in words]
+
+
+def test_dropout_rate_and_grouping() -> None:
+    data = get_task("digits")
+    runs = [
+        dataclasses.replace(
+            RunSpec.make("digits", "mlp-w8-d1-relu", i, 0), hyper=HyperParams(dropout=p)
+        )
+        for i, p in enumerate((0.0, 0.3, 0.5))
+    ]
+    streams = RunStreams(runs, data, steps=4, batch_size=64)
+    keep = streams.dropout_keep(streams.dropout_words(1)[0], 33)  # odd unit count
+    assert keep.shape == (3, 64, 33)
+    rates = 1 - keep.float().mean(dim=(1, 2))
+    assert rates[0] == 0 and abs(rates[1] - 0.3) < 0.03 and abs(rates[2] - 0.5) < 0.03
+    alone = RunStreams(runs[1:2], data, steps=4, batch_size=64)
+    assert torch.equal(alone.dropout_keep(alone.dropout_words(1)[0], 33)[0], keep[1])
+    epoch = alone.dropout_keep(alone.dropout_words(1), 33)  # every step at once
+    assert epoch.shape == (4, 1, 64, 33) and torch.equal(epoch[0, 0], keep[1])
+    # the float path of the trainer: keep / (1 − p), written through a strided view
+    out = torch.full((11, 3, 64, 3), float("nan")).permute(1, 2, 3, 0)  # (M, B, depth=3, W=11)
+    multiplier = streams.dropout_multiplier(streams.dropout_words(1)[0], slice(None), out)
+    expected = keep.float() * torch.tensor([1.0, 1 / 0.7, 2.0]).view(3, 1, 1)
+    assert torch.equal(multiplier.reshape(3, 64, 33), expected)
+    assert torch.equal(alone.epoch_batches(3)[:, 0], streams.epoch_batches(3)[:, 1])
+    assert torch.equal(alone.labels[0], streams.labels[1])
+    template = build_model(get_arch("cnn2d-c4-d2-bn-relu"), data.input_shape("cnn2d"), 10)
+    seeds, scales = [r.seed for r in runs], [0.5, 1.0, 2.0]
+    together = initial_parameters(template, seeds, scales)
+    assert torch.equal(initial_parameters(template, seeds[1:2], scales[1:2])[0], together[1])
+    assert together.abs().max() < 2.0 and together.std() > 0.05

@@ -44,7 +44,7 @@ from weightspace.zoo.store import (
 )
 from weightspace.zoo.sweep import RunSpec, TrainSettings
 from weightspace.zoo.tasks import get_task, task_families
-from weightspace.zoo.trainer import CheckpointResult, train_group
+from weightspace.zoo.trainer import STREAMS_VERSION, CheckpointResult, train_group
 
 __all__ = ["ShardPlan", "generate_zoo", "plan_shards", "zoo_config"]
 
@@ -60,8 +60,14 @@ class ShardPlan:
 
 
 def zoo_config(preset: Preset, seed: int) -> dict[str, Any]:
-    """The JSON-able configuration that determines a zoo's contents (stored in the manifest)."""
+    """The JSON-able configuration that determines a zoo's contents (stored in the manifest).
+
+    ``streams_version`` is the version of the runs' random streams
+    (:data:`~weightspace.zoo.streams.STREAMS_VERSION`): the same config under other streams gives
+    other weights, so a zoo is only resumed by the streams that began it.
+    """
     return {
+        "streams_version": STREAMS_VERSION,
         "preset": preset.name,
         "seed": seed,
         "tasks": list(preset.tasks),
@@ -274,6 +280,16 @@ def generate_zoo(
     tasks = sorted({s.task for s in shards})
     if (root / MANIFEST).exists():
         existing = read_manifest(root)
+        old_config = existing.get("config") or {}
+        if existing.get("kind") == "generated" and old_config.get("streams_version") != (
+            STREAMS_VERSION
+        ):
+            raise ZooError(
+                f"{root}: this zoo was generated with random streams version "
+                f"{old_config.get('streams_version', 1)}, but this weightspace trains with version "
+                f"{STREAMS_VERSION}; its runs would get different weights, so it cannot be resumed "
+                "— generate into a new --out (or with the weightspace that began it)"
+            )
         if existing.get("kind") != "generated" or existing.get("config") != config:
             raise ZooError(
                 f"{root}: already holds a different zoo (preset {existing.get('config', {}).get('preset')!r}, "

@@ -140,13 +140,22 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _own_contiguous(tensor: Tensor) -> Tensor:
+    """``tensor`` contiguous and alone in its storage (safetensors refuses shared storage; the
+    trainer hands out rows of one tensor per key)."""
+    tensor = tensor.contiguous()
+    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+        tensor = tensor.clone()
+    return tensor
+
+
 def write_shard(
     path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]
 ) -> None:
     """Atomically save one safetensors shard (``"{checkpoint_id}/{key}"`` → tensor)."""
     from safetensors.torch import save_file
 
-    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    contiguous = {k: _own_contiguous(v.detach().cpu()) for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=dict(metadata)))
 
 

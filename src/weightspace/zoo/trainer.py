@@ -14,10 +14,11 @@ Two paths train the same runs to the same weights (up to float round-off):
 * :func:`train_reference` — one model, an ordinary ``nn.Module`` and ``torch.optim`` loop; the
   baseline of ``benchmarks/bench_zoo.py`` and the oracle of the equivalence test.
 
-Everything random about a run comes from generators seeded by the run's own seed (see
-:class:`RunStreams`): the initialisation, its training subset, its label noise, the order of its
-batches and its dropout masks. So a run gives the same checkpoints whichever group, shard, worker
-or path trains it, on CPU or GPU.
+Everything random about a run is a counter-based function of the run's own seed, computed
+vectorised on the training device by :mod:`weightspace.zoo.streams` (the same functions serve
+both paths): the initialisation, its training subset, its label noise, the order of its batches
+and its dropout masks. So a run gives the same checkpoints whichever group, shard, worker or path
+trains it, on CPU or GPU.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,10 +44,12 @@ from weightspace.zoo.architectures import (
     hidden_activation_modules,
     parametrised_layers,
 )
-from weightspace.zoo.sweep import RunSpec, TrainSettings, derive_seed
+from weightspace.zoo.streams import STREAMS_VERSION, RunStreams, initial_parameters
+from weightspace.zoo.sweep import RunSpec, TrainSettings
 from weightspace.zoo.tasks import Task
 
 __all__ = [
+    "STREAMS_VERSION",
     "CheckpointResult",
     "RunStreams",
     "StackedNetwork",
@@ -72,6 +76,29 @@ EVAL_MIN_CHUNK = 64
 ProgressCallback = Callable[[int], None]
 
 
+class _RowStateDict(Mapping[str, Tensor]):
+    """The raw state dict of model ``model``: row ``model`` of per-key blocks ``(M, *shape)``
+    shared by all models of a group (values are views, made on access)."""
+
+    __slots__ = ("_blocks", "_model")
+
+    def __init__(self, blocks: dict[str, Tensor], model: int) -> None:
+        self._blocks = blocks
+        self._model = model
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self._blocks[key][self._model]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._blocks)
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def __repr__(self) -> str:
+        return f"_RowStateDict(model={self._model}, keys={list(self._blocks)})"
+
+
 @dataclass
 class CheckpointResult:
     """One checkpoint: the raw ``nn.Module`` state dict and its metrics.
@@ -82,81 +109,26 @@ class CheckpointResult:
 
     run_id: str
     epoch: int
-    state_dict: dict[str, Tensor]
+    state_dict: Mapping[str, Tensor]
     metrics: dict[str, float]
     finite: bool = True
-
-
-class RunStreams:
-    """The random streams of one run, each from its own seeded CPU generator.
-
-    * ``subset``: the first ``max(1, round(f·N))`` entries of a random permutation of the
-      ``N`` training indices (``f`` = ``train_fraction``).
-    * ``labels``: the training labels with ``round(noise·|subset|)`` of the subset's labels
-      replaced by uniformly random classes.
-    * :meth:`next_batches`: successive random permutations of the subset, cut into batches.
-    * :meth:`next_dropout_masks`: keep-masks ``u ≥ p``, ``u ~ U[0, 1)``, one per step, example
-      and hidden unit (MLP) or channel (CNN); nothing is drawn when ``p = 0``.
-    """
-
-    def __init__(self, run: RunSpec, task: Task) -> None:
-        self.run = run
-        train_labels = task.labels["train"]
-        n_train = int(train_labels.shape[0])
-        data = torch.Generator().manual_seed(derive_seed(run.seed, "data"))
-        size = max(1, round(run.hyper.train_fraction * n_train))
-        self.subset = torch.randperm(n_train, generator=data)[:size]
-        labels = train_labels.clone()
-        noisy = round(run.hyper.label_noise * size)
-        if noisy:
-            where = self.subset[torch.randperm(size, generator=data)[:noisy]]
-            labels[where] = torch.randint(task.num_classes, (noisy,), generator=data)
-        self.labels = labels
-        self._order = torch.Generator().manual_seed(derive_seed(run.seed, "order"))
-        self._dropout = torch.Generator().manual_seed(derive_seed(run.seed, "dropout"))
-        self._pending = torch.empty(0, dtype=torch.long)
-
-    def next_batches(self, steps: int, batch_size: int) -> Tensor:
-        """Indices into the training split for the next ``steps`` batches: ``(steps, B)``."""
-        need = steps * batch_size
-        parts = [self._pending]
-        have = self._pending.numel()
-        while have < need:
-            parts.append(self.subset[torch.randperm(self.subset.numel(), generator=self._order)])
-            have += self.subset.numel()
-        stream = torch.cat(parts)
-        self._pending = stream[need:]
-        return stream[:need].view(steps, batch_size)
-
-    def next_dropout_masks(self, steps: int, batch_size: int, units: int) -> Tensor | None:
-        """Keep-masks ``(steps, B, units)`` (bool), or None when the run has no dropout."""
-        p = self.run.hyper.dropout
-        if p <= 0:
-            return None
-        return torch.rand(steps, batch_size, units, generator=self._dropout) >= p
 
 
 def init_state_dict(model: nn.Module, seed: int, init_scale: float) -> dict[str, Tensor]:
     """The initial raw state dict of ``model`` for a run with ``seed``.
 
-    Weights and biases of linear/conv layers are ``U(−s/√fan_in, s/√fan_in)`` with
-    ``s = init_scale`` — PyTorch's default initialisation, scaled; BatchNorm starts at
-    γ = 1, β = 0, μ = 0, σ² = 1. Draws follow the module's parameter order.
+    Parameters come from :func:`~weightspace.zoo.streams.initial_parameters` (linear/conv
+    weights and biases ``U(−s/√fan_in, s/√fan_in)`` with ``s = init_scale``, from the run's
+    counter-based init stream; BatchNorm γ = 1, β = 0); buffers are BatchNorm's μ = 0, σ² = 1.
     """
-    generator = torch.Generator().manual_seed(derive_seed(seed, "init"))
+    flat = initial_parameters(model, [seed], [init_scale])[0]
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    offset = 0
+    for key, param in model.named_parameters():
+        state[key] = flat[offset : offset + param.numel()].view(param.shape).clone()
+        offset += param.numel()
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
-            fan_in = module.weight[0].numel()
-            bound = init_scale / math.sqrt(fan_in)
-            for param in ("weight", "bias"):
-                if getattr(module, param, None) is not None:
-                    key = f"{name}.{param}" if name else param
-                    uniform = torch.rand(state[key].shape, generator=generator)
-                    state[key] = (uniform * 2 - 1) * bound
-        elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
-            state[f"{name}.weight"] = torch.ones_like(state[f"{name}.weight"])
-            state[f"{name}.bias"] = torch.zeros_like(state[f"{name}.bias"])
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
             state[f"{name}.running_mean"] = torch.zeros_like(state[f"{name}.running_mean"])
             state[f"{name}.running_var"] = torch.ones_like(state[f"{name}.running_var"])
             state[f"{name}.num_batches_tracked"] = torch.zeros((), dtype=torch.long)
@@ -174,9 +146,13 @@ def _accumulate_metrics(
     """Per-model summed loss and correct count. logits ``(M, N, K)``, labels ``(M|1, N)``."""
     models, n, _ = logits.shape
     labels = labels.expand(models, n)
-    # cross-entropy as logsumexp − true logit (much faster than log_softmax over 10 classes)
-    loss = torch.logsumexp(logits, -1) - logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    correct = (logits.argmax(-1) == labels).to(logits.dtype)
+    # one max reduction gives both the argmax (its first maximal index, as ``argmax``) and the
+    # shift of the cross-entropy ``m + log Σ exp(ℓ − m) − ℓ_y`` (much faster on CPU than
+    # ``argmax`` plus ``logsumexp`` over 10 classes)
+    top, predicted = logits.max(-1)
+    shifted = (logits - top.unsqueeze(-1)).exp_().sum(-1).log_()
+    loss = shifted.add_(top).sub_(logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1))
+    correct = (predicted == labels).to(logits.dtype)
     if weights is not None:
         loss, correct = loss * weights, correct * weights
     return loss.sum(1), correct.sum(1)
@@ -361,6 +337,20 @@ _IN_PLACE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+def _multiply_rows(x: Tensor, multiplier: Tensor, out: Tensor, rows: slice | None) -> Tensor:
+    """``out ← x ⊙ multiplier`` where ``multiplier`` is 1 outside ``rows`` (of dim 0): there a
+    plain copy. Returns ``out``."""
+    if rows is None:
+        return torch.mul(x, multiplier, out=out)
+    start, stop = rows.start or 0, x.shape[0] if rows.stop is None else rows.stop
+    if start > 0:
+        out[:start].copy_(x[:start])
+    if stop < x.shape[0]:
+        out[stop:].copy_(x[stop:])
+    torch.mul(x[start:stop], multiplier[start:stop], out=out[start:stop])
+    return out
+
+
 @dataclass
 class _Saved:
     """What the hand-written backward of one hidden layer needs from its forward."""
@@ -392,13 +382,16 @@ class StackedNetwork:
         arch: ArchConfig,
         input_shape: Sequence[int],
         num_classes: int,
-        initial_states: Sequence[dict[str, Tensor]],
+        initial: Tensor | Sequence[dict[str, Tensor]],
         device: torch.device | str = "cpu",
     ) -> None:
+        """``initial``: the models' initial raw state dicts, or their flat parameters ``(M, P)``
+        (``named_parameters`` order, see :func:`~weightspace.zoo.streams.initial_parameters`)
+        with BatchNorm buffers at their defaults (μ = 0, σ² = 1)."""
         self.arch = arch
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
-        self.num_models = len(initial_states)
+        self.num_models = len(initial)
         self.device = torch.device(device)
         template = build_model(arch, input_shape, num_classes)
         self.keys = list(template.state_dict())
@@ -409,20 +402,31 @@ class StackedNetwork:
             self.offsets[key] = (offset, offset + math.prod(shape))
             offset += math.prod(shape)
         self.num_params = offset
-        flat = torch.cat(
-            [
-                torch.stack([state[k].reshape(-1) for state in initial_states])
-                for k in self.param_shapes
-            ],
-            dim=1,
-        )
-        self.flat = flat.to(self.device)  # (M, P)
-        self.grad = torch.zeros_like(self.flat)  # (M, P), written by loss_backward
-        self.buffers = {
-            k: torch.stack([state[k] for state in initial_states]).to(self.device)
+        buffer_keys = [
+            k
             for k in self.keys
             if k not in self.param_shapes and not k.endswith("num_batches_tracked")
-        }  # running_mean / running_var: (M, C)
+        ]
+        if isinstance(initial, Tensor):
+            self.flat = initial.to(self.device, torch.float32).contiguous()  # (M, P)
+            defaults = template.state_dict()
+            self.buffers = {
+                k: defaults[k].to(self.device).expand(self.num_models, -1).contiguous()
+                for k in buffer_keys
+            }
+        else:
+            flat = torch.cat(
+                [
+                    torch.stack([state[k].reshape(-1) for state in initial])
+                    for k in self.param_shapes
+                ],
+                dim=1,
+            )
+            self.flat = flat.to(self.device)  # (M, P)
+            self.buffers = {
+                k: torch.stack([state[k] for state in initial]).to(self.device) for k in buffer_keys
+            }  # running_mean / running_var: (M, C)
+        self.grad = torch.zeros_like(self.flat)  # (M, P), written by loss_backward
         self.steps_taken = 0
         self.layers = parametrised_layers(arch)
         self.activation = activation_function(arch.activation)
@@ -479,7 +483,19 @@ class StackedNetwork:
 
     def params(self) -> dict[str, Tensor]:
         """Views ``(M, *shape)`` of every parameter of all models, keyed like the state dict."""
-        return self._views(self.flat)
+        cached = self.__dict__.get("_param_views")
+        if cached is None or cached[0] is not self.flat:
+            cached = (self.flat, self._views(self.flat))
+            self._param_views = cached
+        return cached[1]
+
+    def grads(self) -> dict[str, Tensor]:
+        """Views ``(M, *shape)`` of :attr:`grad`, keyed like :meth:`params`."""
+        cached = self.__dict__.get("_grad_views")
+        if cached is None or cached[0] is not self.grad:
+            cached = (self.grad, self._views(self.grad))
+            self._grad_views = cached
+        return cached[1]
 
     def prepare_inputs(self, x: Tensor) -> Tensor:
         """Data ``(N, *input_shape)`` → what :meth:`forward` takes: ``(N, F)`` for MLPs, the
@@ -502,8 +518,8 @@ class StackedNetwork:
         x: Tensor,
         *,
         training: bool,
-        keep_masks: Tensor | None = None,
-        keep_scale: Tensor | None = None,
+        dropout: Tensor | None = None,
+        dropout_rows: slice | None = None,
         bn_momentum: float = 0.1,
         saved: list[_Saved] | None = None,
     ) -> Tensor:
@@ -513,8 +529,10 @@ class StackedNetwork:
             x: per-model inputs ``(M, B, F)`` or shared inputs ``(B, F)``, from
                 :meth:`prepare_inputs`.
             training: BatchNorm uses (and updates) batch statistics when True.
-            keep_masks: ``(M, B, depth·width)`` bool dropout keep-masks (training only).
-            keep_scale: ``(M,)`` inverted-dropout scale ``1/(1−p_m)``.
+            dropout: ``(depth, M, B, width)`` inverted-dropout multipliers ``keep / (1 − p_m)``
+                of the hidden units (training only).
+            dropout_rows: the models whose multipliers are not all 1 (default: all); the others
+                skip the (on CPU, slow: broadcast over positions) multiplication.
             saved: when given, filled with what the backward pass needs, one entry per layer.
 
         Returns:
@@ -572,13 +590,14 @@ class StackedNetwork:
             keep_z = arch.activation not in _IN_PLACE_ACTIVATIONS
             a = self.activation(z) if keep_z else _IN_PLACE_ACTIVATIONS[arch.activation](z)
             multiplier = None
-            if keep_masks is not None and keep_scale is not None:
-                mask = keep_masks[:, :, i * arch.width : (i + 1) * arch.width]  # (M, B, W)
-                multiplier = mask.to(keep_scale.dtype) * keep_scale.view(-1, 1, 1)
+            if dropout is not None:
+                multiplier = dropout[i]  # (M, B, W)
                 if geometry is not None:
                     multiplier = multiplier.view(models, batch, *([1] * geometry.dims), -1)
                 out = self._buffer(f"h{i}", a.shape, saved)
-                h = torch.mul(a, multiplier, out=out) if out is not None else a * multiplier
+                if out is None:
+                    out = torch.empty_like(a)
+                h = _multiply_rows(a, multiplier, out, dropout_rows)
             else:
                 h = a
             if saved is not None:
@@ -594,7 +613,8 @@ class StackedNetwork:
             saved.append(_Saved(pooled, weight, None, h, None))
         if pooled.dim() == 2:
             return torch.matmul(pooled, weight.transpose(1, 2)) + bias.unsqueeze(1)
-        return torch.baddbmm(bias.unsqueeze(1), pooled, weight.transpose(1, 2))
+        out = self._buffer("logits", (models, pooled.shape[1], weight.shape[1]), saved)
+        return torch.baddbmm(bias.unsqueeze(1), pooled, weight.transpose(1, 2), out=out)
 
     def _batch_norm(
         self,
@@ -629,8 +649,8 @@ class StackedNetwork:
         x: Tensor,
         labels: Tensor,
         *,
-        keep_masks: Tensor | None = None,
-        keep_scale: Tensor | None = None,
+        dropout: Tensor | None = None,
+        dropout_rows: slice | None = None,
         bn_momentum: float = 0.1,
     ) -> Tensor:
         """One training forward pass (BatchNorm in training mode) and its backward pass.
@@ -640,6 +660,7 @@ class StackedNetwork:
         Args:
             x: per-model inputs ``(M, B, F)`` from :meth:`prepare_inputs`.
             labels: ``(M, B)``.
+            dropout, dropout_rows: inverted-dropout multipliers, as in :meth:`forward`.
 
         Returns:
             The logits ``(M, B, K)``.
@@ -650,13 +671,13 @@ class StackedNetwork:
         logits = self.forward(
             x,
             training=True,
-            keep_masks=keep_masks,
-            keep_scale=keep_scale,
+            dropout=dropout,
+            dropout_rows=dropout_rows,
             bn_momentum=bn_momentum,
             saved=saved,
         )
         params = self.params()
-        grads = self._views(self.grad)
+        grads = self.grads()
         # ∂ mean_b CE / ∂ logits = (softmax − onehot) / B
         g = (logits - logits.amax(-1, keepdim=True)).exp_()  # softmax, by hand: faster on CPU
         g.div_(g.sum(-1, keepdim=True))
@@ -665,9 +686,13 @@ class StackedNetwork:
         g.mul_(1.0 / batch)
         head = self.layers[-1][0]
         top = saved.pop()
-        grads[f"{head}.weight"].copy_(torch.bmm(g.transpose(1, 2), top.inputs))
+        # matmuls write into reused buffers: fresh outputs cost more than the products on CPU
+        head_grad = grads[f"{head}.weight"]
+        out = self._buffer("grad_head", head_grad.shape, saved)
+        head_grad.copy_(torch.bmm(g.transpose(1, 2), top.inputs, out=out))
         torch.sum(g, dim=1, out=grads[f"{head}.bias"])
-        g = torch.bmm(g, top.matrix)  # (M, B, C)
+        out = self._buffer("grad_top", (models, batch, top.matrix.shape[2]), saved)
+        g = torch.bmm(g, top.matrix, out=out)  # (M, B, C)
         if self.convs:  # global average pooling
             geometry = self.convs[-1]
             spread = (models, batch, *([1] * geometry.dims), arch.width)
@@ -681,7 +706,7 @@ class StackedNetwork:
             out = self._buffer(f"grad_z{i}", layer.activation.shape, saved)
             assert out is not None
             if layer.multiplier is not None:
-                g = torch.mul(g, layer.multiplier, out=out)
+                g = _multiply_rows(g, layer.multiplier, out, dropout_rows)
             g = self.activation_backward(g, layer.pre_activation, layer.activation, out)  # ∂/∂z
             skip = g if arch.has_skip(i) else None
             if norm is not None:
@@ -722,7 +747,9 @@ class StackedNetwork:
         geometry = self.convs[i] if self.convs else None
         if geometry is None or geometry.dense is None:  # linear layer or im2col conv
             flat_g = g.reshape(models, -1, width)  # (M, B·|S_out|, O)
-            grad_matrix = torch.bmm(flat_g.transpose(1, 2), layer.inputs)
+            shape = (models, width, layer.inputs.shape[2])
+            out = self._buffer(f"grad_w{i}", shape, saved)
+            grad_matrix = torch.bmm(flat_g.transpose(1, 2), layer.inputs, out=out)
             if geometry is None:
                 weight_grad.copy_(grad_matrix)
             else:  # (M, O, k·C) → (M, O, C, k)
@@ -772,24 +799,27 @@ class StackedNetwork:
             state[key] = value.to("cpu", copy=True).contiguous()
         return state
 
-    def state_dicts(self) -> list[dict[str, Tensor]]:
-        """:meth:`state_dict` of every model, copied to the CPU in one transfer."""
-        flat = self.flat.to("cpu")
-        buffers = {k: v.to("cpu") for k, v in self.buffers.items()}
-        states = []
-        for model in range(self.num_models):
-            state: dict[str, Tensor] = {}
-            for key in self.keys:
-                if key in self.param_shapes:
-                    start, stop = self.offsets[key]
-                    value = flat[model, start:stop].view(self.param_shapes[key])
-                elif key.endswith("num_batches_tracked"):
-                    value = torch.tensor(self.steps_taken, dtype=torch.long)
-                else:
-                    value = buffers[key][model]
-                state[key] = value.clone(memory_format=torch.contiguous_format)
-            states.append(state)
-        return states
+    def state_dicts(self) -> list[Mapping[str, Tensor]]:
+        """:meth:`state_dict` of every model, copied to the CPU in one transfer per key.
+
+        Each key's values of all models are one fresh CPU tensor ``(M, *shape)``; model ``m``'s
+        state dict is a read-only mapping onto row ``m`` of those (:class:`_RowStateDict`: no
+        per-model tensors are made until read, and :func:`~weightspace.zoo.store.write_shard`
+        copies rows out when it serialises them).
+        """
+        blocks: dict[str, Tensor] = {}
+        for key in self.keys:
+            if key in self.param_shapes:
+                start, stop = self.offsets[key]
+                # made contiguous where θ lives (fast on a GPU), then one transfer
+                block = self.flat[:, start:stop].clone(memory_format=torch.contiguous_format)
+                block = block.to("cpu")
+                blocks[key] = block.view(self.num_models, *self.param_shapes[key])
+            elif key.endswith("num_batches_tracked"):
+                blocks[key] = torch.full((self.num_models,), self.steps_taken, dtype=torch.long)
+            else:
+                blocks[key] = self.buffers[key].to("cpu", copy=True)
+        return [_RowStateDict(blocks, m) for m in range(self.num_models)]
 
     def finite(self) -> Tensor:
         """``(M,)`` bool: every parameter and buffer of the model is finite."""
@@ -826,6 +856,10 @@ class StackedNetwork:
         return loss_sum / count, correct / count
 
 
+#: PyTorch's fused Adam kernel (one pass over θ, g, m, v), when this build has it.
+_FUSED_ADAM: Callable[..., None] | None = getattr(torch, "_fused_adam_", None)
+
+
 class _StackedOptimizer:
     """SGD (momentum, L2) and Adam (L2) on the flat ``θ (M, P)``, chosen per model.
 
@@ -834,6 +868,10 @@ class _StackedOptimizer:
     * sgd:  ``b ← μ b + g``;  ``θ ← θ − η b``  (first step ``b = g``, as ``torch.optim.SGD``)
     * adam: ``m ← m + (1−β₁)(g − m)``; ``v ← β₂ v + (1−β₂) g²``;
       ``θ ← θ − η/(1−β₁ᵗ) · m / (√v / √(1−β₂ᵗ) + ε)``  (as ``torch.optim.Adam``)
+
+    Adam's per-model step sizes ``η`` differ, so where PyTorch's fused Adam kernel exists it runs
+    with ``η = 1`` on a zeroed buffer ``δ`` (giving ``δ = −m̂ / (√v̂ + ε)`` in one pass) and
+    ``θ ← θ + η δ`` follows — the same math in three passes instead of eight.
 
     The caller orders the models so that SGD runs come first: each optimiser then works on a
     contiguous block of rows, in place, without masks.
@@ -852,6 +890,7 @@ class _StackedOptimizer:
         self.second_moment = torch.zeros_like(flat[self.num_sgd :])  # adam v
         self.denom = torch.empty_like(self.second_moment)
         self.step_count = 0
+        self.adam_step = torch.zeros((), **column)  # the fused kernel reads t from the device
 
     @torch.no_grad()
     def step(self, flat: Tensor, grad: Tensor) -> None:
@@ -862,25 +901,62 @@ class _StackedOptimizer:
             buf = self.first_moment[:k]
             torch.add(grad[:k], buf, alpha=self.settings.momentum, out=buf)  # b ← μ b + g
             flat[:k].addcmul_(self.lr[:k], buf, value=-1.0)
-        if k < flat.shape[0]:
-            beta1, beta2 = self.settings.betas
-            g, m, v = grad[k:], self.first_moment[k:], self.second_moment
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            bias1 = 1 - beta1**self.step_count
-            bias2_sqrt = math.sqrt(1 - beta2**self.step_count)
-            # in the preallocated buffer: m / (√v / √(1−β₂ᵗ) + ε), then θ ← θ − η/(1−β₁ᵗ) · that
-            denom = torch.sqrt(v, out=self.denom).div_(bias2_sqrt).add_(self.settings.eps)
-            update = torch.div(m, denom, out=denom)
-            flat[k:].addcmul_(self.lr[k:], update, value=-1.0 / bias1)
+        if k == flat.shape[0]:
+            return
+        beta1, beta2 = self.settings.betas
+        g, m, v = grad[k:], self.first_moment[k:], self.second_moment
+        if _FUSED_ADAM is not None:
+            self.adam_step.add_(1.0)
+            delta = self.denom.zero_()
+            _FUSED_ADAM(
+                [delta],
+                [g],
+                [m],
+                [v],
+                [],
+                [self.adam_step],
+                lr=1.0,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0,
+                eps=self.settings.eps,
+                amsgrad=False,
+                maximize=False,
+            )
+            flat[k:].addcmul_(self.lr[k:], delta)
+            return
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        bias1 = 1 - beta1**self.step_count
+        bias2_sqrt = math.sqrt(1 - beta2**self.step_count)
+        # in the preallocated buffer: m / (√v / √(1−β₂ᵗ) + ε), then θ ← θ − η/(1−β₁ᵗ) · that
+        denom = torch.sqrt(v, out=self.denom).div_(bias2_sqrt).add_(self.settings.eps)
+        update = torch.div(m, denom, out=denom)
+        flat[k:].addcmul_(self.lr[k:], update, value=-1.0 / bias1)
 
 
 def _steps_per_epoch(task: Task, settings: TrainSettings) -> int:
     return max(1, int(task.labels["train"].shape[0]) // settings.batch_size)
 
 
-def _metrics_dict(values: dict[str, Tensor], model: int) -> dict[str, float]:
-    return {name: float(values[name][model]) for name in METRIC_NAMES}
+def _metrics_dict(values: dict[str, list[float]], model: int) -> dict[str, float]:
+    return {name: values[name][model] for name in METRIC_NAMES}
+
+
+def _blocks(flags: Sequence[bool]) -> list[tuple[int, int]]:
+    """``[start, stop)`` of every maximal run of True in ``flags``."""
+    blocks: list[tuple[int, int]] = []
+    for i, flag in enumerate(flags):
+        if flag and blocks and blocks[-1][1] == i:
+            blocks[-1] = (blocks[-1][0], i + 1)
+        elif flag:
+            blocks.append((i, i + 1))
+    return blocks
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def train_group(
@@ -891,24 +967,47 @@ def train_group(
     *,
     device: torch.device | str = "cpu",
     progress: ProgressCallback | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[CheckpointResult]:
     """Train ``runs`` (all of ``arch`` on ``task``) together; checkpoints at ``settings``' epochs.
 
+    The step loop issues no host↔device transfers or syncs: batch indices and dropout words of an
+    epoch are computed on the device from the runs' counter-based streams
+    (:class:`~weightspace.zoo.streams.RunStreams`) before its first step.
+
     Args:
         progress: called with the number of model-epochs finished after every epoch.
+        timings: if given, filled with wall-clock seconds (device-synchronised at the phase
+            boundaries): ``setup`` (streams, initialisation, data), ``epochs`` (training steps)
+            and ``checkpoints`` (evaluation and copying the weights out).
 
     Returns:
         One :class:`CheckpointResult` per run and checkpoint epoch, ordered by epoch then run.
     """
+    clock = time.perf_counter()
     arch = get_arch(arch)
     device = torch.device(device)
     models = len(runs)
     family = arch.family
     position = {run.run_id: i for i, run in enumerate(runs)}
-    runs = sorted(runs, key=lambda r: (r.hyper.optimizer == "adam", position[r.run_id]))
-    streams = [RunStreams(run, task) for run in runs]
+    # sgd runs first (one block of rows per optimiser); the runs with dropout last among the sgd
+    # runs and first among the adam runs, so that one block of rows draws dropout masks
+    runs = sorted(
+        runs,
+        key=lambda r: (
+            r.hyper.optimizer == "adam",
+            (r.hyper.dropout > 0) != (r.hyper.optimizer == "adam"),
+            position[r.run_id],
+        ),
+    )
+    steps = _steps_per_epoch(task, settings)
+    batch = settings.batch_size
+    streams = RunStreams(runs, task, steps, batch, device)
+    streams.plan_epochs(range(1, settings.epochs + 1))
     template = build_model(arch, task.input_shape(family), task.num_classes)
-    initial = [init_state_dict(template, r.seed, r.hyper.init_scale) for r in runs]
+    initial = initial_parameters(
+        template, [r.seed for r in runs], [r.hyper.init_scale for r in runs], device
+    )
     network = StackedNetwork(arch, task.input_shape(family), task.num_classes, initial, device)
     optimizer = _StackedOptimizer(network.flat, runs, settings)
 
@@ -917,16 +1016,25 @@ def train_group(
         s: (network.prepare_inputs(task.inputs(s, family).to(device)), task.labels[s].to(device))
         for s in ("val", "test")
     }
-    train_labels = torch.stack([s.labels for s in streams]).to(device)  # (M, N)
-    train_weights = torch.zeros(models, x_train.shape[0], device=device)
-    for m, stream in enumerate(streams):
-        train_weights[m, stream.subset.to(device)] = 1.0
-    keep_scale = torch.tensor([1.0 / (1.0 - r.hyper.dropout) for r in runs], device=device)
-    any_dropout = any(r.hyper.dropout > 0 for r in runs)
-    steps = _steps_per_epoch(task, settings)
-    batch = settings.batch_size
+    train_labels = streams.labels  # (M, N)
+    train_weights = streams.in_subset.to(network.flat.dtype)
+    dropout_rows = [slice(start, stop) for start, stop in _blocks(streams.has_dropout)]
     units = _hidden_units(arch)
+    inputs = torch.empty(models * batch, x_train.shape[1], device=device)
+    words = torch.empty(models, batch * ((units + 1) // 2), dtype=torch.int32, device=device)
+    scratch = torch.empty_like(words)
+    # per layer contiguous (depth, M, B, W); rows without dropout stay 1
+    multiplier = torch.ones(arch.depth, models, batch, arch.width, device=device)
     results: list[CheckpointResult] = []
+    spent = {"setup": 0.0, "epochs": 0.0, "checkpoints": 0.0}
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        if timings is not None:
+            _sync(device)
+            now = time.perf_counter()
+            spent[phase] += now - clock
+            clock = now
 
     def checkpoint(epoch: int) -> None:
         values: dict[str, Tensor] = {}
@@ -935,45 +1043,55 @@ def train_group(
         )
         for split, (x, y) in splits.items():
             values[f"{split}_loss"], values[f"{split}_accuracy"] = network.evaluate(x, y)
-        values = {k: v.cpu() for k, v in values.items()}
-        finite = network.finite().cpu()
+        listed = {k: v.cpu().double().tolist() for k, v in values.items()}
+        finite = network.finite().cpu().tolist()
         for m, (run, state) in enumerate(zip(runs, network.state_dicts(), strict=True)):
             results.append(
                 CheckpointResult(
-                    run.run_id, epoch, state, _metrics_dict(values, m), bool(finite[m])
+                    run.run_id, epoch, state, _metrics_dict(listed, m), bool(finite[m])
                 )
             )
 
+    lap("setup")
     if 0 in settings.checkpoint_epochs:
         checkpoint(0)
+        lap("checkpoints")
     for epoch in range(1, settings.epochs + 1):
-        indices = torch.stack([s.next_batches(steps, batch) for s in streams]).to(device)
-        masks = None
-        if any_dropout:
-            masks = torch.ones(models, steps, batch, units, dtype=torch.bool)
-            for m, stream in enumerate(streams):
-                drawn = stream.next_dropout_masks(steps, batch, units)
-                if drawn is not None:
-                    masks[m] = drawn
-            masks = masks.to(device)
+        indices = streams.epoch_batches(epoch)  # (steps, M, B)
+        dropout_keys = streams.dropout_words(epoch) if dropout_rows else None  # (steps, M)
         for step in range(steps):
-            idx = indices[:, step]  # (M, B)
-            x = x_train[idx]  # (M, B, F)
+            idx = indices[step]  # (M, B)
+            x = torch.index_select(x_train, 0, idx.view(-1), out=inputs)
             y = train_labels.gather(1, idx)  # (M, B)
+            dropout = None
+            if dropout_keys is not None:
+                for rows in dropout_rows:
+                    streams.dropout_multiplier(
+                        dropout_keys[step, rows],
+                        rows,
+                        multiplier[:, rows].permute(1, 2, 0, 3),
+                        words[rows],
+                        scratch[rows],
+                    )
+                dropout = multiplier
             network.loss_backward(
-                x,
+                x.view(models, batch, -1),
                 y,
-                keep_masks=None if masks is None else masks[:, step],
-                keep_scale=keep_scale,
+                dropout=dropout,
+                dropout_rows=dropout_rows[0] if len(dropout_rows) == 1 else None,
                 bn_momentum=settings.bn_momentum,
             )
             optimizer.step(network.flat, network.grad)
             network.steps_taken += 1
+        lap("epochs")
         if epoch in settings.checkpoint_epochs:
             checkpoint(epoch)
+            lap("checkpoints")
         if progress is not None:
             progress(models)
     results.sort(key=lambda r: (r.epoch, position[r.run_id]))
+    if timings is not None:
+        timings.update(spent)
     return results
 
 
@@ -1014,7 +1132,9 @@ def train_reference(
     arch = get_arch(arch)
     device = torch.device(device)
     family = arch.family
-    streams = RunStreams(run, task)
+    steps = _steps_per_epoch(task, settings)
+    batch = settings.batch_size
+    streams = RunStreams([run], task, steps, batch, device)
     model = build_model(arch, task.input_shape(family), task.num_classes)
     model.load_state_dict(init_state_dict(model, run.seed, run.hyper.init_scale))
     model.to(device)
@@ -1057,14 +1177,11 @@ def train_reference(
             act.register_forward_hook(make_hook(layer))
 
     x_train = task.inputs("train", family).to(device)
-    labels = streams.labels.to(device)
-    weights = torch.zeros(x_train.shape[0], device=device)
-    weights[streams.subset.to(device)] = 1.0
+    labels = streams.labels[0]
+    weights = streams.in_subset[0].to(x_train.dtype)
     splits = {
         s: (task.inputs(s, family).to(device), task.labels[s].to(device)) for s in ("val", "test")
     }
-    steps = _steps_per_epoch(task, settings)
-    batch = settings.batch_size
     results: list[CheckpointResult] = []
 
     def checkpoint(epoch: int) -> None:
@@ -1082,11 +1199,14 @@ def train_reference(
         checkpoint(0)
     model.train()
     for epoch in range(1, settings.epochs + 1):
-        indices = streams.next_batches(steps, batch).to(device)
-        masks = streams.next_dropout_masks(steps, batch, _hidden_units(arch))
+        indices = streams.epoch_batches(epoch)[:, 0]  # (steps, B)
+        keeps = None
+        if hp.dropout > 0:  # (steps, 1, B, units)
+            keeps = streams.dropout_keep(streams.dropout_words(epoch), width * arch.depth)
         for step in range(steps):
             idx = indices[step]
-            current_mask[0] = None if masks is None else masks[step].to(device)
+            if keeps is not None:
+                current_mask[0] = keeps[step, 0]
             loss = F.cross_entropy(model(x_train[idx]), labels[idx])
             optimizer.zero_grad()
             loss.backward()
