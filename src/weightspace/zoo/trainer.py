@@ -264,10 +264,14 @@ def _conv_geometry(arch: ArchConfig, input_shape: Sequence[int]) -> list[_ConvGe
     return plans
 
 
-def _patches(h: Tensor, geometry: _ConvGeometry, padded: Tensor | None = None) -> Tensor:
+def _patches(
+    h: Tensor, geometry: _ConvGeometry, padded: Tensor | None = None, out: Tensor | None = None
+) -> Tensor:
     """im2col of channels-last ``h (L, B, *S_in, C)`` → ``(L, B·|S_out|, k·C)`` (a copy).
 
-    ``padded``: optional buffer ``(L, B, *(S_in + 2), C)`` whose border is zero, to pad ``h`` in.
+    ``padded``: optional buffer ``(L, B, *(S_in + 2), C)`` whose border is zero, to pad ``h`` in;
+    ``out``: optional buffer ``(L, B·|S_out|, k·C)`` for the result (on CPU a fresh multi-megabyte
+    result costs more in page faults than the copy itself).
     """
     lead, batch, dims = h.shape[0], h.shape[1], geometry.dims
     if padded is None:
@@ -287,6 +291,9 @@ def _patches(h: Tensor, geometry: _ConvGeometry, padded: Tensor | None = None) -
             strides[-1],
         ),
     )
+    if out is not None:
+        out.view(view.shape).copy_(view)
+        return out
     return view.reshape(lead, batch * geometry.out_positions, geometry.patch_size)
 
 
@@ -351,6 +358,15 @@ def _multiply_rows(x: Tensor, multiplier: Tensor, out: Tensor, rows: slice | Non
     return out
 
 
+def _multiply_rows_(x: Tensor, multiplier: Tensor, rows: slice | None) -> Tensor:
+    """``x ← x ⊙ multiplier`` in place, only on ``rows`` (of dim 0; elsewhere the multiplier is
+    1). Returns ``x``."""
+    if rows is None:
+        return x.mul_(multiplier)
+    x[rows].mul_(multiplier[rows])
+    return x
+
+
 @dataclass
 class _Saved:
     """What the hand-written backward of one hidden layer needs from its forward."""
@@ -362,6 +378,10 @@ class _Saved:
     multiplier: Tensor | None  # dropout multiplier, broadcastable to a
     normalised: Tensor | None = None  # BatchNorm x̂
     inv_std: Tensor | None = None  # BatchNorm 1/√(σ² + ε), (M, C)
+    #: ReLU only: ``activation`` is ``relu(z) ⊙ multiplier`` (dropout applied in place). Its sign
+    #: pattern still gives ReLU's mask wherever the multiplier is not 0 (where it is 0, so is the
+    #: gradient), so the backward pass is ``threshold_backward(g, a) ⊙ multiplier``.
+    dropped: bool = False
 
 
 class StackedNetwork:
@@ -443,20 +463,22 @@ class StackedNetwork:
             sizes += [g.out_positions * (g.patch_size + 1), g.out_positions * g.out_channels]
         self._example_size = max(sizes)  # largest intermediate per example and model
 
-    def _buffer(self, name: str, shape: Sequence[int], saved: list[_Saved] | None) -> Tensor | None:
-        """A reused buffer for a training step's large intermediate ``name`` (None otherwise).
+    def _buffer(self, name: str, shape: Sequence[int], saved: list[_Saved] | None) -> Tensor:
+        """A reused buffer for the large intermediate ``name`` of a training step (``saved`` given)
+        or of an evaluation chunk (``saved`` None; kept apart, under ``eval_{name}``).
 
         Reusing them spares the allocator: on CPU, freshly allocated megabyte-sized tensors cost
-        page faults every step. Each name is written once per step, and what the backward pass
-        reads is only read within that step.
+        page faults every step. Each name is written once per step (or chunk), and what the
+        backward pass reads is only read within that step. A buffer grows to the largest shape
+        asked for and smaller requests (the last evaluation chunk) view its start.
         """
-        if saved is None:
-            return None
-        buffer = self._workspace.get(name)
-        if buffer is None or buffer.shape != tuple(shape):
-            buffer = torch.empty(tuple(shape), device=self.device, dtype=self.flat.dtype)
-            self._workspace[name] = buffer
-        return buffer
+        key = name if saved is not None else f"eval_{name}"
+        numel = math.prod(shape)
+        buffer = self._workspace.get(key)
+        if buffer is None or buffer.numel() < numel:
+            buffer = torch.empty(numel, device=self.device, dtype=self.flat.dtype)
+            self._workspace[key] = buffer
+        return buffer[:numel].view(tuple(shape))
 
     def _padded(self, name: str, like: Tensor, geometry: _ConvGeometry | None = None) -> Tensor:
         """A reused buffer ``(M, B, *(S + 2), C)`` with a zero border, to pad ``like`` (M, B, *S,
@@ -566,18 +588,20 @@ class StackedNetwork:
                     inputs = h.view(*h.shape[:-1], geometry.out_positions, -1).flatten(-3, -2)
                 else:
                     name = f"pad{i}" if saved is not None else f"eval_pad{i}"
-                    inputs = _patches(h, geometry, self._padded(name, h))
-            if inputs.dim() == 2:  # shared inputs: broadcast the matmul over models
-                z = torch.matmul(inputs, matrix.transpose(1, 2))
-                if bias is not None:
-                    z.add_(bias.unsqueeze(1))
+                    patches = self._buffer(
+                        f"patches{i}",
+                        (models, batch * geometry.out_positions, geometry.patch_size),
+                        saved,
+                    )
+                    inputs = _patches(h, geometry, self._padded(name, h), patches)
+            if inputs.dim() == 2:  # shared inputs: the same for every model
+                inputs = inputs.expand(models, *inputs.shape)
+            shape = (models, inputs.shape[1], matrix.shape[1])
+            out = self._buffer(f"z{i}", shape, saved)
+            if bias is not None:
+                z = torch.baddbmm(bias.unsqueeze(1), inputs, matrix.transpose(1, 2), out=out)
             else:
-                shape = (models, inputs.shape[1], matrix.shape[1])
-                out = self._buffer(f"z{i}", shape, saved)
-                if bias is not None:
-                    z = torch.baddbmm(bias.unsqueeze(1), inputs, matrix.transpose(1, 2), out=out)
-                else:
-                    z = torch.bmm(inputs, matrix.transpose(1, 2), out=out)
+                z = torch.bmm(inputs, matrix.transpose(1, 2), out=out)
             if geometry is not None:
                 z = z.view(models, batch, *geometry.out_spatial, arch.width)
             normalised = inv_std = None
@@ -590,20 +614,31 @@ class StackedNetwork:
             keep_z = arch.activation not in _IN_PLACE_ACTIVATIONS
             a = self.activation(z) if keep_z else _IN_PLACE_ACTIVATIONS[arch.activation](z)
             multiplier = None
+            dropped = False
             if dropout is not None:
                 multiplier = dropout[i]  # (M, B, W)
                 if geometry is not None:
                     multiplier = multiplier.view(models, batch, *([1] * geometry.dims), -1)
-                out = self._buffer(f"h{i}", a.shape, saved)
-                if out is None:
-                    out = torch.empty_like(a)
-                h = _multiply_rows(a, multiplier, out, dropout_rows)
+                if arch.activation == "relu" and saved is not None:
+                    # in place on the (reused) buffer of z: no copies of the other rows
+                    h = a = _multiply_rows_(a, multiplier, dropout_rows)
+                    dropped = True
+                else:
+                    out = self._buffer(f"h{i}", a.shape, saved)
+                    h = _multiply_rows(a, multiplier, out, dropout_rows)
             else:
                 h = a
             if saved is not None:
                 saved.append(
                     _Saved(
-                        inputs, matrix, z if keep_z else None, a, multiplier, normalised, inv_std
+                        inputs,
+                        matrix,
+                        z if keep_z else None,
+                        a,
+                        multiplier,
+                        normalised,
+                        inv_std,
+                        dropped,
                     )
                 )
         pooled = self._head_inputs(h)  # (M, B, C)
@@ -698,16 +733,16 @@ class StackedNetwork:
             spread = (models, batch, *([1] * geometry.dims), arch.width)
             g = (g / geometry.out_positions).view(spread).expand(top.activation.shape)
             out = self._buffer("grad_pool", top.activation.shape, saved)
-            assert out is not None
             g = out.copy_(g)  # dense: elementwise kernels are slow on broadcast inputs
         for i in range(len(saved) - 1, -1, -1):
             prefix, norm = self.layers[i]
             layer = saved[i]
             out = self._buffer(f"grad_z{i}", layer.activation.shape, saved)
-            assert out is not None
-            if layer.multiplier is not None:
+            if layer.multiplier is not None and not layer.dropped:
                 g = _multiply_rows(g, layer.multiplier, out, dropout_rows)
             g = self.activation_backward(g, layer.pre_activation, layer.activation, out)  # ∂/∂z
+            if layer.multiplier is not None and layer.dropped:
+                g = _multiply_rows_(g, layer.multiplier, dropout_rows)
             skip = g if arch.has_skip(i) else None
             if norm is not None:
                 assert layer.normalised is not None and layer.inv_std is not None
