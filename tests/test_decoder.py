@@ -95,3 +95,50 @@ def test_decoder_round_trips_and_merges(tmp_path, encoder, examples) -> None:
 def test_missing_decoder_says_how_to_train_one(tmp_path) -> None:
     with pytest.raises(SynthesisError, match="train-decoder"):
         Decoder.load(tmp_path)
+
+
+def test_decoded_models_run_with_the_target_spec(tmp_path, encoder, examples) -> None:
+    from weightspace.ingest import load_checkpoint, save_checkpoint
+
+    decoder = fit_decoder(encoder, examples[:3], DecoderConfig(steps=3, hidden=16))
+    x = get_task("wine").features["test"]
+    for i, state in enumerate(decoder.decode(torch.randn(2, encoder.dim), SPEC)):
+        path = save_checkpoint(tmp_path / f"d{i}.safetensors", SPEC, state)
+        spec, loaded = load_checkpoint(path)
+        assert spec == SPEC
+        out = to_module(spec, loaded)(x)
+        assert out.shape == (len(x), 3) and torch.isfinite(out).all()
+
+
+def test_a_cached_embedding_table_gives_the_same_decoder(encoder, examples) -> None:
+    config = DecoderConfig(steps=4, hidden=16)
+    table = torch.as_tensor(encoder.embed([(e.spec, e.state_dict) for e in examples[:4]]))
+    a = fit_decoder(encoder, examples[:4], config)
+    b = fit_decoder(encoder, examples[:4], config, embeddings=table)
+    z = torch.randn(2, encoder.dim)
+    for sa, sb in zip(a.decode(z, SPEC), b.decode(z, SPEC), strict=True):
+        for key in sa:
+            torch.testing.assert_close(sa[key], sb[key])
+    with pytest.raises(SynthesisError, match="embedding table of shape"):
+        fit_decoder(encoder, examples[:4], config, embeddings=table[:3])
+
+
+def test_validation_keeps_the_best_step(encoder, examples) -> None:
+    config = DecoderConfig(steps=40, hidden=16, batch_size=4, eval_every=10)
+    decoder = fit_decoder(encoder, examples[:5], config, validation=examples[5:])
+    checks = [r["val_agreement"] for r in decoder.log if "step" in r and "val_agreement" in r]
+    best = decoder.log[-1]
+    assert best["best_step"] in (10.0, 20.0, 30.0, 40.0)
+    assert best["val_agreement"] >= max(checks) - 1e-12  # the kept weights beat the last
+
+
+def test_time_limit_ends_training_early(encoder, examples) -> None:
+    import time
+
+    start = time.perf_counter()
+    decoder = fit_decoder(
+        encoder, examples[:4], DecoderConfig(steps=100_000, hidden=16, time_limit=0.5)
+    )
+    assert time.perf_counter() - start < 10
+    last = max(r["step"] for r in decoder.log if "step" in r)
+    assert 0 < last < 100_000

@@ -12,6 +12,15 @@ For each seed:
    tasks** (leave one task out): the encoder and every baseline are refitted on the training
    side only.
 
+4. **Synthesis** (:mod:`weightspace.synthesis.benchmark`): on every task, one architecture each,
+   merge curves of held-out pairs for every merge method, reconstructions, and sampled models
+   against the zoo + noise baseline; one decoder per task, fitted on the seed-0 encoder's
+   training runs under ``decoder_time_limit``.
+
+``only`` (``--only synthesis``) runs some of these sections (:data:`SECTIONS`) and updates a
+previous ``results.json`` in the output directory; synthesis alone reuses ``--encoder`` or the
+``encoders/seed-0`` of an earlier run.
+
 Methods that need one fixed architecture (NFN) are fitted per architecture; where they refuse an
 architecture, their metrics cover the rest, and the report says how much (``coverage``). Every
 number lands in ``results.json``; :mod:`weightspace.report` writes ``report.md`` and the plots.
@@ -32,7 +41,11 @@ import pandas as pd
 
 from weightspace.errors import WeightspaceError
 
-__all__ = ["BenchConfig", "run_bench", "DEFAULT_METHODS", "OURS"]
+__all__ = ["BenchConfig", "run_bench", "DEFAULT_METHODS", "OURS", "SECTIONS"]
+
+#: Parts of the benchmark ``--only`` can select: accuracy prediction and retrieval on held-out
+#: runs (per seed), the held-out architecture / task protocols, and synthesis.
+SECTIONS: tuple[str, ...] = ("runs", "held-out", "synthesis")
 
 OURS = "weightspace"
 #: Our frozen embedding with a gradient-boosted-tree head fitted on the training split.
@@ -76,11 +89,14 @@ class BenchConfig:
     nfn_epochs: int = 15  # NFN training epochs per architecture (one NFN per architecture)
     device: str = "cpu"  # encoder device
     synthesis: bool = True  # merging / reconstruction / sampling section
-    synthesis_task: str = "digits"  # the (task, architecture) group synthesis is measured on
-    synthesis_arch: str = "cnn2d-c8-d3-relu"
-    synthesis_pairs: int = 50  # merge pairs of held-out models
-    synthesis_min_accuracy: float = 0.5  # only merge / reconstruct models at least this good
-    decoder_steps: int = 1500  # decoder optimisation steps
+    only: tuple[str, ...] = ()  # run only these sections (SECTIONS); () runs every one
+    synthesis_tasks: tuple[str, ...] = ()  # tasks synthesis is measured on; (): every task
+    synthesis_archs: tuple[str, ...] = ()  # "task=arch" choices; other tasks: chosen (see doc)
+    synthesis_pairs: int = 50  # merge pairs of held-out models per task
+    synthesis_min_accuracy: float | None = None  # None: halfway from chance to the group's best
+    synthesis_samples: int = 100  # sampled models per task
+    decoder_steps: int = 1500  # decoder optimisation steps per task (at most)
+    decoder_time_limit: float = 25.0  # seconds of decoder training per task (0: no limit)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -309,6 +325,7 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
     from weightspace.train import split_runs
     from weightspace.zoo import Zoo
 
+    sections = _sections(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     zoo = Zoo.open(config.zoo)
@@ -381,7 +398,7 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
     def record(section: dict, method: str, metrics: Mapping[str, Any]) -> None:
         section.setdefault(method, []).append(dict(metrics))
 
-    for seed in range(config.seeds):
+    for seed in range(config.seeds if "runs" in sections else 0):
         log(f"seed {seed}: held-out runs")
         t0 = _now()
         encoder = None
@@ -452,20 +469,72 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dic
             _embedding_map(fitted[OURS], table, test_ids, graphs, results)
         log(f"  seed {seed} done in {_now() - t0:.0f}s")
 
-    if has_accuracy:
+    if has_accuracy and "held-out" in sections:
         for protocol in config.held_out:
             for seed in range(min(config.held_out_seeds, config.seeds)):
                 _held_out(config, protocol, seed, table, graphs, results, log)
 
-    if config.synthesis:
+    if "synthesis" in sections:
         _synthesis(config, zoo, table, out, results, log)
 
     results["notes"] = notes
+    if sections != set(SECTIONS):
+        results = _merge_previous(out / "results.json", results, sections)
     _write_json(out / "results.json", results)
     from weightspace.report import write_report
 
     write_report(results, out)
     return results
+
+
+def _sections(config: BenchConfig) -> set[str]:
+    """The sections this run computes (``config.only``, less synthesis when it is off)."""
+    unknown = [name for name in config.only if name not in SECTIONS]
+    if unknown:
+        raise BenchError(f"unknown bench sections {unknown}; valid: {', '.join(SECTIONS)}")
+    chosen = set(config.only) if config.only else set(SECTIONS)
+    if not config.synthesis:
+        if config.only and chosen == {"synthesis"}:
+            raise BenchError("--only synthesis contradicts --no-synthesis")
+        chosen.discard("synthesis")
+    return chosen
+
+
+def _merge_previous(path: Path, results: dict[str, Any], sections: set[str]) -> dict[str, Any]:
+    """A partial run (``--only``) updates a previous ``results.json``: the sections it ran
+    replace theirs, everything else is kept (and the config notes which sections are new)."""
+    previous = _read_json(path)
+    if not isinstance(previous, dict):
+        return results
+    merged = dict(previous)
+    if "runs" in sections:
+        prediction = dict(merged.get("prediction", {}))
+        if "held-out runs" in results["prediction"]:
+            prediction["held-out runs"] = results["prediction"]["held-out runs"]
+        merged["prediction"] = prediction
+        for key in ("retrieval", "predictions_seed0", "embedding_map", "encoder"):
+            merged[key] = results[key]
+    if "held-out" in sections:
+        prediction = {k: v for k, v in merged.get("prediction", {}).items() if k == "held-out runs"}
+        prediction.update({k: v for k, v in results["prediction"].items() if k != "held-out runs"})
+        merged["prediction"] = prediction
+        merged["splits"] = results.get("splits", {})
+    if "synthesis" in sections:
+        merged.pop("synthesis", None)
+        if "synthesis" in results:
+            merged["synthesis"] = results["synthesis"]
+    merged["timings"] = {**previous.get("timings", {}), **results.get("timings", {})}
+    skipped = {
+        k: v
+        for k, v in previous.get("skipped", {}).items()
+        if not (k.startswith("synthesis") and "synthesis" in sections)
+    }
+    merged["skipped"] = {**skipped, **results.get("skipped", {})}
+    merged["notes"] = list(dict.fromkeys([*previous.get("notes", []), *results.get("notes", [])]))
+    merged["updated_sections"] = sorted(sections)
+    merged.setdefault("config", results["config"])
+    merged["config_update"] = results["config"]
+    return merged
 
 
 def _retrieval(
@@ -635,112 +704,58 @@ def _synthesis(
     results: dict[str, Any],
     log: Callable[[str], None],
 ) -> None:
-    """Merging curves, reconstructions and sampling on one (task, architecture) group.
+    """Merging curves, reconstructions and sampling on every task (one architecture each).
 
-    The decoder is fitted on the seed-0 encoder's training runs; pairs and reconstructions come
-    from its validation and test runs, which neither the encoder nor the decoder was fitted on.
+    Decoders are fitted on the seed-0 encoder's training runs; pairs and reconstructions come
+    from its validation and test runs, which neither the encoder nor the decoders were fitted
+    on. See :mod:`weightspace.synthesis.benchmark`.
     """
-    from weightspace.synthesis.decoder import DecoderConfig, Synthesizer, train_decoder
-    from weightspace.synthesis.evaluate import (
-        merge_curves,
-        merge_pairs,
-        plot_merge_curves,
-        reconstruction_metrics,
-        sample_metrics,
-        summarize_merge_curves,
-    )
-    from weightspace.synthesis.sample import sample_models
+    from weightspace.nn import Encoder
+    from weightspace.synthesis.benchmark import run_section
 
     encoder_dir = Path(config.encoder) if config.encoder else out / "encoders" / "seed-0"
     splits = _read_json(encoder_dir / "splits.json")
     if not splits:
-        results["skipped"]["synthesis"] = f"{encoder_dir} has no splits.json"
+        why = (
+            f"{encoder_dir} has no encoder with a splits.json (run the whole bench first, or "
+            "pass --encoder)"
+        )
+        if config.only:
+            raise BenchError(f"cannot run the synthesis section: {why}")
+        results["skipped"]["synthesis"] = why
         return
-    task, arch = config.synthesis_task, config.synthesis_arch
-    group = table[(table["task"].astype(str) == task) & (table["arch"].astype(str) == arch)]
-    if group.empty:
-        results["skipped"]["synthesis"] = f"the zoo has no {arch} models on {task}"
-        return
-    held_out_runs = sorted(set(splits["val"]) | set(splits["test"]))
-    log(f"synthesis on {task} / {arch}: fitting the decoder")
+    splits = splits.get("runs", splits)
+    archs = {}
+    for item in config.synthesis_archs:
+        task, sep, arch = item.partition("=")
+        if not sep or not task or not arch:
+            raise BenchError(f"--synthesis-archs takes task=arch items, got {item!r}")
+        archs[task.strip()] = arch.strip()
+    log(f"synthesis: every task, encoder {encoder_dir}")
     t = _now()
     try:
-        train_decoder(
-            encoder_dir,
-            config.zoo,
-            DecoderConfig(steps=config.decoder_steps, seed=0),
-            split="train",
-            tasks=[task],
-            device=config.device,
-        )
-        synthesizer = Synthesizer.load(encoder_dir)
-        results["timings"]["decoder training (s)"] = [_now() - t]
-        pairs = merge_pairs(
+        section = run_section(
             zoo,
-            pairs_per_group=config.synthesis_pairs,
-            runs=held_out_runs,
-            tasks=[task],
-            archs=[arch],
+            Encoder.load(encoder_dir),
+            splits,
+            out,
+            tasks=config.synthesis_tasks,
+            archs=archs,
             min_accuracy=config.synthesis_min_accuracy,
-            seed=0,
+            pairs=config.synthesis_pairs,
+            samples=config.synthesis_samples,
+            decoder_steps=config.decoder_steps,
+            decoder_time_limit=config.decoder_time_limit,
+            device=config.device,
+            log=log,
         )
-        log(f"  merging {len(pairs)} pairs of held-out models")
-        curves = merge_curves(zoo, pairs, synthesizer=synthesizer, seed=0)
-        summary = summarize_merge_curves(curves)
-        plot_merge_curves(curves, out / "merge_curves.png", title=f"{task} / {arch}")
-        final = group[group["run_id"].astype(str).isin(held_out_runs)]
-        final = final[final["epoch"] == final.groupby("run_id")["epoch"].transform("max")]
-        final = final[final["test_accuracy"] >= config.synthesis_min_accuracy]
-        recon = reconstruction_metrics(synthesizer, zoo, list(final["checkpoint_id"].astype(str)))
-        samples = sample_models(
-            synthesizer, zoo, 100, task=task, arch=arch, runs=splits["train"], seed=0
-        )
-        reference = group[group["run_id"].astype(str).isin(splits["train"])]
-        sampled = sample_metrics(samples, zoo, list(reference["checkpoint_id"].astype(str)), seed=0)
     except WeightspaceError as exc:
-        results["skipped"]["synthesis"] = str(exc)[:300]
+        results["skipped"]["synthesis"] = str(exc).split("\n")[0][:300]
         return
-    midpoint = summary[np.isclose(summary["alpha"], 0.5)] if "alpha" in summary else summary
-    markdown = [
-        f"Group: **{task} / {arch}**; decoder fitted on the training runs of the seed-0 split; "
-        f"{len(pairs)} pairs of final checkpoints from held-out runs with test accuracy ≥ "
-        f"{config.synthesis_min_accuracy}.",
-        "",
-        "Test accuracy along α (mean over pairs):",
-        "",
-        *_markdown_table(summary),
-        "",
-        f"Reconstructions ({len(recon)} held-out models): original accuracy "
-        f"{recon['accuracy'].mean():.3f}, decoded {recon['decoded_accuracy'].mean():.3f}; "
-        f"agreement with the original {recon['agreement'].mean():.3f} vs with another model's "
-        f"decode {recon['agreement_other'].mean():.3f} (a faithful decoder would make the first "
-        "clearly larger)."
-        if {"accuracy", "decoded_accuracy", "agreement", "agreement_other"} <= set(recon.columns)
-        else recon.describe().to_string(),
-        "",
-        "Sampling (100 models from a KDE over the training runs' embeddings): "
-        + ", ".join(f"{k} = {v:.3f}" for k, v in sampled.items() if isinstance(v, int | float)),
-    ]
-    results["synthesis"] = {
-        "task": task,
-        "arch": arch,
-        "pairs": int(len(pairs)),
-        "summary": summary.to_dict(orient="records"),
-        "midpoint": midpoint.to_dict(orient="records"),
-        "reconstruction": recon.mean(numeric_only=True).to_dict(),
-        "sampling": {k: v for k, v in sampled.items() if isinstance(v, int | float | str)},
-        "markdown": markdown,
-        "plots": ["merge_curves.png"],
-    }
-
-
-def _markdown_table(frame: pd.DataFrame) -> list[str]:
-    """A DataFrame as a Markdown table (floats to 3 decimals)."""
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    for row in frame.itertuples(index=False):
-        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    for task, why in section["skipped"].items():
+        results["skipped"][f"synthesis {task}"] = why
+    results["timings"]["synthesis (s)"] = [_now() - t]
+    results["synthesis"] = section
 
 
 def _read_csv_rows(path: Path) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_report", "summarise", "format_cell", "headline_table"]
+__all__ = ["write_report", "summarise", "format_cell", "headline_table", "synthesis_lines"]
 
 PREDICTION_COLUMNS = ("kendall_tau", "kendall_tau_above_chance", "r2", "mae", "coverage")
 RETRIEVAL_COLUMNS = ("recall@1", "recall@5", "recall@10", "mrr", "gallery_size")
@@ -164,6 +164,161 @@ def _verdicts(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _number(value: Any, digits: int = 3) -> str:
+    if isinstance(value, bool) or value is None:
+        return "–" if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "–" if not math.isfinite(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _rows_table(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> list[str]:
+    if not rows:
+        return []
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_number(row.get(c), digits) for c in columns) + " |")
+    return lines
+
+
+GOAL_NAMES = {
+    "embedding_midpoint_vs_rebasin": "embedding midpoint ≥ rebasin midpoint",
+    "embedding_midpoint_vs_endpoints": "embedding midpoint ≥ endpoints' mean − 0.01",
+    "reconstruction_accuracy": "held-out reconstructions within 0.01 of the original's accuracy",
+    "reconstruction_faithful": "agreement with own original ≥ cross agreement + 0.05",
+    "samples_beat_noise": "samples beat zoo + noise at equal novelty",
+    "embedding_endpoints": "(check) decoding A's and B's own embeddings keeps their accuracy "
+    "within 0.01",
+}
+
+
+def synthesis_lines(synthesis: Mapping[str, Any]) -> list[str]:
+    """The report's synthesis section, from ``results["synthesis"]`` alone."""
+    if "tasks" not in synthesis:  # results.json of an older bench: its own Markdown
+        return list(synthesis.get("markdown", []))
+    tasks = synthesis["tasks"]
+    lines = [
+        "Per task, one architecture (see each task below for how it was chosen). Decoders are "
+        "fitted on the encoder's training runs and early-stopped on a few of them; merge pairs "
+        "and reconstructions are final checkpoints of held-out runs (validation + test) above "
+        "the task's accuracy threshold. `mid X` is test accuracy at α = 0.5 averaged over "
+        "pairs (`endpoints`: the mean of the two models' accuracies); `recon` are held-out "
+        "reconstructions; `agree own` is the share of test predictions a reconstruction shares "
+        "with its original, `agree cross` the share another model's reconstruction shares with "
+        "it; samples are compared with the zoo + noise baseline at the samples' novelty. "
+        f"Section time: {synthesis.get('seconds', float('nan')):.0f} s.",
+        "",
+        *_rows_table(synthesis.get("summary", [])),
+        "",
+    ]
+    if tasks:
+        names = list(GOAL_NAMES)
+        lines += ["Goals (from the issue), per task:", ""]
+        lines += ["| goal | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        for goal in names:
+            cells = []
+            for entry in tasks.values():
+                met = entry.get("goals", {}).get(goal)
+                cells.append("–" if met is None else ("met" if met else "**missed**"))
+            lines.append(f"| {GOAL_NAMES[goal]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for task, entry in tasks.items():
+        decoder = entry.get("decoder", {})
+        recon, train = entry.get("reconstruction", {}), entry.get("reconstruction_train", {})
+        probe = entry.get("embedding_probe", {})
+        sampling = entry.get("sampling", {})
+        pairs_note = ""
+        if entry.get("pairs", 0) < entry.get("pairs_requested", 0):
+            pairs_note = (
+                f" — **fewer than the {entry['pairs_requested']} pairs asked for**: the zoo has "
+                f"only {entry.get('held_out_models')} held-out models above the threshold"
+            )
+        elif not entry.get("disjoint_pairs", True):
+            pairs_note = (
+                f" (the pairs share models: {entry.get('distinct_models_in_pairs')} distinct "
+                "held-out models)"
+            )
+        lines += [
+            f"### {task} / {entry.get('arch')}",
+            "",
+            f"Architecture: {entry.get('arch_choice')}. Accuracy threshold "
+            f"{_number(entry.get('threshold'))}; {entry.get('pairs')} pairs{pairs_note}. Decoder: "
+            f"{decoder.get('steps')} steps in {_number(decoder.get('seconds'), 1)} s (limit "
+            f"{_number(decoder.get('time_limit'), 0)} s), kept step {decoder.get('best_step')} "
+            f"(validation agreement {_number(decoder.get('val_agreement'))}), trained on "
+            f"{decoder.get('train_models')} models.",
+            "",
+            "| method | " + " | ".join(f"α={a:g}" for a in (0, 0.25, 0.5, 0.75, 1)) + " |",
+            "|---|" + "---|" * 5,
+        ]
+        by_method: dict[str, dict[float, float]] = {}
+        for row in entry.get("curves", []):
+            by_method.setdefault(row["method"], {})[float(row["alpha"])] = row["accuracy_mean"]
+        for method, values in by_method.items():
+            cells = [_number(values.get(a, float("nan"))) for a in (0, 0.25, 0.5, 0.75, 1.0)]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        emb, ends = by_method.get("embedding", {}), by_method.get("endpoints", {})
+        if {0.0, 1.0} <= set(emb) and {0.0, 1.0} <= set(ends):
+            off = max(abs(emb[a] - ends[a]) for a in (0.0, 1.0))
+            lines += [
+                "",
+                f"Decoding the endpoints' own embeddings (α = 0, 1) gives {_number(emb[0.0])} and "
+                f"{_number(emb[1.0])} against the models' {_number(ends[0.0])} and "
+                f"{_number(ends[1.0])}"
+                + (
+                    ": the embedding curve is the decoder's output near the pair, not a merge "
+                    "that passes through the two models, so its midpoint is no like-for-like "
+                    "match for weight matching's."
+                    if off > 0.01
+                    else "."
+                ),
+            ]
+        lines += [
+            "",
+            f"Reconstructions of {recon.get('models', 0)} held-out models: original accuracy "
+            f"{_number(recon.get('accuracy'))}, decoded {_number(recon.get('decoded_accuracy'))} "
+            f"(mean |gap| {_number(recon.get('accuracy_gap_abs'))}); agreement with the own "
+            f"original {_number(recon.get('agreement'))} vs another model's reconstruction "
+            f"{_number(recon.get('agreement_cross'))} (two originals agree "
+            f"{_number(recon.get('agreement_other'))}). On {train.get('models', 0)} of the "
+            f"decoder's training models: decoded {_number(train.get('decoded_accuracy'))} vs "
+            f"{_number(train.get('accuracy'))}, agreement own {_number(train.get('agreement'))} "
+            f"vs cross {_number(train.get('agreement_cross'))}. A linear probe from the "
+            "embedding to held-out models' logits (the embedding's model-specific content, "
+            f"decoder aside) agrees {_number(probe.get('agreement'))} with its own model vs "
+            f"{_number(probe.get('agreement_cross'))} with another's"
+            + (
+                ": the embedding holds next to nothing model-specific here, so no decoder can "
+                "be faithful on held-out models of this encoder."
+                if probe.get("agreement") is not None
+                and probe["agreement"] - probe.get("agreement_cross", 0.0) < 0.02
+                else "."
+            ),
+            "",
+            f"Sampling: {sampling.get('samples')} samples, accuracy "
+            f"{_number(sampling.get('accuracy_mean'))} ± {_number(sampling.get('accuracy_std'))} "
+            f"at novelty {_number(sampling.get('novelty_mean'))}; zoo "
+            f"{_number(sampling.get('zoo_accuracy_mean'))}, pool "
+            f"{_number(sampling.get('pool_accuracy_mean'))}; zoo + noise at equal novelty "
+            f"{_number(sampling.get('noise_accuracy_at_equal_novelty'))} (gain "
+            f"{_number(sampling.get('accuracy_gain_over_noise'))}"
+            + (
+                f"; {sampling['beyond_noise_range']:.0%} of the samples are more novel than the "
+                "noisiest baseline point and are compared with that point"
+                if sampling.get("beyond_noise_range")
+                else ""
+            )
+            + ").",
+            "",
+        ]
+    for task, why in synthesis.get("skipped", {}).items():
+        lines.append(f"- {task}: not measured ({why})")
+    return lines
+
+
 def _plots(results: Mapping[str, Any], out: Path) -> list[str]:
     import matplotlib
 
@@ -295,10 +450,7 @@ def write_report(results: Mapping[str, Any], out: str | Path) -> Path:
             ]
     synthesis = results.get("synthesis")
     if synthesis:
-        lines += ["## Synthesis", ""]
-        for line in synthesis.get("markdown", []):
-            lines.append(line)
-        lines.append("")
+        lines += ["## Synthesis", "", *synthesis_lines(synthesis), ""]
     if results.get("skipped"):
         lines += ["## Skipped, and why", ""]
         for what, why in results["skipped"].items():

@@ -58,8 +58,58 @@ def bench(
     nfn_epochs: Annotated[
         int, typer.Option("--nfn-epochs", help="NFN epochs per architecture.")
     ] = 15,
-    synthesis: Annotated[bool, typer.Option("--synthesis/--no-synthesis")] = True,
-    decoder_steps: Annotated[int, typer.Option("--decoder-steps", help="Decoder steps.")] = 1500,
+    synthesis: Annotated[
+        bool,
+        typer.Option(
+            "--synthesis/--no-synthesis",
+            help="Merging, reconstruction and sampling on every task (one architecture each).",
+        ),
+    ] = True,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only",
+            help="Comma-separated sections to run: runs (prediction + retrieval on held-out "
+            "runs), held-out (architectures / tasks), synthesis. A previous results.json in OUT "
+            "is updated: the sections run replace theirs. `--only synthesis` needs a trained "
+            "encoder: --encoder, or OUT/encoders/seed-0 from an earlier bench.",
+        ),
+    ] = None,
+    synthesis_tasks: Annotated[
+        str | None,
+        typer.Option("--synthesis-tasks", help="Comma-separated tasks (default: every task)."),
+    ] = None,
+    synthesis_archs: Annotated[
+        str | None,
+        typer.Option(
+            "--synthesis-archs",
+            help="Comma-separated task=arch choices (default per task: the mergeable "
+            "architecture with the most held-out models above the accuracy threshold).",
+        ),
+    ] = None,
+    synthesis_pairs: Annotated[
+        int, typer.Option("--synthesis-pairs", min=1, help="Merge pairs per task.")
+    ] = 50,
+    synthesis_samples: Annotated[
+        int, typer.Option("--synthesis-samples", min=1, help="Sampled models per task.")
+    ] = 100,
+    synthesis_min_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            "--synthesis-min-accuracy",
+            help="Only merge / reconstruct models at least this accurate (default per task: "
+            "halfway from chance to the best model).",
+        ),
+    ] = None,
+    decoder_steps: Annotated[
+        int, typer.Option("--decoder-steps", help="Decoder steps per task (at most).")
+    ] = 1500,
+    decoder_time_limit: Annotated[
+        float,
+        typer.Option(
+            "--decoder-time-limit", help="Seconds of decoder training per task (0: none)."
+        ),
+    ] = 25.0,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
 ) -> None:
     """Run our encoder and every baseline on every protocol; write results.json, report.md and
@@ -82,6 +132,13 @@ def bench(
         held_out_time_limit=held_out_time_limit,
         nfn_epochs=nfn_epochs,
         decoder_steps=decoder_steps,
+        decoder_time_limit=decoder_time_limit,
+        only=_items(only),
+        synthesis_tasks=_items(synthesis_tasks),
+        synthesis_archs=_items(synthesis_archs),
+        synthesis_pairs=synthesis_pairs,
+        synthesis_samples=synthesis_samples,
+        synthesis_min_accuracy=synthesis_min_accuracy,
         held_out=tuple(h for h in (s.strip() for s in held_out.split(",")) if h),
         max_gallery=max_gallery,
         num_queries=queries,
@@ -90,6 +147,10 @@ def bench(
     )
     run_bench(config, log=lambda message: console.print(message, highlight=False))
     console.print(f"[green]report:[/] {out / 'report.md'}")
+
+
+def _items(text: str | None) -> tuple[str, ...]:
+    return tuple(i for i in (s.strip() for s in (text or "").split(",")) if i)
 
 
 @app.command()

@@ -201,6 +201,20 @@ def train_decoder_command(
     weight_loss: Annotated[
         float, typer.Option("--weight-loss", min=0.0, help="Weight of the matched-weights loss.")
     ] = 0.0,
+    validation_split: Annotated[
+        str,
+        typer.Option(
+            "--validation-split",
+            help="Keep the weights whose reconstructions of this split's models (final "
+            "checkpoints) agree best with the originals (checked every 100 steps), or 'none'.",
+        ),
+    ] = "val",
+    time_limit: Annotated[
+        float,
+        typer.Option(
+            "--time-limit", min=0.0, help="Seconds of training (0: none); the schedule fits it."
+        ),
+    ] = 0.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
     threads: Annotated[int, typer.Option("--threads", min=0, help="Torch CPU threads.")] = 0,
@@ -227,24 +241,36 @@ def train_decoder_command(
         loss=loss,
         mix_fraction=mix_fraction,
         weight_loss=weight_loss,
+        time_limit=time_limit,
         seed=seed,
     )
 
     def progress(step: int, row: dict[str, float]) -> None:
-        typer.echo(f"step {step}: distill {row.get('distill', float('nan')):.4f}", err=True)
+        agreement = row.get("val_agreement")
+        note = "" if agreement is None else f", validation agreement {agreement:.3f}"
+        typer.echo(f"step {step}: distill {row.get('distill', float('nan')):.4f}{note}", err=True)
 
     decoder = train_decoder(
         encoder,
         zoo,
         config,
         split=None if split == "all" else split,
+        validation_split=None if validation_split == "none" else validation_split,
         epochs=chosen_epochs,
         device=device,
         progress=progress,
     )
+    if not decoder.log:
+        typer.echo(f"decoder saved in {encoder} (untrained: --steps 0)")
+        return
+    distill = next((r["distill"] for r in reversed(decoder.log) if "distill" in r), float("nan"))
+    best = next((r for r in reversed(decoder.log) if "best_step" in r), None)
+    kept = (
+        f"; kept step {int(best['best_step'])}, validation agreement {best['val_agreement']:.3f}"
+        if best
+        else ""
+    )
     typer.echo(
         f"decoder for {len(decoder.specs)} architecture(s) saved in {encoder} "
-        f"(final distillation loss {decoder.log[-1].get('distill', float('nan')):.4f})"
-        if decoder.log
-        else f"decoder saved in {encoder} (untrained: --steps 0)"
+        f"(final distillation loss {distill:.4f}{kept})"
     )

@@ -95,8 +95,8 @@ class DecoderConfig:
     hidden: int = 256  # width of each hypernetwork's hidden layers
     layers: int = 2  # hidden layers of each hypernetwork
     steps: int = 3000  # optimisation steps
-    batch_size: int = 32  # decoded models per step
-    inputs_per_step: int = 256  # task inputs each decoded model is run on per step
+    batch_size: int = 16  # decoded models per step
+    inputs_per_step: int = 128  # task inputs each decoded model is run on per step
     learning_rate: float = 2e-3  # peak AdamW learning rate (cosine decay to 5%)
     weight_decay: float = 1e-4  # AdamW weight decay
     loss: str = "kl"  # logit distillation: kl | mse (of class-centred logits)
@@ -104,6 +104,8 @@ class DecoderConfig:
     mix_fraction: float = 0.5  # share of each batch spent on interpolated pairs
     embedding_noise: float = 0.05  # Gaussian noise on standardised embeddings while training
     weight_loss: float = 0.0  # weight of the regression onto matched (canonical) weights
+    eval_every: int = 100  # steps between validation checks (with validation models)
+    time_limit: float = 0.0  # seconds of training (0: none); shortens the schedule to fit
     seed: int = 0  # initialisation, batches, pairs, noise
 
     def __post_init__(self) -> None:
@@ -111,8 +113,12 @@ class DecoderConfig:
             raise SynthesisError(f"decoder loss must be 'mse' or 'kl', got {self.loss!r}")
         if not 0.0 <= self.mix_fraction <= 1.0:
             raise SynthesisError(f"mix_fraction must be in [0, 1], got {self.mix_fraction}")
-        if self.steps < 0 or self.batch_size < 1 or self.layers < 1:
-            raise SynthesisError("decoder steps must be >= 0, batch_size and layers >= 1")
+        if self.steps < 0 or self.batch_size < 1 or self.layers < 1 or self.eval_every < 1:
+            raise SynthesisError(
+                "decoder steps must be >= 0, batch_size, layers and eval_every >= 1"
+            )
+        if self.time_limit < 0:
+            raise SynthesisError(f"time_limit must be >= 0 seconds, got {self.time_limit}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -407,10 +413,11 @@ class _Group:
     indices: list[int] = field(default_factory=list)  # positions in the example list
 
 
-def _task_inputs(task: str, spec: NetworkSpec) -> Tensor:
+def _task_inputs(task: str, spec: NetworkSpec, split: str = "train") -> Tensor:
     from weightspace.zoo.tasks import get_task
 
-    x = get_task(task).features["train"]
+    features = get_task(task).features
+    x = features[split] if split in features else features["train"]
     try:
         return x.reshape(x.shape[0], *spec.input_shape)
     except RuntimeError:
@@ -435,15 +442,33 @@ def _distill(predicted: Tensor, target: Tensor, loss: str, temperature: float) -
     return (difference - difference.mean(-1, keepdim=True)).pow(2).mean()
 
 
+def _embed_examples(
+    encoder: Encoder, examples: Sequence[DecoderExample], embeddings: Tensor | np.ndarray | None
+) -> Tensor:
+    """Embeddings ``(n, d)`` of ``examples``: the given table, or one pass of the encoder."""
+    if embeddings is None:
+        return torch.as_tensor(
+            encoder.embed([(e.spec, e.state_dict) for e in examples]), dtype=torch.float32
+        )
+    z = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+    if z.shape != (len(examples), encoder.dim):
+        raise SynthesisError(
+            f"expected an embedding table of shape ({len(examples)}, {encoder.dim}), "
+            f"got {tuple(z.shape)}"
+        )
+    return z
+
+
 def _build_groups(
-    encoder: Encoder, examples: Sequence[DecoderExample], weight_loss: bool
+    encoder: Encoder,
+    examples: Sequence[DecoderExample],
+    weight_loss: bool,
+    embeddings: Tensor | np.ndarray | None = None,
 ) -> list[_Group]:
     by_key: dict[tuple[str, str], list[int]] = {}
     for i, example in enumerate(examples):
         by_key.setdefault((spec_key(example.spec), example.task), []).append(i)
-    z_all = torch.as_tensor(
-        encoder.embed([(e.spec, e.state_dict) for e in examples]), dtype=torch.float32
-    )
+    z_all = _embed_examples(encoder, examples, embeddings)
     groups = []
     for (_, task), indices in by_key.items():
         spec = examples[indices[0]].spec
@@ -487,6 +512,9 @@ def fit_decoder(
     examples: Sequence[DecoderExample],
     config: DecoderConfig | None = None,
     *,
+    embeddings: Tensor | np.ndarray | None = None,
+    validation: Sequence[DecoderExample] | None = None,
+    validation_embeddings: Tensor | np.ndarray | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> Decoder:
@@ -497,6 +525,13 @@ def fit_decoder(
         examples: training models (spec, weights, task, run).
         config: hyper-parameters (defaults: :class:`DecoderConfig`).
         device: where the decoder trains (embeddings are computed on the encoder's device).
+        embeddings: the examples' embeddings ``(n, d)``, when already computed (a cached
+            table); otherwise the encoder embeds them once.
+        validation: held-out models of the training architectures (and tasks): every
+            ``config.eval_every`` steps the decoder reconstructs them, and the weights with the
+            highest agreement (share of equal predictions on the task's validation inputs)
+            are kept: early stopping, and no collapse late in training.
+        validation_embeddings: their embeddings, when already computed.
         progress: called every 100 steps with ``(step, {"loss": ..., ...})``.
 
     Returns:
@@ -508,7 +543,7 @@ def fit_decoder(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    groups = _build_groups(encoder, examples, config.weight_loss > 0)
+    groups = _build_groups(encoder, examples, config.weight_loss > 0, embeddings)
     z_all = torch.cat([g.z for g in groups])
     decoder = Decoder(
         encoder.dim,
@@ -525,7 +560,8 @@ def fit_decoder(
         decoder.tasks.setdefault(key, [])
         if g.task not in decoder.tasks[key]:
             decoder.tasks[key].append(g.task)
-    # per-tensor scales and the base network, from the training models of each architecture
+    # per-tensor scales and the base network, from the training models of each architecture;
+    # medians, so that a few diverged models (huge weights) do not set them
     for key, head in decoder.heads.items():
         members = [g for g in groups if spec_key(g.spec) == key]
         spec = members[0].spec
@@ -536,14 +572,14 @@ def fit_decoder(
         offset = 0
         for shape in spec.param_shapes().values():
             n = math.prod(shape)
-            scale[offset : offset + n] = (
-                flats[:, offset : offset + n].std().clamp_min(1e-3)
-                if len(flats) > 1
-                else flats[:, offset : offset + n].abs().mean().clamp_min(1e-3)
-            )
+            block = flats[:, offset : offset + n]
+            spread = block.std(1) if n > 1 else block.abs().reshape(-1)  # per model
+            scale[offset : offset + n] = spread.median().clamp_min(1e-3)
             offset += n
         head.scale.copy_(scale)  # type: ignore[union-attr]
-        base = members[0].matched[0] if members[0].matched is not None else flats[0]
+        typical = int(flats.norm(dim=1).argsort()[(len(flats) - 1) // 2])  # median norm
+        matched = [g.matched for g in members if g.matched is not None]
+        base = torch.cat(matched)[typical] if len(matched) == len(members) else flats[typical]
         head.base.data.copy_(base)  # type: ignore[union-attr]
 
     device = torch.device(device)
@@ -552,25 +588,36 @@ def fit_decoder(
         g.z, g.logits, g.inputs = g.z.to(device), g.logits.to(device), g.inputs.to(device)
         if g.matched is not None:
             g.matched = g.matched.to(device)
+    checks = _validation_checks(encoder, decoder, validation, validation_embeddings, device)
     optimizer = torch.optim.AdamW(
         decoder.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     total = max(config.steps, 1)
+    steps = config.steps
+    best: tuple[float, int, dict[str, Tensor]] | None = None
 
-    def lr_at(step: int) -> float:
-        warm = max(1, total // 20)
-        if step < warm:
-            return config.learning_rate * (step + 1) / warm
-        t = (step - warm) / max(1, total - warm)
+    def progress_at(step: int) -> float:
+        """Share of training done: of the steps, or of the time limit when that is sooner."""
+        done = step / total
+        if config.time_limit > 0:
+            done = max(done, (time.perf_counter() - started) / config.time_limit)
+        return min(done, 1.0)
+
+    def lr_at(done: float) -> float:
+        warm = 0.05
+        if done < warm:
+            return config.learning_rate * max(done, 1.0 / total) / warm
+        t = (done - warm) / (1 - warm)
         return config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
     sizes = np.array([len(g.runs) for g in groups], dtype=float)
     started = time.perf_counter()
     decoder.train()
     running: dict[str, float] = {}
-    for step in range(config.steps):
+    step = 0
+    while step < steps:
         for pg in optimizer.param_groups:
-            pg["lr"] = lr_at(step)
+            pg["lr"] = lr_at(progress_at(step))
         g = groups[int(rng.choice(len(groups), p=sizes / sizes.sum()))]
         m = len(g.runs)
         b = config.batch_size
@@ -612,12 +659,76 @@ def fit_decoder(
         optimizer.step()
         for k, v in terms.items():
             running[k] = 0.9 * running.get(k, v) + 0.1 * v
-        if (step + 1) % 100 == 0 or step + 1 == config.steps:
-            row = {"step": float(step + 1), "seconds": time.perf_counter() - started, **running}
+        step += 1
+        last = step >= steps or progress_at(step) >= 1.0  # steps done, or the time limit
+        if checks and (step % config.eval_every == 0 or last):
+            score = _validation_agreement(decoder, checks)
+            running["val_agreement"] = score
+            if best is None or score > best[0]:
+                best = (
+                    score,
+                    step,
+                    {k: v.detach().clone() for k, v in decoder.state_dict().items()},
+                )
+            decoder.train()
+        if step % 100 == 0 or last:
+            row = {"step": float(step), "seconds": time.perf_counter() - started, **running}
             decoder.log.append(row)
             if progress is not None:
-                progress(step + 1, row)
+                progress(step, row)
+        if last:
+            break
+    if best is not None:
+        decoder.load_state_dict(best[2])
+        decoder.log.append({"best_step": float(best[1]), "val_agreement": best[0]})
     return decoder.cpu().eval()
+
+
+@dataclass
+class _Check:
+    """Validation models of one (architecture, task): embeddings and original predictions."""
+
+    spec: NetworkSpec
+    z: Tensor  # (M, d)
+    inputs: Tensor  # (N, *input_shape)
+    labels: Tensor  # (M, N) the originals' predictions
+
+
+def _validation_checks(
+    encoder: Encoder,
+    decoder: Decoder,
+    validation: Sequence[DecoderExample] | None,
+    embeddings: Tensor | np.ndarray | None,
+    device: torch.device,
+) -> list[_Check]:
+    if not validation:
+        return []
+    z_all = _embed_examples(encoder, validation, embeddings)
+    by_key: dict[tuple[str, str], list[int]] = {}
+    for i, example in enumerate(validation):
+        if decoder.supports(example.spec):
+            by_key.setdefault((spec_key(example.spec), example.task), []).append(i)
+    checks = []
+    for (_, task), indices in by_key.items():
+        spec = validation[indices[0]].spec
+        x = _task_inputs(task, spec, "val")
+        with torch.no_grad():
+            labels = torch.stack(
+                [to_module(spec, _float(validation[i].state_dict))(x).argmax(-1) for i in indices]
+            )
+        checks.append(_Check(spec, z_all[indices].to(device), x.to(device), labels.to(device)))
+    return checks
+
+
+@torch.no_grad()
+def _validation_agreement(decoder: Decoder, checks: Sequence[_Check]) -> float:
+    """Mean share of validation inputs on which reconstructions predict what originals do."""
+    decoder.eval()
+    scores = []
+    for check in checks:
+        predicted = functional_logits(check.spec, decoder(check.z, check.spec), check.inputs)
+        scores.append((predicted.argmax(-1) == check.labels).float().mean(1))
+    return float(torch.cat(scores).mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,6 +770,21 @@ class Synthesizer:
     def decode(self, z: Tensor | np.ndarray, spec: NetworkSpec) -> list[StateDict]:
         """State dicts of ``spec`` for embeddings ``z (B, d)``."""
         return self.decoder.decode(z, spec)
+
+    def embed_checkpoints(
+        self, zoo: Any, ids: Sequence[str], table: Mapping[str, Any] | None = None
+    ) -> Tensor:
+        """Embeddings ``(n, d)`` of zoo checkpoints, read from ``table`` (checkpoint id →
+        embedding, a cached table) where it has them; the encoder embeds the rest."""
+        table = table if table is not None else {}
+        missing = [c for c in ids if c not in table]
+        fresh: dict[str, Any] = {}
+        if missing:
+            z = self.embed([(zoo.spec(c), zoo.state_dict(c)) for c in missing])
+            fresh = dict(zip(missing, z, strict=True))
+        return torch.stack(
+            [torch.as_tensor(table[c] if c in table else fresh[c]).float() for c in ids]
+        )
 
     def reconstruct(self, spec: NetworkSpec, state_dict: Mapping[str, Tensor]) -> StateDict:
         """Encode then decode one model."""
@@ -707,6 +833,7 @@ def train_decoder(
     config: DecoderConfig | None = None,
     *,
     split: str | None = "train",
+    validation_split: str | None = "val",
     epochs: str | Sequence[int] = "final",
     tasks: Iterable[str] | None = None,
     min_accuracy: float | None = None,
@@ -718,6 +845,9 @@ def train_decoder(
     Args:
         split: use only the encoder's runs of this split (``splits.json`` beside the encoder,
             written by ``weightspace train``); ``None`` uses every run.
+        validation_split: early-stop on the final checkpoints of this split's runs (same
+            ``tasks`` and ``min_accuracy`` filters; see :func:`fit_decoder`); ``None``, or no
+            ``splits.json``, trains for ``config.steps`` without validation.
     """
     from weightspace.nn.encoder import Encoder
     from weightspace.zoo import Zoo
@@ -725,19 +855,27 @@ def train_decoder(
     encoder = Encoder.load(encoder_dir)
     zoo = Zoo.open(zoo_dir)
     runs = None
+    validation = None
     split_file = Path(encoder_dir) / "splits.json"
-    if split is not None and split_file.is_file():
+    if split_file.is_file() and (split is not None or validation_split is not None):
         splits = json.loads(split_file.read_text())
         splits = splits.get("runs", splits)
-        if split not in splits:
-            raise SynthesisError(f"{split_file}: has no {split!r} split ({sorted(splits)})")
-        runs = splits[split]
+        for name in (split, validation_split):
+            if name is not None and name not in splits:
+                raise SynthesisError(f"{split_file}: has no {name!r} split ({sorted(splits)})")
+        runs = splits[split] if split is not None else None
+        if validation_split is not None and validation_split != split:
+            validation = zoo_examples(
+                zoo, runs=splits[validation_split], tasks=tasks, min_accuracy=min_accuracy
+            )
     examples = zoo_examples(zoo, runs=runs, epochs=epochs, tasks=tasks, min_accuracy=min_accuracy)
     if not examples:
         raise SynthesisError(
             f"{zoo_dir}: no checkpoints left to train the decoder on after filtering "
             f"(split={split!r}, tasks={tasks}, min_accuracy={min_accuracy})"
         )
-    decoder = fit_decoder(encoder, examples, config, device=device, progress=progress)
+    decoder = fit_decoder(
+        encoder, examples, config, validation=validation or None, device=device, progress=progress
+    )
     decoder.save(encoder_dir)
     return decoder

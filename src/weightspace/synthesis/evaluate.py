@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 ALPHAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-NOISE_SCALES: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
+NOISE_SCALES: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0, 3.0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -147,6 +147,7 @@ def merge_curves(
     methods: Sequence[str] | None = None,
     alphas: Sequence[float] = ALPHAS,
     synthesizer: Synthesizer | None = None,
+    embeddings: Mapping[str, Tensor] | None = None,
     split: str = "test",
     seed: int = 0,
     **pair_options: Any,
@@ -158,17 +159,26 @@ def merge_curves(
         pairs: from :func:`merge_pairs` (built with ``pair_options`` if omitted).
         methods: merge methods (default: every registered one; ``embedding`` only with a
             ``synthesizer`` whose decoder knows the pair's architecture).
+        embeddings: checkpoint id → embedding, a cached table the ``embedding`` method reads
+            instead of running the encoder again (missing ids are embedded).
         split: the task split accuracies are measured on.
+
+    Weight matching runs once per pair (its permutation does not depend on ``alpha``) and the
+    ``embedding`` method decodes every ``alpha`` of a pair in one batch; both give the same
+    models as :func:`weightspace.synthesis.merge.merge`.
 
     Returns:
         One row per (pair, method, alpha): ``task, arch, pair, id_a, id_b, method, alpha,
         accuracy, agreement_ensemble`` — ``method`` also takes the value ``endpoints``
         (linear interpolation of the two models' accuracies).
     """
+    from weightspace.synthesis.rebasin import align, interpolate
+
     if pairs is None:
         pairs = merge_pairs(zoo, seed=seed, **pair_options)
     if methods is None:
         methods = [m for m in list_merge_methods() if m != "embedding" or synthesizer is not None]
+    alphas = [float(a) for a in alphas]
     rows = []
     for pair in pairs.itertuples(index=False):
         spec = zoo.spec(pair.id_a)
@@ -178,9 +188,10 @@ def merge_curves(
         acc_a, acc_b = _accuracy(pred_a, y), _accuracy(pred_b, y)
         base = {"task": pair.task, "arch": pair.arch, "pair": pair.pair, "id_a": pair.id_a}
         base["id_b"] = pair.id_b
+        ensembles = []
         for alpha in alphas:
             ens = ensemble(spec, [state_a, state_b], [1 - alpha, alpha])
-            pred_ens = predict(ens.spec, ens.state_dict, x)
+            ensembles.append(predict(ens.spec, ens.state_dict, x))
             rows.append(
                 {
                     **base,
@@ -190,14 +201,22 @@ def merge_curves(
                     "agreement_ensemble": np.nan,
                 }
             )
-            for method in methods:
-                if method == "embedding" and (
-                    synthesizer is None or not synthesizer.decoder.supports(spec)
-                ):
+        for method in methods:
+            if method == "ensemble":
+                preds = ensembles
+            elif method == "rebasin":
+                aligned = align(spec, state_a, state_b, seed=seed)
+                preds = [predict(spec, interpolate(spec, state_a, aligned, a), x) for a in alphas]
+            elif method == "embedding":
+                if synthesizer is None or not synthesizer.decoder.supports(spec):
                     continue
-                if method == "ensemble":
-                    pred = pred_ens
-                else:
+                z = synthesizer.embed_checkpoints(zoo, [pair.id_a, pair.id_b], embeddings)
+                t = torch.tensor(alphas, dtype=z.dtype).unsqueeze(1)
+                decoded = synthesizer.decode(torch.lerp(z[0:1], z[1:2], t), spec)
+                preds = [predict(spec, state, x) for state in decoded]
+            else:
+                preds = []
+                for alpha in alphas:
                     result = merge(
                         method,
                         spec,
@@ -208,7 +227,8 @@ def merge_curves(
                         synthesizer=synthesizer,
                         seed=seed,
                     )
-                    pred = predict(result.spec, result.state_dict, x)
+                    preds.append(predict(result.spec, result.state_dict, x))
+            for alpha, pred, pred_ens in zip(alphas, preds, ensembles, strict=True):
                 rows.append(
                     {
                         **base,
@@ -275,7 +295,12 @@ def plot_merge_curves(curves: pd.DataFrame, path: str | Path, *, title: str | No
 
 
 def reconstruction_metrics(
-    synthesizer: Synthesizer, zoo: Any, ids: Sequence[str], *, split: str = "test"
+    synthesizer: Synthesizer,
+    zoo: Any,
+    ids: Sequence[str],
+    *,
+    split: str = "test",
+    embeddings: Mapping[str, Tensor] | None = None,
 ) -> pd.DataFrame:
     """Encode → decode each checkpoint and compare with the original.
 
@@ -284,16 +309,18 @@ def reconstruction_metrics(
     reconstruction from a generic good network: ``agreement_other`` (the original against
     another zoo model of the list, the next one of the same task and architecture) and
     ``agreement_cross`` (the original against the *other* model's reconstruction).
+
+    ``embeddings`` (checkpoint id → embedding) is a cached table read instead of the encoder.
     """
     table = zoo.table.set_index("checkpoint_id")
     entries = []
-    for cid in ids:
+    ids = [c for c in ids if synthesizer.decoder.supports(zoo.spec(c))]
+    z_all = synthesizer.embed_checkpoints(zoo, ids, embeddings) if ids else None
+    for i, cid in enumerate(ids):
         spec, state = zoo.spec(cid), zoo.state_dict(cid)
-        if not synthesizer.decoder.supports(spec):
-            continue
         task = str(table.loc[cid, "task"])
         x, y = task_split(task, spec, split)
-        decoded = synthesizer.reconstruct(spec, state)
+        (decoded,) = synthesizer.decode(z_all[i : i + 1], spec)
         entries.append(
             {
                 "id": cid,
@@ -343,6 +370,7 @@ def sample_metrics(
     noise_models: int = 20,
     split: str = "test",
     seed: int = 0,
+    return_per_sample: bool = False,
 ) -> dict[str, Any]:
     """Accuracy and novelty of sampled models against the zoo and the noise baseline.
 
@@ -359,7 +387,9 @@ def sample_metrics(
         (reference models), ``pool_accuracy_mean`` (the samples' anchors), ``noise_curve``
         (list of ``{sigma, accuracy, novelty}``), ``noise_accuracy_at_equal_novelty`` and
         ``accuracy_gain_over_noise`` (mean over samples of accuracy minus the baseline's
-        interpolated accuracy at the sample's novelty).
+        interpolated accuracy at the sample's novelty), ``beyond_noise_range`` (share of samples
+        more novel than the noisiest baseline point, compared with that point); with ``return_per_sample`` also
+        ``per_sample`` (list of ``{accuracy, novelty, noise_accuracy, anchor}``).
     """
     if not samples:
         raise SynthesisError("no samples to evaluate")
@@ -414,7 +444,7 @@ def sample_metrics(
     curve_accuracy = np.array([float(np.mean(pool_acc))] + [c["accuracy"] for c in curve])
     order = np.argsort(curve_novelty, kind="stable")
     baseline = np.interp(np.array(novelty), curve_novelty[order], curve_accuracy[order])
-    return {
+    out: dict[str, Any] = {
         "task": task,
         "arch": spec.summary(),
         "samples": len(samples),
@@ -427,4 +457,13 @@ def sample_metrics(
         "noise_curve": curve,
         "noise_accuracy_at_equal_novelty": float(np.mean(baseline)),
         "accuracy_gain_over_noise": float(np.mean(np.array(accuracy) - baseline)),
+        # samples more novel than the noisiest baseline: compared with its last (most accurate
+        # such) point, which favours the baseline
+        "beyond_noise_range": float(np.mean(np.array(novelty) > curve_novelty.max())),
     }
+    if return_per_sample:
+        out["per_sample"] = [
+            {"accuracy": a, "novelty": n, "noise_accuracy": float(b), "anchor": s.anchor}
+            for a, n, b, s in zip(accuracy, novelty, baseline, samples, strict=True)
+        ]
+    return out

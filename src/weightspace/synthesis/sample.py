@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,7 @@ def sample_models(
     bandwidth: float = 0.5,
     runs: Iterable[str] | None = None,
     seed: int = 0,
+    embeddings: Mapping[str, Tensor] | None = None,
 ) -> list[SampledModel]:
     """Draw ``n`` models near the high-accuracy models of ``zoo`` (see module docstring).
 
@@ -119,6 +120,8 @@ def sample_models(
         task, arch, min_accuracy, runs: pool filters (:func:`sample_pool`).
         bandwidth: kernel width ``h`` in units of the pool's per-dimension standard deviation.
         seed: seeds the anchors and the noise.
+        embeddings: checkpoint id → embedding, a cached table read instead of the encoder
+            (ids missing from it are embedded).
 
     Raises:
         SynthesisError: an empty pool, or no pool model of an architecture the decoder knows.
@@ -138,7 +141,7 @@ def sample_models(
         )
     pool = pool[decodable].reset_index(drop=True)
     ids = list(pool["checkpoint_id"])
-    z_pool = synthesizer.embed([(specs[c], zoo.state_dict(c)) for c in ids])  # (m, d)
+    z_pool = synthesizer.embed_checkpoints(zoo, ids, embeddings)  # (m, d)
     groups: dict[tuple[str, str], list[int]] = {}
     for i, cid in enumerate(ids):
         groups.setdefault((spec_key(specs[cid]), str(pool["task"][i])), []).append(i)
