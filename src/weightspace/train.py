@@ -7,7 +7,9 @@
    :class:`~weightspace.nn.batch.GraphBank`.
 3. Each step: two augmented views of a batch (:mod:`weightspace.nn.augment`), NT-Xent between
    their projections, plus weighted supervised losses (standardised test accuracy and
-   generalisation gap by MSE, task by cross-entropy) on both views.
+   generalisation gap by MSE, task by cross-entropy) on both views, and the function loss: the
+   KL divergence from each checkpoint's own output distribution on fixed probe inputs of its
+   task (:func:`function_targets`, computed once) to the function head's prediction.
 4. AdamW with linear warm-up and cosine decay; after each epoch, validation metrics (Kendall tau
    of predicted test accuracy, view retrieval top-1, ...) decide early stopping.
 5. ``ENCODER_DIR`` gets the best weights (``encoder.safetensors``), their config
@@ -53,6 +55,9 @@ __all__ = [
     "split_runs",
     "zoo_fingerprint",
     "nt_xent",
+    "FunctionTargets",
+    "function_targets",
+    "FUNCTION_WEIGHT",
 ]
 
 OBJECTIVES = ("contrastive", "supervised", "both")
@@ -68,6 +73,7 @@ LOG_COLUMNS = (
     "train_accuracy_mse",
     "train_gap_mse",
     "train_task_ce",
+    "train_function_kl",
     "val_contrastive",
     "val_view_top1",
     "val_accuracy_tau",
@@ -75,8 +81,14 @@ LOG_COLUMNS = (
     "val_accuracy_mae",
     "val_gap_tau",
     "val_task_accuracy",
+    "val_function_kl",
+    "val_function_agreement",
     "val_score",
 )
+
+#: Default weight of the function loss (``TrainConfig.function_weight=None`` on a zoo whose tasks
+#: are all built-in); chosen by measurement on the ``small`` demo zoo.
+FUNCTION_WEIGHT = 1.0
 
 
 class TrainError(WeightspaceError):
@@ -122,6 +134,9 @@ class TrainConfig:
     #   steps on the checkpoint's own task (built-in tasks only; 0: off)
     finetune_steps: int = 4  # SGD steps of those views (computed once, before the first epoch)
     finetune_learning_rate: float = 0.02  # their step size
+    function_weight: float | None = None  # weight of the function-head KL (0: off; None:
+    #   FUNCTION_WEIGHT when every task of the zoo is built-in, else 0)
+    function_probes: int = 32  # probe inputs per task of the function head
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # architecture
 
     def __post_init__(self) -> None:
@@ -137,6 +152,10 @@ class TrainConfig:
             raise TrainError("val_fraction must be in (0, 1) and test_fraction in [0, 1)")
         if not 0 <= self.finetune_probability <= 1 or self.finetune_steps < 1:
             raise TrainError("finetune_probability must be in [0, 1] and finetune_steps >= 1")
+        if self.function_weight is not None and not self.function_weight >= 0:
+            raise TrainError(f"function_weight must be >= 0, got {self.function_weight}")
+        if self.function_probes < 1:
+            raise TrainError(f"function_probes must be >= 1, got {self.function_probes}")
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -290,6 +309,138 @@ def _parameter_groups(encoder: Encoder, weight_decay: float) -> list[dict[str, A
 
 
 # ---------------------------------------------------------------------------------------------
+# function targets
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class FunctionTargets:
+    """What each checkpoint computes on its task's probe inputs (the function head's targets)."""
+
+    probabilities: Tensor  # (n, P, C) softmax outputs, zero on padded classes
+    mask: Tensor  # (n, C) bool: the classes of the checkpoint's task
+    known: Tensor  # (n,) bool: finite outputs (diverged checkpoints are left out of the loss)
+
+
+def unknown_tasks(tasks: Any) -> list[str]:
+    """The names among ``tasks`` that are not built-in tasks (:mod:`weightspace.zoo.tasks`)."""
+    from weightspace.zoo.tasks import get_task
+
+    missing = []
+    for name in sorted({str(t) for t in tasks}):
+        try:
+            get_task(name)
+        except WeightspaceError:
+            missing.append(name)
+    return missing
+
+
+def probe_inputs(task: str, spec: Any, probes: int, seed: int = 0) -> Tensor:
+    """``probes`` fixed inputs ``(P, *input_shape)`` of the built-in task's training split, shaped
+    for ``spec``: the first ``P`` of a permutation seeded by ``seed`` (the same rows for every
+    architecture of the task)."""
+    from weightspace.finetune import FinetuneError, task_training_data
+
+    try:
+        inputs, _ = task_training_data(task, spec)
+    except FinetuneError as exc:
+        raise TrainError(
+            f"the function head needs the inputs of task {task!r}: {exc}; train with "
+            "function_weight 0 (--function-weight 0)"
+        ) from None
+    if inputs.shape[0] < probes:
+        raise TrainError(
+            f"task {task!r} has {inputs.shape[0]} training examples, fewer than the "
+            f"{probes} function probes; lower function_probes"
+        )
+    order = torch.randperm(inputs.shape[0], generator=torch.Generator().manual_seed(seed))
+    return inputs[order[:probes]]
+
+
+def function_targets(
+    models: list[tuple[Any, Any]],
+    tasks: list[str],
+    probes: int,
+    *,
+    num_classes: int | None = None,
+    seed: int = 0,
+    chunk: int = 1024,
+) -> FunctionTargets:
+    """Softmax outputs of every model on ``probes`` fixed inputs of its task's training split.
+
+    Models of one (task, architecture) run together: their parameters are stacked and one
+    ``torch.func.vmap`` of ``functional_call`` evaluates them all (thousands of small models
+    take seconds).
+
+    Args:
+        models: ``(spec, state_dict)`` pairs.
+        tasks: each model's built-in task name.
+        probes: ``P``, inputs per task (:func:`probe_inputs`).
+        num_classes: ``C``, classes to pad to (default: the widest output among the models).
+        seed: the probe choice.
+
+    Raises:
+        TrainError: a task is not built-in, or its inputs do not fit a model.
+    """
+    from torch.func import functional_call, vmap
+
+    from weightspace.module import to_module
+
+    missing = unknown_tasks(tasks)
+    if missing:
+        raise TrainError(
+            f"the function head needs each checkpoint's task data, but task(s) {missing} are "
+            "not built-in tasks (weightspace.zoo.tasks); train with function_weight 0 "
+            "(--function-weight 0)"
+        )
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, ((spec, _), task) in enumerate(zip(models, tasks, strict=True)):
+        groups.setdefault((str(task), spec.to_json()), []).append(i)
+    outputs: dict[int, Tensor] = {}
+    for (task, _), members in sorted(groups.items()):
+        spec = models[members[0]][0]
+        x = probe_inputs(task, spec, probes, seed)
+        template = to_module(spec).float()
+        names = list(models[members[0]][1])
+
+        def run(params: dict[str, Tensor], x: Tensor = x, template: Any = template) -> Tensor:
+            return functional_call(template, params, (x,))
+
+        with torch.no_grad():
+            for start in range(0, len(members), chunk):
+                part = members[start : start + chunk]
+                params = {k: torch.stack([models[i][1][k].float() for i in part]) for k in names}
+                logits = vmap(run)(params)  # (M, P, C_task)
+                for i, row in zip(part, logits, strict=True):
+                    outputs[i] = row
+    width = max(int(o.shape[-1]) for o in outputs.values())
+    num_classes = num_classes or width
+    if width > num_classes:
+        raise TrainError(f"a model has {width} outputs, more than num_classes={num_classes}")
+    n = len(models)
+    probabilities = torch.zeros(n, probes, num_classes)
+    mask = torch.zeros(n, num_classes, dtype=torch.bool)
+    known = torch.zeros(n, dtype=torch.bool)
+    for i, logits in outputs.items():
+        c = int(logits.shape[-1])
+        mask[i, :c] = True
+        if bool(torch.isfinite(logits).all()):
+            probabilities[i, :, :c] = logits.softmax(-1)
+            known[i] = True
+    return FunctionTargets(probabilities, mask, known)
+
+
+def function_kl(logits: Tensor, targets: Tensor, mask: Tensor, known: Tensor) -> Tensor:
+    """Mean KL divergence from the target distributions to the head's, over probes and known
+    models; padded classes (``~mask``) are excluded. Shapes: ``(B, P, C)``, ``(B, P, C)``,
+    ``(B, C)``, ``(B,)`` → scalar."""
+    if not bool(known.any()):
+        return logits.sum() * 0.0
+    logits, targets, mask = logits[known], targets[known], mask[known]
+    log_q = logits.masked_fill(~mask.unsqueeze(1), -1e4).log_softmax(-1)
+    kl = torch.xlogy(targets, targets) - targets * log_q.masked_fill(~mask.unsqueeze(1), 0.0)
+    return kl.sum(-1).mean()
+
+
+# ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -304,6 +455,7 @@ class _Data:
     tasks: tuple[str, ...]
     fingerprint: str
     finetuned: GraphBank | None = None  # bank-aligned fine-tuned views (train rows; else copies)
+    function: FunctionTargets | None = None  # the function head's targets (function_weight > 0)
 
 
 def _load_data(
@@ -371,12 +523,25 @@ def _load_data(
     task_labels = torch.tensor([task_index[str(t)] for t in used["task"]], dtype=torch.long)
 
     ids = [str(i) for i in used["checkpoint_id"]]
-    graphs = []
+    use_function = bool(config.function_weight)
+    graphs, models = [], []
     for position, checkpoint_id in enumerate(ids):
         spec, state = zoo.spec(checkpoint_id), zoo.state_dict(checkpoint_id)
         graphs.append(prepare_graph((spec, state), encoder_config, index=position))
+        if use_function:
+            models.append((spec, state))
         report("canonicalising checkpoints", position + 1, len(ids))
     bank = GraphBank(graphs)
+    function = None
+    if use_function:
+        function = function_targets(
+            models,
+            [str(t) for t in used["task"]],
+            config.function_probes,
+            seed=encoder_config.function_seed,
+        )
+        report("function targets", 1, 1)
+        del models
 
     run_of = used["run_id"].astype(str).to_numpy()
     index = {
@@ -398,6 +563,7 @@ def _load_data(
         tasks,
         zoo_fingerprint(zoo),
         finetuned,
+        function,
     )
 
 
@@ -476,7 +642,7 @@ def validate(
     generator = torch.Generator().manual_seed(config.seed * 7919 + 17)
     metrics: dict[str, float] = {}
     projections: list[list[Tensor]] = [[], []]
-    properties, logits = [], []
+    properties, logits, function_logits = [], [], []
     batches = _batches(
         index, data.bank.spec_index, config.batch_size, config.batch_by_architecture, None
     )
@@ -488,6 +654,8 @@ def validate(
         properties.append(heads["properties"].cpu())
         if "task_logits" in heads:
             logits.append(heads["task_logits"].cpu())
+        if "function_logits" in heads:
+            function_logits.append(heads["function_logits"].cpu())
         for view in range(2):
             augmented = augment(batch, config.augment, generator).to(device)
             projections[view].append(encoder.heads(encoder(augmented))["projection"].cpu())
@@ -516,6 +684,18 @@ def validate(
     if logits:
         labels = data.task_labels[index]
         metrics["val_task_accuracy"] = float((torch.cat(logits).argmax(1) == labels).float().mean())
+    if function_logits and data.function is not None:
+        f = data.function
+        predicted_f = torch.cat(function_logits)
+        mask, known = f.mask[index], f.known[index]
+        metrics["val_function_kl"] = float(
+            function_kl(predicted_f, f.probabilities[index], mask, known)
+        )
+        masked = predicted_f.masked_fill(~mask.unsqueeze(1), -1e4)
+        same = masked.argmax(-1) == f.probabilities[index].argmax(-1)  # (n, P)
+        metrics["val_function_agreement"] = (
+            float(same[known].float().mean()) if bool(known.any()) else float("nan")
+        )
     supervised = config.objective != "contrastive" and "val_accuracy_tau" in metrics
     metrics["val_score"] = metrics["val_accuracy_tau"] if supervised else metrics["val_view_top1"]
     if not math.isfinite(metrics["val_score"]):
@@ -526,6 +706,26 @@ def validate(
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
+def _resolve_function_weight(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``function_weight`` decided: ``None`` becomes :data:`FUNCTION_WEIGHT`
+    when every task of the zoo is built-in (else 0); a positive weight on a zoo with other
+    tasks is an error."""
+    if config.function_weight == 0:
+        return config
+    from weightspace.zoo import Zoo
+
+    missing = unknown_tasks(Zoo.open(config.zoo).table["task"].unique())
+    if config.function_weight is None:
+        return replace(config, function_weight=0.0 if missing else FUNCTION_WEIGHT)
+    if missing:
+        raise TrainError(
+            f"function_weight={config.function_weight} needs each checkpoint's task data, but "
+            f"the zoo's task(s) {missing} are not built-in tasks (weightspace.zoo.tasks); train "
+            "with function_weight 0 (--function-weight 0)"
+        )
+    return config
+
+
 def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
     """Fit an encoder on ``config.zoo`` and write it to ``config.out`` (see the module docstring).
 
@@ -546,6 +746,7 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainError("--device cuda was requested but torch sees no CUDA device")
     bar = _Progress(progress)
+    config = _resolve_function_weight(config)
 
     with bar:
         data = _load_data(config, config.encoder, bar.report)
@@ -562,6 +763,10 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
             target_mean=tuple(means),
             target_std=tuple(max(s, 1e-6) for s in stds),
             tasks=data.tasks if len(data.tasks) > 1 and config.objective != "contrastive" else (),
+            function_probes=config.function_probes if data.function is not None else 0,
+            function_classes=(
+                int(data.function.probabilities.shape[-1]) if data.function is not None else 0
+            ),
         )
         standardised = (data.targets - torch.tensor(means)) / torch.tensor(
             encoder_config.target_std
@@ -665,11 +870,25 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
                         losses["task_ce"] = sum(
                             F.cross_entropy(o["task_logits"], labels) for o in outputs
                         ) / len(outputs)
+                if data.function is not None:
+                    f = data.function
+                    probabilities, mask = f.probabilities[index], f.mask[index]
+                    known = f.known[index]
+                    losses["function_kl"] = sum(
+                        function_kl(
+                            o["function_logits"],
+                            probabilities.to(device),
+                            mask.to(device),
+                            known.to(device),
+                        )
+                        for o in outputs
+                    ) / len(outputs)
                 weights = {
                     "contrastive": config.contrastive_weight,
                     "accuracy_mse": config.accuracy_weight,
                     "gap_mse": config.gap_weight,
                     "task_ce": config.task_weight,
+                    "function_kl": config.function_weight or 0.0,
                 }
                 loss = sum(weights[k] * v for k, v in losses.items())
                 optimizer.zero_grad(set_to_none=True)

@@ -47,6 +47,17 @@ def train(
         ),
     ] = 0.0,
     finetune_steps: Annotated[int, typer.Option(help="SGD steps of those views.")] = 4,
+    function_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Weight of the function head's loss (KL to each checkpoint's outputs on fixed "
+            "probe inputs of its task; needs built-in tasks). Default: the measured default "
+            "when every task of the zoo is built-in, else 0 (off)."
+        ),
+    ] = None,
+    function_probes: Annotated[
+        int, typer.Option(help="Probe inputs per task of the function head.")
+    ] = 32,
 ) -> None:
     """Train the symmetry-aware encoder on a zoo (contrastive views + supervised heads); write
     weights, config, training log and the zoo's fingerprint to OUT. Rerunning the same command
@@ -71,6 +82,8 @@ def train(
         time_limit=time_limit,
         finetune_probability=finetune_views,
         finetune_steps=finetune_steps,
+        function_weight=function_weight,
+        function_probes=function_probes,
     )
     result = run_training(config, progress=True)
     console = Console()

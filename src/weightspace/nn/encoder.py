@@ -6,7 +6,13 @@
         ──► EdgeNodeConv × L ──► TransformerPooling ──► z ∈ R^d   (Encoder.embed)
                                                          ├─► projection head (contrastive)
                                                          ├─► property head (accuracy, gap)
-                                                         └─► task head (classification)
+                                                         ├─► task head (classification)
+                                                         └─► function head (outputs on probes)
+
+The function head predicts the model's output distribution on ``function_probes`` fixed inputs
+of its task's training split (classes padded to ``function_classes``); it reads only ``z``, so
+it keeps every invariance of the embedding, and training it makes ``z`` carry what the model
+computes, not only how well (:func:`weightspace.train.function_targets`).
 
 Exact invariance: permutations of hidden neurons by construction (equivariant layers, invariant
 pooling); positive rescaling and sign flips by :func:`weightspace.symmetry.canonicalize`, applied
@@ -91,6 +97,9 @@ class EncoderConfig:
     target_std: tuple[float, ...] = (1.0, 1.0)  # ... and mapped back with these
     tasks: tuple[str, ...] = ()  # class names of the task head (empty: no task head)
     canonicalize: bool = True  # canonical scale/sign form before encoding (exact invariance)
+    function_probes: int = 0  # probe inputs of the function head (0: no function head)
+    function_classes: int = 0  # classes per probe (the zoo's largest class count; padded)
+    function_seed: int = 0  # seeds the choice of probe inputs in each task's training split
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -101,6 +110,14 @@ class EncoderConfig:
             raise EncoderError(
                 f"encoder config: {len(self.targets)} targets but {len(self.target_mean)} means "
                 f"and {len(self.target_std)} standard deviations"
+            )
+        if self.function_probes < 0 or self.function_classes < 0:
+            raise EncoderError("encoder config: function_probes and function_classes must be >= 0")
+        if bool(self.function_probes) != bool(self.function_classes):
+            raise EncoderError(
+                "encoder config: function_probes and function_classes must both be 0 (no "
+                f"function head) or both > 0, got {self.function_probes} and "
+                f"{self.function_classes}"
             )
         if self.hidden % self.pool_heads:
             raise EncoderError(
@@ -186,6 +203,15 @@ class Encoder(nn.Module):
             if config.tasks
             else None
         )
+        self.function_head = (
+            _mlp(
+                config.embedding_dim,
+                config.head_hidden,
+                config.function_probes * config.function_classes,
+            )
+            if config.function_probes
+            else None
+        )
 
     # ------------------------------------------------------------------ forward
     @property
@@ -262,7 +288,9 @@ class Encoder(nn.Module):
 
     def heads(self, z: Tensor) -> dict[str, Tensor]:
         """Raw head outputs for embeddings ``z``: ``projection``, ``properties`` (standardised
-        targets), and ``task_logits`` when the encoder has a task head."""
+        targets), ``task_logits`` when the encoder has a task head, and ``function_logits``
+        ``(B, function_probes, function_classes)`` when it has a function head (padded classes
+        included: mask them with the task's class count)."""
         out = {"projection": self.projection_head(z)}
         if self.property_head is not None:
             out["properties"] = self.property_head(z)
@@ -270,6 +298,10 @@ class Encoder(nn.Module):
             out["properties"] = z.new_zeros(z.shape[0], 0)
         if self.task_head is not None:
             out["task_logits"] = self.task_head(z)
+        if self.function_head is not None:
+            out["function_logits"] = self.function_head(z).view(
+                z.shape[0], self.config.function_probes, self.config.function_classes
+            )
         return out
 
     # ------------------------------------------------------------------ preparation

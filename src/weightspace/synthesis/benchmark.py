@@ -12,8 +12,10 @@ Per task, on one (task, architecture) group:
 2. **Embedding table.** The frozen encoder embeds every checkpoint the section needs once; the
    decoder's training, the ``embedding`` merges, the reconstructions and the sampling pool read
    this table.
-3. **Decoder.** Fitted on the encoder's *training* runs (final checkpoints), early-stopped on a
-   few of those runs held back (agreement of reconstructions with originals), under a time limit.
+3. **Decoder.** Fitted on the encoder's *training* runs — every checkpoint of them (not only
+   the final ones) at or above a lower threshold, halfway from chance to the group's threshold
+   (:data:`DECODER_CHECKPOINTS`) — early-stopped on the final checkpoints of a few of those runs
+   held back (agreement of reconstructions with originals), under a time limit.
 4. **Merging.** ``pairs`` pairs of held-out final checkpoints (disjoint pairs first, then distinct
    random pairs when the group has fewer than ``2 * pairs`` models): test accuracy along
    :math:`\alpha \in \{0, .25, .5, .75, 1\}` for every method, the endpoints and the ensemble.
@@ -55,6 +57,11 @@ __all__ = [
 
 #: Held-out models an automatically chosen architecture should have: 11 give 55 distinct pairs.
 ENOUGH_HELD_OUT = 11
+
+#: Which checkpoints of the training runs the decoder fits: ``"all"`` (every epoch at or above
+#: halfway from chance to the group's threshold; about five times as many models as ``"final"``,
+#: the runs' last checkpoints).
+DECODER_CHECKPOINTS = "all"
 
 #: Methods whose midpoints the summary reports, in order.
 MIDPOINT_METHODS = ("average", "rebasin", "embedding", "ensemble", "endpoints")
@@ -209,11 +216,15 @@ def run_task(
     decoder_steps: int = 1500,
     decoder_time_limit: float = 25.0,
     decoder_validation_runs: float = 0.15,
+    decoder_checkpoints: str | None = None,
     device: str = "cpu",
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     """Measure merging, reconstruction and sampling on one group.
+
+    ``decoder_checkpoints``: ``"final"`` or ``"all"`` (default :data:`DECODER_CHECKPOINTS`),
+    the training runs' checkpoints the decoder fits.
 
     Returns:
         The JSON-able entry for ``results.json`` and the frames behind it (``curves``,
@@ -244,9 +255,29 @@ def run_task(
     val_runs = {runs[i] for i in order[:n_val]}
     fit_ids = [c for c in group.train if run_of[c] not in val_runs]
     val_ids = [c for c in group.train if run_of[c] in val_runs]
+    decoder_ids = fit_ids
+    which = decoder_checkpoints or DECODER_CHECKPOINTS
+    if which not in ("final", "all"):
+        raise SynthesisError(f"decoder_checkpoints must be 'final' or 'all', got {which!r}")
+    if which == "all":
+        chance = _chance(group.task)
+        lower = chance + 0.5 * (group.threshold - chance)
+        fit_runs = {run_of[c] for c in fit_ids}
+        rows = table[
+            (table["task"].astype(str) == group.task)
+            & (table["arch"].astype(str) == group.arch)
+            & table["run_id"].astype(str).isin(fit_runs)
+        ]
+        finals = set(fit_ids)
+        extra = [
+            str(c)
+            for c, accuracy in zip(rows.index, rows["test_accuracy"], strict=True)
+            if str(c) not in finals and np.isfinite(accuracy) and accuracy >= lower
+        ]
+        decoder_ids = [*fit_ids, *sorted(extra)]
 
     t = time.perf_counter()
-    z_table = _embedding_table(encoder, zoo, [*fit_ids, *val_ids, *group.held_out])
+    z_table = _embedding_table(encoder, zoo, [*decoder_ids, *val_ids, *group.held_out])
     embed_seconds = time.perf_counter() - t
 
     def examples(ids: Sequence[str]) -> list[DecoderExample]:
@@ -256,16 +287,16 @@ def run_task(
         ]
 
     log(
-        f"  {group.task} / {group.arch}: decoder on {len(fit_ids)} training models "
+        f"  {group.task} / {group.arch}: decoder on {len(decoder_ids)} training models "
         f"(early stopping on {len(val_ids)})"
     )
     t = time.perf_counter()
     config = DecoderConfig(steps=decoder_steps, time_limit=decoder_time_limit, seed=seed)
     decoder = fit_decoder(
         encoder,
-        examples(fit_ids),
+        examples(decoder_ids),
         config,
-        embeddings=torch.stack([z_table[c] for c in fit_ids]),
+        embeddings=torch.stack([z_table[c] for c in decoder_ids]),
         validation=examples(val_ids) or None,
         validation_embeddings=torch.stack([z_table[c] for c in val_ids]) if val_ids else None,
         device=device,
@@ -341,7 +372,8 @@ def run_task(
             "val_agreement": best.get("val_agreement"),
             "seconds": decoder_seconds,
             "time_limit": decoder_time_limit,
-            "train_models": len(fit_ids),
+            "train_models": len(decoder_ids),
+            "train_checkpoints": which,
             "validation_models": len(val_ids),
             "final_distill": next(
                 (r["distill"] for r in reversed(decoder.log) if "distill" in r), None
