@@ -271,3 +271,22 @@ def test_train_and_embed_a_generated_tiny_zoo(tmp_path) -> None:
     )
     z = np.load(tmp_path / "z.npy")
     assert z.shape[0] == len(Zoo.open(tmp_path / "zoo")) and np.isfinite(z).all()
+
+
+def test_time_limit_ends_the_epoch_in_progress(zoo, tmp_path) -> None:
+    result = train(_config(zoo, tmp_path / "enc", epochs=5, batch_size=4, time_limit=1e-9))
+    assert result.epochs_run == 1
+    row = result.log[0]
+    assert row["partial"] == 1.0
+    # The limit is checked before each step: the first epoch stops before its first step.
+    assert row["step"] == 0 < len(_train_checkpoints(tmp_path / "enc", zoo))
+    assert pd.read_csv(tmp_path / "enc" / "log.csv")["partial"].tolist() == [1.0]
+
+
+def _train_checkpoints(encoder_dir: Path, zoo: Path) -> list[str]:
+    """The training checkpoints of an encoder directory's split (one step would take 4)."""
+    from weightspace.zoo import Zoo
+
+    splits = json.loads((encoder_dir / "splits.json").read_text())
+    table = Zoo.open(zoo).table
+    return list(table[table["run_id"].isin(splits["train"])]["checkpoint_id"])

@@ -68,6 +68,7 @@ LOG_COLUMNS = (
     "step",
     "lr",
     "seconds",
+    "partial",
     "train_loss",
     "train_contrastive",
     "train_accuracy_mse",
@@ -126,7 +127,8 @@ class TrainConfig:
     seed: int = 0  # seeds initialisation, split, batch order and augmentations
     device: str = "cpu"  # cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0: leave torch's default)
-    time_limit: float = 0.0  # stop after this many seconds of training, at an epoch end (0: off)
+    time_limit: float = 0.0  # stop after this many seconds of training (0: off); the epoch in
+    #   progress ends early, is validated and logged with partial = 1
     splits: dict[str, list[str]] | None = None  # explicit run ids per train/val/test (overrides
     #   the seeded split; `bench` uses it for held-out architectures and tasks)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # view augmentations
@@ -843,7 +845,11 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
             )
             sums: dict[str, float] = {}
             bar.start_batches(steps_per_epoch)
+            out_of_time = False
             for index in batches:
+                if config.time_limit and time.perf_counter() - started > config.time_limit:
+                    out_of_time = True
+                    break
                 if index.numel() < 2:
                     continue
                 batch = data.bank.select(index)
@@ -909,6 +915,7 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
                 "step": state["step"],
                 "lr": scheduler.get_last_lr()[0],
                 "seconds": round(time.perf_counter() - started, 3),
+                "partial": float(out_of_time),
             }
             batches = max(sums.pop("batches", 1.0), 1.0)
             row.update({f"train_{k}": v / batches for k, v in sums.items()})
@@ -935,7 +942,9 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
             )
             _write_log(out / LOG_FILE, log)
             bar.end_epoch(row)
-            if config.time_limit and time.perf_counter() - started > config.time_limit:
+            if out_of_time or (
+                config.time_limit and time.perf_counter() - started > config.time_limit
+            ):
                 break
         seconds = time.perf_counter() - started
 
