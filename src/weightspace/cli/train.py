@@ -47,6 +47,14 @@ def train(
         ),
     ] = 0.0,
     finetune_steps: Annotated[int, typer.Option(help="SGD steps of those views.")] = 4,
+    batch_by_architecture: Annotated[
+        bool,
+        typer.Option(
+            "--batch-by-architecture",
+            help="One architecture per batch (the encoder's faster dense path). Off by default: "
+            "an architecture fixes its task, and one-task batches leave the heads near chance.",
+        ),
+    ] = False,
     function_weight: Annotated[
         float | None,
         typer.Option(
