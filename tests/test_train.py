@@ -173,9 +173,13 @@ def test_cli_train_and_embed(zoo, tmp_path, capsys) -> None:
     out = tmp_path / "enc"
     code = _cli(
         ["train", "--zoo", str(zoo), "--out", str(out), "--epochs", "1", "--batch-size", "32"]
+        + ["--batch-by-architecture", "--finetune-steps", "3", "--function-weight", "0"]
     )
     assert code == 0, capsys.readouterr().err
     assert (out / "encoder.safetensors").is_file()
+    written = json.loads((out / "train_config.json").read_text())
+    assert written["batch_by_architecture"] is True and written["finetune_steps"] == 3
+    assert written["function_weight"] == 0
 
     from safetensors.torch import save_file
 

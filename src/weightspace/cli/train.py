@@ -92,6 +92,7 @@ def train(
         finetune_steps=finetune_steps,
         function_weight=function_weight,
         function_probes=function_probes,
+        batch_by_architecture=batch_by_architecture,
     )
     result = run_training(config, progress=True)
     console = Console()
