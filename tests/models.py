@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,7 @@ __all__ = [
     "make_state_dict",
     "make_inputs",
     "make_model",
+    "tiny_encoder",
     "torch_mlp",
     "torch_residual_cnn",
     "torch_inputs",
@@ -308,3 +310,21 @@ def torch_inputs(module: nn.Module, n: int = 8, seed: int = 1000) -> Tensor:
     else:
         shape = (6,)
     return torch.randn((n, *shape), generator=generator)
+
+
+def tiny_encoder() -> Any:
+    """A small untrained :class:`~weightspace.nn.Encoder` (seed 0, eval mode) for fast tests."""
+    from weightspace.nn.encoder import Encoder, EncoderConfig
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        config = EncoderConfig(
+            hidden=16,
+            edge_hidden=8,
+            num_layers=1,
+            pool_heads=2,
+            embedding_dim=8,
+            head_hidden=8,
+            projection_dim=8,
+        )
+        return Encoder(config).eval()

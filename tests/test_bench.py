@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models import tiny_encoder
 from weightspace.bench import BenchConfig, BenchError, run_bench
 from weightspace.predict import conformal_halfwidth
 from weightspace.report import format_cell, summarise, write_report
@@ -98,24 +99,6 @@ def test_bench_refuses_unknown_methods(tiny_zoo: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # the synthesis section
 # ---------------------------------------------------------------------------------------------
-def _tiny_encoder():
-    import torch
-
-    from weightspace.nn.encoder import Encoder, EncoderConfig
-
-    torch.manual_seed(0)
-    config = EncoderConfig(
-        hidden=16,
-        edge_hidden=8,
-        num_layers=1,
-        pool_heads=2,
-        embedding_dim=8,
-        head_hidden=8,
-        projection_dim=8,
-    )
-    return Encoder(config).eval()
-
-
 def _tiny_splits(tiny_zoo: Path) -> dict[str, list[str]]:
     """Two held-out runs in every (task, arch) group of the tiny zoo, the rest for training."""
     from weightspace.zoo import Zoo
@@ -138,7 +121,7 @@ def test_synthesis_section_covers_every_task(tiny_zoo: Path, tmp_path: Path) -> 
     zoo = Zoo.open(tiny_zoo)
     section = run_section(
         zoo,
-        _tiny_encoder(),
+        tiny_encoder(),
         _tiny_splits(tiny_zoo),
         tmp_path,
         min_accuracy=0.0,
@@ -215,7 +198,7 @@ def test_merge_curves_match_the_merge_registry(tiny_zoo: Path) -> None:
     from weightspace.zoo import Zoo
 
     zoo = Zoo.open(tiny_zoo)
-    encoder = _tiny_encoder()
+    encoder = tiny_encoder()
     pairs = merge_pairs(zoo, pairs_per_group=1, tasks=["wine"]).head(1)
     examples = zoo_examples(zoo, tasks=["wine"])
     synth = Synthesizer(encoder, fit_decoder(encoder, examples, DecoderConfig(steps=3, hidden=8)))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import make_state_dict
+from models import make_state_dict, tiny_encoder
 from weightspace.module import to_module
-from weightspace.nn.encoder import Encoder, EncoderConfig
+from weightspace.nn.encoder import Encoder
 from weightspace.spec import mlp_spec
 from weightspace.synthesis import SynthesisError, merge
 from weightspace.synthesis.decoder import (
@@ -25,17 +25,7 @@ SPEC = mlp_spec([13, 6, 3], "relu")  # wine
 
 @pytest.fixture(scope="module")
 def encoder() -> Encoder:
-    torch.manual_seed(0)
-    config = EncoderConfig(
-        hidden=16,
-        edge_hidden=8,
-        num_layers=1,
-        pool_heads=2,
-        embedding_dim=8,
-        head_hidden=8,
-        projection_dim=8,
-    )
-    return Encoder(config).eval()
+    return tiny_encoder()
 
 
 @pytest.fixture(scope="module")

@@ -338,6 +338,17 @@ def unknown_tasks(tasks: Any) -> list[str]:
     return missing
 
 
+def _by_task_and_architecture(
+    specs: list[Any], tasks: list[str], positions: list[int]
+) -> list[tuple[str, list[int]]]:
+    """``positions`` grouped by (task, architecture), in a fixed order: the unit of the
+    vectorised work on checkpoints (one stacked forward or SGD step per group)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i in positions:
+        groups.setdefault((str(tasks[i]), specs[i].to_json()), []).append(i)
+    return [(task, members) for (task, _), members in sorted(groups.items())]
+
+
 def probe_inputs(task: str, spec: Any, probes: int, seed: int = 0) -> Tensor:
     """``probes`` fixed inputs ``(P, *input_shape)`` of the built-in task's training split, shaped
     for ``spec``: the first ``P`` of a permutation seeded by ``seed`` (the same rows for every
@@ -396,11 +407,9 @@ def function_targets(
             "not built-in tasks (weightspace.zoo.tasks); train with function_weight 0 "
             "(--function-weight 0)"
         )
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, ((spec, _), task) in enumerate(zip(models, tasks, strict=True)):
-        groups.setdefault((str(task), spec.to_json()), []).append(i)
+    specs = [spec for (spec, _), _ in zip(models, tasks, strict=True)]
     outputs: dict[int, Tensor] = {}
-    for (task, _), members in sorted(groups.items()):
+    for task, members in _by_task_and_architecture(specs, tasks, list(range(len(models)))):
         spec = models[members[0]][0]
         x = probe_inputs(task, spec, probes, seed)
         template = to_module(spec).float()
@@ -529,11 +538,12 @@ def _load_data(
 
     ids = [str(i) for i in used["checkpoint_id"]]
     use_function = bool(config.function_weight)
+    keep_models = use_function or config.finetune_probability > 0
     graphs, models = [], []
     for position, checkpoint_id in enumerate(ids):
         spec, state = zoo.spec(checkpoint_id), zoo.state_dict(checkpoint_id)
         graphs.append(prepare_graph((spec, state), encoder_config, index=position))
-        if use_function:
+        if keep_models:
             models.append((spec, state))
         report("canonicalising checkpoints", position + 1, len(ids))
     bank = GraphBank(graphs)
@@ -546,7 +556,6 @@ def _load_data(
             seed=encoder_config.function_seed,
         )
         report("function targets", 1, 1)
-        del models
 
     run_of = used["run_id"].astype(str).to_numpy()
     index = {
@@ -555,7 +564,9 @@ def _load_data(
     }
     finetuned = None
     if config.finetune_probability > 0:
-        finetuned = _finetuned_bank(config, encoder_config, zoo, used, graphs, index["train"])
+        finetuned = _finetuned_bank(
+            config, encoder_config, models, [str(t) for t in used["task"]], graphs, index["train"]
+        )
         report("fine-tuning views", 1, 1)
     return _Data(
         bank,
@@ -575,8 +586,8 @@ def _load_data(
 def _finetuned_bank(
     config: TrainConfig,
     encoder_config: EncoderConfig,
-    zoo: Any,
-    used: Any,
+    models: list[tuple[Any, Any]],
+    tasks: list[str],
     graphs: list[Any],
     train_index: Tensor,
 ) -> GraphBank:
@@ -586,19 +597,14 @@ def _finetuned_bank(
     from weightspace.finetune import finetune_state_dicts, task_training_data
 
     views = list(graphs)
-    groups: dict[tuple[str, str], list[int]] = {}
-    ids = [str(i) for i in used["checkpoint_id"]]
-    tasks = [str(t) for t in used["task"]]
-    for position in train_index.tolist():
-        spec = zoo.spec(ids[position])
-        groups.setdefault((tasks[position], spec.to_json()), []).append(position)
+    specs = [spec for spec, _ in models]
     generator = torch.Generator().manual_seed(config.seed * 7_919 + 17)
-    for (task_name, _), positions in sorted(groups.items()):
-        spec = zoo.spec(ids[positions[0]])
+    for task_name, positions in _by_task_and_architecture(specs, tasks, train_index.tolist()):
+        spec = specs[positions[0]]
         inputs, labels = task_training_data(task_name, spec)
         tuned = finetune_state_dicts(
             spec,
-            [zoo.state_dict(ids[p]) for p in positions],
+            [models[p][1] for p in positions],
             inputs,
             labels,
             steps=config.finetune_steps,
