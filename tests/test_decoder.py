@@ -132,3 +132,33 @@ def test_time_limit_ends_training_early(encoder, examples) -> None:
     assert time.perf_counter() - start < 10
     last = max(r["step"] for r in decoder.log if "step" in r)
     assert 0 < last < 100_000
+
+
+def test_a_decoder_fits_any_fixed_codes_without_an_encoder(encoder, examples) -> None:
+    """``encoder=None``: the codes are the given table (any width); same fit as with the encoder
+    when the table holds the encoder's embeddings."""
+    config = DecoderConfig(steps=4, hidden=16)
+    table = torch.as_tensor(encoder.embed([(e.spec, e.state_dict) for e in examples[:4]]))
+    a = fit_decoder(encoder, examples[:4], config, embeddings=table)
+    b = fit_decoder(None, examples[:4], config, embeddings=table)
+    assert b.encoder_fingerprint == "" and b.embedding_dim == encoder.dim
+    z = torch.randn(2, encoder.dim)
+    for sa, sb in zip(a.decode(z, SPEC), b.decode(z, SPEC), strict=True):
+        for key in sa:
+            torch.testing.assert_close(sa[key], sb[key])
+    wide = torch.randn(4, 7)
+    c = fit_decoder(
+        None,
+        examples[:4],
+        config,
+        embeddings=wide,
+        validation=examples[4:6],
+        validation_embeddings=torch.randn(2, 7),
+    )
+    assert c.embedding_dim == 7 and len(c.decode(wide[:2], SPEC)) == 2
+    with pytest.raises(SynthesisError, match="must be given"):
+        fit_decoder(None, examples[:4], config)
+    with pytest.raises(SynthesisError, match="must be given"):
+        fit_decoder(None, examples[:4], config, embeddings=wide, validation=examples[4:6])
+    with pytest.raises(SynthesisError, match="embedding table of shape"):
+        fit_decoder(None, examples[:4], config, embeddings=torch.randn(3, 7))

@@ -443,24 +443,28 @@ def _distill(predicted: Tensor, target: Tensor, loss: str, temperature: float) -
 
 
 def _embed_examples(
-    encoder: Encoder, examples: Sequence[DecoderExample], embeddings: Tensor | np.ndarray | None
+    encoder: Encoder | None,
+    examples: Sequence[DecoderExample],
+    embeddings: Tensor | np.ndarray | None,
 ) -> Tensor:
     """Embeddings ``(n, d)`` of ``examples``: the given table, or one pass of the encoder."""
     if embeddings is None:
+        if encoder is None:
+            raise SynthesisError("without an encoder, the examples' embeddings must be given")
         return torch.as_tensor(
             encoder.embed([(e.spec, e.state_dict) for e in examples]), dtype=torch.float32
         )
     z = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
-    if z.shape != (len(examples), encoder.dim):
+    dim = encoder.dim if encoder is not None else (z.shape[-1] if z.dim() == 2 else -1)
+    if z.shape != (len(examples), dim):
         raise SynthesisError(
-            f"expected an embedding table of shape ({len(examples)}, {encoder.dim}), "
-            f"got {tuple(z.shape)}"
+            f"expected an embedding table of shape ({len(examples)}, {dim}), got {tuple(z.shape)}"
         )
     return z
 
 
 def _build_groups(
-    encoder: Encoder,
+    encoder: Encoder | None,
     examples: Sequence[DecoderExample],
     weight_loss: bool,
     embeddings: Tensor | np.ndarray | None = None,
@@ -508,7 +512,7 @@ def _float(state: Mapping[str, Tensor]) -> StateDict:
 
 
 def fit_decoder(
-    encoder: Encoder,
+    encoder: Encoder | None,
     examples: Sequence[DecoderExample],
     config: DecoderConfig | None = None,
     *,
@@ -522,6 +526,10 @@ def fit_decoder(
 
     Args:
         encoder: the trained encoder; its embeddings of the examples are computed once.
+            ``None`` fits the decoder on any fixed codes given as ``embeddings`` (and
+            ``validation_embeddings``), e.g. to compare codes other than the encoder's
+            (``benchmarks/bench_decoder_codes.py``); such a decoder has no encoder
+            fingerprint.
         examples: training models (spec, weights, task, run).
         config: hyper-parameters (defaults: :class:`DecoderConfig`).
         device: where the decoder trains (embeddings are computed on the encoder's device).
@@ -546,10 +554,10 @@ def fit_decoder(
     groups = _build_groups(encoder, examples, config.weight_loss > 0, embeddings)
     z_all = torch.cat([g.z for g in groups])
     decoder = Decoder(
-        encoder.dim,
+        int(z_all.shape[1]),
         [g.spec for g in groups],
         config,
-        encoder_fingerprint=encoder.fingerprint,
+        encoder_fingerprint=encoder.fingerprint if encoder is not None else "",
     )
     decoder.z_mean.copy_(z_all.mean(0))
     decoder.z_std.copy_(
@@ -695,7 +703,7 @@ class _Check:
 
 
 def _validation_checks(
-    encoder: Encoder,
+    encoder: Encoder | None,
     decoder: Decoder,
     validation: Sequence[DecoderExample] | None,
     embeddings: Tensor | np.ndarray | None,
