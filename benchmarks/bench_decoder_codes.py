@@ -49,6 +49,7 @@ import torch
 
 from weightspace.module import to_module
 from weightspace.nn.encoder import Encoder
+from weightspace.synthesis import SynthesisError
 from weightspace.synthesis.decoder import DecoderConfig, DecoderExample, fit_decoder
 from weightspace.synthesis.evaluate import predict, task_split
 from weightspace.train import probe_inputs
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--probes", type=int, default=64)
     parser.add_argument("--codes", default=",".join(CODES))
     parser.add_argument("--time-limit", type=float, default=30.0, help="seconds per decoder")
+    parser.add_argument(
+        "--decoder-config", default="{}", help='DecoderConfig overrides, JSON: {"steps": 6000}'
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_decoder_codes.json")
     args = parser.parse_args(argv)
@@ -105,6 +109,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown:
         parser.error(f"unknown codes {unknown}; choose from {list(CODES)}")
     sizes = [int(n) for n in args.train_runs.split(",")]
+    try:
+        overrides = json.loads(args.decoder_config)
+        DecoderConfig(**overrides)
+    except (json.JSONDecodeError, TypeError, SynthesisError) as exc:
+        parser.error(f"--decoder-config: {exc}")
 
     encoder = Encoder.load(args.encoder)
     zoo = _zoo(args)
@@ -160,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fit = table[table["run_id"].isin(pool[:n]) & (table["test_accuracy"] >= lower)]
         fit_ids = fit["checkpoint_id"].tolist()
         for code in codes:
-            config = DecoderConfig(time_limit=args.time_limit, seed=args.seed)
+            config = DecoderConfig(**{"time_limit": args.time_limit, "seed": args.seed} | overrides)
             start = time.perf_counter()
             decoder = fit_decoder(
                 None,
@@ -214,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "validation_models": len(val),
         "probes": args.probes,
         "time_limit": args.time_limit,
+        "decoder_config": overrides,
         "rows": rows,
     }
     print_table(

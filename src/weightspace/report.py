@@ -224,7 +224,14 @@ def synthesis_lines(synthesis: Mapping[str, Any]) -> list[str]:
                 met = entry.get("goals", {}).get(goal)
                 cells.append("–" if met is None else ("met" if met else "**missed**"))
             lines.append(f"| {GOAL_NAMES[goal]} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [
+            "",
+            "Whether missed reconstruction goals come from the decoder's training data or from "
+            "what the embedding holds: `python benchmarks/bench_decoder_codes.py --encoder ENC` "
+            "fits decoders on one group with many more models and compares the embedding with "
+            "a code that holds the models' outputs.",
+            "",
+        ]
     for task, entry in tasks.items():
         decoder = entry.get("decoder", {})
         recon, train = entry.get("reconstruction", {}), entry.get("reconstruction_train", {})
