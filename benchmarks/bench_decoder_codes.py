@@ -23,7 +23,8 @@ generic network of its task, not that model back. This benchmark asks why, on on
 3. **Decoders.** For every code and every pool size in ``--train-runs``, a decoder
    (:func:`weightspace.synthesis.decoder.fit_decoder`, default :class:`DecoderConfig` but the
    time limit) fits every checkpoint of those runs above half the threshold.
-4. **Measures** on the held-out models (test split): original and decoded accuracy, mean
+4. **Measures** on the held-out models (test split,
+   :func:`weightspace.synthesis.evaluate.reconstruction_metrics`): original and decoded accuracy, mean
    :math:`|\text{decoded} - \text{original}|`, ``own`` (agreement of a reconstruction with its
    own original) and ``cross`` (agreement of another held-out model's reconstruction with it).
    ``own - cross`` is what the code tells the decoder about *this* model; 0 means a generic net.
@@ -47,11 +48,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from weightspace.module import to_module
 from weightspace.nn.encoder import Encoder
 from weightspace.synthesis import SynthesisError
-from weightspace.synthesis.decoder import DecoderConfig, DecoderExample, fit_decoder
-from weightspace.synthesis.evaluate import predict, task_split
+from weightspace.synthesis.decoder import (
+    DecoderConfig,
+    DecoderExample,
+    fit_decoder,
+    flatten,
+    functional_logits,
+)
+from weightspace.synthesis.evaluate import reconstruction_metrics
 from weightspace.train import probe_inputs
 from weightspace.zoo import Zoo
 from weightspace.zoo.tasks import get_task
@@ -74,11 +80,6 @@ def _zoo(args: argparse.Namespace) -> Zoo:
     print("$", " ".join(command[2:]), flush=True)
     subprocess.run(command, check=True)
     return Zoo.open(path)
-
-
-def _logits(spec: Any, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return to_module(spec, {k: v.float() for k, v in state.items()})(x)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -142,28 +143,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     spec = zoo.spec(held[0])
     probes = probe_inputs(args.task, spec, args.probes, seed=args.seed)
-    x_test, y_test = task_split(args.task, spec, "test")
     cache: dict[str, dict[str, torch.Tensor]] = {}
 
     def code_of(ids: list[str], code: str) -> torch.Tensor:
         missing = [c for c in ids if c not in cache]
         if missing:
-            z = torch.as_tensor(
-                encoder.embed([(zoo.spec(c), zoo.state_dict(c)) for c in missing]),
-                dtype=torch.float32,
-            )
-            for c, row in zip(missing, z, strict=True):
-                logits = _logits(spec, zoo.state_dict(c), probes)
-                logits = (logits - logits.mean(-1, keepdim=True)).reshape(-1)
-                cache[c] = {"embedding": row, "probes": logits}
+            states = [zoo.state_dict(c) for c in missing]
+            z = torch.as_tensor(encoder.embed([(spec, s) for s in states]), dtype=torch.float32)
+            with torch.no_grad():
+                flat = torch.stack(
+                    [flatten(spec, {k: v.float() for k, v in s.items()}) for s in states]
+                )
+                logits = functional_logits(spec, flat, probes)  # (n, probes, classes)
+            logits = (logits - logits.mean(-1, keepdim=True)).flatten(1)
+            for c, row, outputs in zip(missing, z, logits, strict=True):
+                cache[c] = {"embedding": row, "probes": outputs}
         parts = code.split("+")
         return torch.stack([torch.cat([cache[c][p] for p in parts]) for c in ids])
 
     def examples(ids: list[str]) -> list[DecoderExample]:
         return [DecoderExample(zoo.spec(c), zoo.state_dict(c), args.task, c) for c in ids]
 
-    accuracy = {c: float(table.set_index("checkpoint_id").loc[c, "test_accuracy"]) for c in held}
-    original = {c: predict(spec, zoo.state_dict(c), x_test) for c in held}
     rows = []
     for n in sizes:
         fit = table[table["run_id"].isin(pool[:n]) & (table["test_accuracy"] >= lower)]
@@ -180,27 +180,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 validation_embeddings=code_of(val, code),
             )
             seconds = time.perf_counter() - start
-            decoded = decoder.decode(code_of(held, code), spec)
-            pred = [predict(spec, d, x_test) for d in decoded]
-            k = len(held)
-            own = [float((pred[i] == original[c]).float().mean()) for i, c in enumerate(held)]
-            cross = [
-                float((pred[(i + 1) % k] == original[c]).float().mean()) for i, c in enumerate(held)
-            ]
-            dec_acc = [float((p == y_test).float().mean()) for p in pred]
-            orig_acc = [accuracy[c] for c in held]
+            recon = reconstruction_metrics(
+                decoder, zoo, held, embeddings=dict(zip(held, code_of(held, code), strict=True))
+            )
             rows.append(
                 {
                     "train_runs": n,
                     "train_models": len(fit_ids),
                     "code": code,
                     "code_dim": int(code_of(held[:1], code).shape[1]),
-                    "accuracy": float(np.mean(orig_acc)),
-                    "decoded_accuracy": float(np.mean(dec_acc)),
-                    "gap_abs": float(np.mean(np.abs(np.subtract(dec_acc, orig_acc)))),
-                    "own": float(np.mean(own)),
-                    "cross": float(np.mean(cross)),
-                    "own_minus_cross": float(np.mean(own) - np.mean(cross)),
+                    "accuracy": float(recon["accuracy"].mean()),
+                    "decoded_accuracy": float(recon["decoded_accuracy"].mean()),
+                    "gap_abs": float((recon["decoded_accuracy"] - recon["accuracy"]).abs().mean()),
+                    "own": float(recon["agreement"].mean()),
+                    "cross": float(recon["agreement_cross"].mean()),
+                    "own_minus_cross": float(
+                        recon["agreement"].mean() - recon["agreement_cross"].mean()
+                    ),
                     "decoder_seconds": seconds,
                 }
             )

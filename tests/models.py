@@ -312,6 +312,15 @@ def torch_inputs(module: nn.Module, n: int = 8, seed: int = 1000) -> Tensor:
     return torch.randn((n, *shape), generator=generator)
 
 
+def tiny_train_config() -> Any:
+    """The small :class:`~weightspace.nn.EncoderConfig` training tests use (fast, still learns)."""
+    from weightspace.nn.encoder import EncoderConfig
+
+    return EncoderConfig(
+        hidden=32, edge_hidden=16, num_layers=2, embedding_dim=32, projection_dim=32, head_hidden=32
+    )
+
+
 def tiny_encoder() -> Any:
     """A small untrained :class:`~weightspace.nn.Encoder` (seed 0, eval mode) for fast tests."""
     from weightspace.nn.encoder import Encoder, EncoderConfig

@@ -248,3 +248,28 @@ def test_bench_with_synthesis_then_only_synthesis(tiny_zoo: Path, tmp_path: Path
     assert saved["prediction"]["held-out runs"] == first["prediction"]["held-out runs"]
     assert all(e["pairs_requested"] == 2 for e in saved["synthesis"]["tasks"].values())
     assert "## Synthesis" in (tmp_path / "report.md").read_text()
+
+
+def test_reconstruction_metrics_of_a_bare_decoder_read_the_code_table(tiny_zoo: Path) -> None:
+    """A decoder without its encoder gives the same rows as the encoder + decoder pair when the
+    table holds the encoder's embeddings; a checkpoint missing from the table is refused."""
+    import torch
+
+    from weightspace.synthesis import SynthesisError
+    from weightspace.synthesis.decoder import DecoderConfig, Synthesizer, fit_decoder, zoo_examples
+    from weightspace.synthesis.evaluate import reconstruction_metrics
+    from weightspace.zoo import Zoo
+
+    zoo = Zoo.open(tiny_zoo)
+    encoder = tiny_encoder()
+    examples = zoo_examples(zoo, tasks=["wine"])
+    decoder = fit_decoder(encoder, examples, DecoderConfig(steps=3, hidden=8))
+    ids = [str(c) for c in zoo.table[zoo.table["task"] == "wine"]["checkpoint_id"][:3]]
+    z = torch.as_tensor(encoder.embed([zoo.graph(c) for c in ids]))
+    table = dict(zip(ids, z, strict=True))
+    paired = reconstruction_metrics(Synthesizer(encoder, decoder), zoo, ids, embeddings=table)
+    bare = reconstruction_metrics(decoder, zoo, ids, embeddings=table)
+    assert len(bare) == 3
+    assert bare.drop(columns="id").equals(paired.drop(columns="id"))
+    with pytest.raises(SynthesisError, match="missing"):
+        reconstruction_metrics(decoder, zoo, ids, embeddings={ids[0]: z[0]})

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from models import tiny_train_config
 from weightspace.nn import Encoder, EncoderConfig
 from weightspace.nn.encoder import EncoderError
 from weightspace.spec import mlp_spec
@@ -25,9 +26,7 @@ from weightspace.zoo.store import write_manifest, write_shard, write_table
 
 torch.set_num_threads(1)
 
-TINY = EncoderConfig(
-    hidden=32, edge_hidden=16, num_layers=2, embedding_dim=32, projection_dim=32, head_hidden=32
-)
+TINY = tiny_train_config()
 
 
 def _builtin_zoo(root: Path, runs: int = 24, epochs: int = 2, tasks=("wine", "breast-cancer")):

@@ -10,16 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from weightspace.nn import Encoder, EncoderConfig
+from models import tiny_train_config
+from weightspace.nn import Encoder
 from weightspace.spec import mlp_spec
 from weightspace.train import MissingLabelError, TrainConfig, TrainError, split_runs, train
 from weightspace.zoo.store import write_manifest, write_shard, write_table
 
 torch.set_num_threads(1)
 
-TINY = EncoderConfig(
-    hidden=32, edge_hidden=16, num_layers=2, embedding_dim=32, projection_dim=32, head_hidden=32
-)
+TINY = tiny_train_config()
 
 
 def make_synthetic_zoo(root: Path, runs: int = 40, epochs: int = 4, seed: int = 0, **labels):

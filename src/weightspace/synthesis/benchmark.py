@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 
 from weightspace.errors import WeightspaceError
-from weightspace.synthesis.common import SynthesisError
+from weightspace.synthesis.common import SynthesisError, pyplot, save_figure
 
 __all__ = [
     "SynthesisGroup",
@@ -533,10 +533,7 @@ def summary_row(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 def plot_sampling(frames: Mapping[str, Mapping[str, pd.DataFrame]], path: str | Path) -> Path:
     """Accuracy vs novelty per task: the samples, the noise baseline's curve, the zoo's level."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     tasks = [t for t in frames if not frames[t]["sampling"].empty]
     if not tasks:
@@ -554,20 +551,14 @@ def plot_sampling(frames: Mapping[str, Mapping[str, pd.DataFrame]], path: str | 
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_reconstructions(
     frames: Mapping[str, Mapping[str, pd.DataFrame]], path: str | Path
 ) -> Path:
     """Decoded vs original test accuracy of held-out models, one colour per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for task, frame in frames.items():
@@ -587,10 +578,7 @@ def plot_reconstructions(
     axes[1].set_title("faithfulness (above the diagonal: faithful)", fontsize=9)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run_section(

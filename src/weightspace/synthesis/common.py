@@ -1,8 +1,10 @@
-"""Shared pieces of the synthesis package: its error type and argument checks."""
+"""Shared pieces of the synthesis package: its error type, argument checks and figure I/O."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -10,7 +12,14 @@ from weightspace.errors import WeightspaceError
 from weightspace.graph import check_state_dict
 from weightspace.spec import NetworkSpec
 
-__all__ = ["StateDict", "SynthesisError", "check_mergeable", "check_alpha"]
+__all__ = [
+    "StateDict",
+    "SynthesisError",
+    "check_mergeable",
+    "check_alpha",
+    "pyplot",
+    "save_figure",
+]
 
 StateDict = dict[str, Tensor]
 
@@ -70,3 +79,22 @@ def check_alpha(alpha: float) -> float:
     if not 0.0 <= alpha <= 1.0:
         raise SynthesisError(f"alpha must lie in [0, 1] (0 gives model A, 1 model B), got {alpha}")
     return alpha
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (figures go to files)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` (parent folders created) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path

@@ -35,8 +35,8 @@ from torch import Tensor
 
 from weightspace.module import to_module
 from weightspace.spec import NetworkSpec
-from weightspace.synthesis.common import SynthesisError
-from weightspace.synthesis.decoder import Synthesizer
+from weightspace.synthesis.common import SynthesisError, pyplot, save_figure
+from weightspace.synthesis.decoder import Decoder, Synthesizer
 from weightspace.synthesis.merge import ensemble, list_merge_methods, merge
 from weightspace.synthesis.sample import SampledModel
 
@@ -257,10 +257,7 @@ def summarize_merge_curves(curves: pd.DataFrame) -> pd.DataFrame:
 
 def plot_merge_curves(curves: pd.DataFrame, path: str | Path, *, title: str | None = None) -> Path:
     """Accuracy vs alpha per method (mean ± std over pairs), one panel per (task, arch)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     summary = summarize_merge_curves(curves)
     panels = list(summary.groupby(["task", "arch"], sort=True))
@@ -287,15 +284,11 @@ def plot_merge_curves(curves: pd.DataFrame, path: str | Path, *, title: str | No
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def reconstruction_metrics(
-    synthesizer: Synthesizer,
+    synthesizer: Synthesizer | Decoder,
     zoo: Any,
     ids: Sequence[str],
     *,
@@ -311,16 +304,28 @@ def reconstruction_metrics(
     ``agreement_cross`` (the original against the *other* model's reconstruction).
 
     ``embeddings`` (checkpoint id → embedding) is a cached table read instead of the encoder.
+    A bare :class:`~weightspace.synthesis.decoder.Decoder` (one fitted on other codes than an
+    encoder's, ``fit_decoder(None, ...)``) reads every checkpoint's code from this table.
     """
+    decoder = synthesizer.decoder if isinstance(synthesizer, Synthesizer) else synthesizer
     table = zoo.table.set_index("checkpoint_id")
     entries = []
-    ids = [c for c in ids if synthesizer.decoder.supports(zoo.spec(c))]
-    z_all = synthesizer.embed_checkpoints(zoo, ids, embeddings) if ids else None
+    ids = [c for c in ids if decoder.supports(zoo.spec(c))]
+    if isinstance(synthesizer, Synthesizer):
+        z_all = synthesizer.embed_checkpoints(zoo, ids, embeddings) if ids else None
+    else:
+        missing = [c for c in ids if embeddings is None or c not in embeddings]
+        if missing:
+            raise SynthesisError(
+                f"a decoder without its encoder needs every checkpoint's code in `embeddings`; "
+                f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}"
+            )
+        z_all = torch.stack([torch.as_tensor(embeddings[c]).float() for c in ids]) if ids else None
     for i, cid in enumerate(ids):
         spec, state = zoo.spec(cid), zoo.state_dict(cid)
         task = str(table.loc[cid, "task"])
         x, y = task_split(task, spec, split)
-        (decoded,) = synthesizer.decode(z_all[i : i + 1], spec)
+        (decoded,) = decoder.decode(z_all[i : i + 1], spec)
         entries.append(
             {
                 "id": cid,
