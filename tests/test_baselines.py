@@ -254,3 +254,111 @@ def test_nfn_training_reduces_loss(zoo):
     graphs, targets = zoo
     model = build("nfn-hnp", epochs=30).fit(graphs, targets)
     assert model.losses_[-1] < model.losses_[0]
+
+
+# ------------------------------------------------------------------ the Method contract
+# Every baseline and reference row as a weightspace.evaluate.api.Method, through one test.
+def _method_zoo():
+    """Two architectures on the built-in task "wine" (for probing-task), 4 runs × 3 epochs each;
+    the test split adds unseen runs and an architecture no training model has."""
+    import pandas as pd
+
+    from weightspace.evaluate.api import ModelSet
+
+    def part(specs, runs, seed):
+        generator = torch.Generator().manual_seed(seed)
+        graphs, rows, targets = [], [], []
+        for arch, spec in specs.items():
+            for run in range(runs):
+                for epoch in range(3):
+                    sd = random_state_dict(spec, generator, scale=0.2 + 0.1 * run + 0.05 * epoch)
+                    graphs.append(to_graph(spec, sd))
+                    run_id = f"{arch}-{seed}-{run}"
+                    rows.append(
+                        {
+                            "checkpoint_id": f"{run_id}-{epoch}",
+                            "run_id": run_id,
+                            "task": "wine",
+                            "arch": arch,
+                            "epoch": epoch,
+                        }
+                    )
+                    targets.append(0.3 + 0.1 * run + 0.05 * epoch)
+        return ModelSet(graphs, pd.DataFrame(rows)), np.asarray(targets)
+
+    known = {"a": mlp_spec([13, 6, 3]), "b": mlp_spec([13, 5, 5, 3], "tanh")}
+    train = part(known, 4, 0)
+    test = part({**known, "unseen": mlp_spec([13, 4, 4, 3])}, 1, 1)
+    return train, test
+
+
+def _all_methods():
+    from weightspace.baselines.methods import Canonical, EmbedderMethod, PerArchitecture
+    from weightspace.baselines.reference import MetadataLookup, Probing
+
+    methods = {
+        name: (lambda name=name: EmbedderMethod(name, **FAST.get(name, {})))
+        for name in list_embedders(available_only=True)
+    }
+    methods["nfn-hnp/per-arch"] = lambda: PerArchitecture(
+        lambda: EmbedderMethod("nfn-hnp", **FAST["nfn-hnp"]), min_models=5
+    )
+    methods["statnn+canon"] = lambda: Canonical(EmbedderMethod("statnn", **FAST["statnn"]))
+    methods["metadata"] = MetadataLookup
+    methods["probing-gauss"] = lambda: Probing("gaussian", probes=8)
+    methods["probing-task"] = lambda: Probing("task", probes=8)
+    return methods
+
+
+@pytest.fixture(scope="module")
+def method_zoo():
+    return _method_zoo()
+
+
+@pytest.mark.parametrize("key", sorted(_all_methods()))
+def test_method_contract(key, method_zoo):
+    from weightspace.evaluate.api import (
+        EMBED,
+        MIXED_ARCHITECTURES,
+        NEEDS_FORWARD,
+        NEEDS_METADATA,
+        PREDICT,
+        Method,
+    )
+
+    (train, y), (test, _) = method_zoo
+    method = _all_methods()[key]()
+    assert isinstance(method, Method) and isinstance(method.name, str)
+    assert method.capabilities <= {
+        EMBED,
+        PREDICT,
+        MIXED_ARCHITECTURES,
+        NEEDS_FORWARD,
+        NEEDS_METADATA,
+    }
+    with pytest.raises(NotFittedError):
+        method.predict_accuracy(test)
+    fitted_archs = ["a", "b"]
+    if key in list_embedders() and embedder_info(key).fixed_architecture:
+        fitted_archs = ["a"]  # a bare fixed-architecture method is fitted on one architecture
+    mask = train.table["arch"].isin(fitted_archs).to_numpy()
+    assert method.fit(train.subset(mask), y[mask]) is method
+    predicted = method.predict_accuracy(test)
+    assert predicted.shape == (len(test),) and predicted.dtype == np.float64
+    seen = test.table["arch"].isin(fitted_archs).to_numpy()
+    # NaN only where not covered: a mixed-architecture method covers every model; a
+    # fixed-architecture one exactly the architectures it was fitted on.
+    if MIXED_ARCHITECTURES in method.capabilities:
+        assert np.isfinite(predicted).all()
+    else:
+        assert np.isfinite(predicted[seen]).all() and np.isnan(predicted[~seen]).all()
+    if EMBED in method.capabilities:
+        z = method.embed(test)
+        assert z.ndim == 2 and z.shape[0] == len(test) and z.shape[1] > 0
+        covered = np.isfinite(predicted)
+        assert np.isfinite(z[covered]).all() and np.isnan(z[~covered]).all()
+    else:
+        with pytest.raises(BaselineError):
+            method.embed(test)
+    with pytest.raises(BaselineError, match="targets"):
+        _all_methods()[key]().fit(train, y[:3])

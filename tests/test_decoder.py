@@ -17,6 +17,7 @@ from weightspace.synthesis.decoder import (
     Synthesizer,
     fit_decoder,
     functional_logits,
+    warmup_cosine,
 )
 from weightspace.zoo.tasks import get_task
 
@@ -132,6 +133,28 @@ def test_time_limit_ends_training_early(encoder, examples) -> None:
     assert time.perf_counter() - start < 10
     last = max(r["step"] for r in decoder.log if "step" in r)
     assert 0 < last < 100_000
+    assert decoder.log[-1].get("stopped_by_time_limit") == 1.0  # said, not hidden
+    uncapped = fit_decoder(encoder, examples[:4], DecoderConfig(steps=5, hidden=16))
+    assert not any("stopped_by_time_limit" in r for r in uncapped.log)
+
+
+def test_a_safety_cap_that_is_not_reached_changes_nothing(encoder, examples) -> None:
+    """Training is bounded by steps: the schedule never reads the clock."""
+    config = DecoderConfig(steps=12, hidden=16, batch_size=4)
+    capped = DecoderConfig(steps=12, hidden=16, batch_size=4, time_limit=3600.0)
+    a = fit_decoder(encoder, examples[:4], config)
+    b = fit_decoder(encoder, examples[:4], capped)
+    for key, tensor in a.state_dict().items():
+        assert torch.equal(tensor, b.state_dict()[key]), key
+
+
+def test_warmup_cosine_schedule() -> None:
+    peak, total = 2e-3, 100
+    assert warmup_cosine(0.0, peak, total) == pytest.approx(peak * 0.01 / 0.05)
+    assert warmup_cosine(0.05, peak, total) == pytest.approx(peak)
+    assert warmup_cosine(1.0, peak, total) == pytest.approx(0.05 * peak)
+    later = [warmup_cosine(t / 10, peak, total) for t in range(1, 11)]
+    assert all(x >= y for x, y in zip(later, later[1:], strict=False))
 
 
 def test_a_decoder_fits_any_fixed_codes_without_an_encoder(encoder, examples) -> None:

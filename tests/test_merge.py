@@ -167,3 +167,10 @@ def test_cli_merge_refusals_are_one_line_errors(tmp_path, capsys) -> None:
         assert message in " ".join(err.split()), err
         assert "Traceback" not in err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_the_registry_records_which_methods_use_data() -> None:
+    from weightspace.synthesis import MERGE_METHODS
+
+    uses = {name: method.uses_data for name, method in MERGE_METHODS.items()}
+    assert uses == {"average": False, "rebasin": False, "ensemble": False, "embedding": True}

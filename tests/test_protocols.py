@@ -1,4 +1,7 @@
-"""Evaluation protocols: splits, accuracy prediction, retrieval S / L / F, derivatives."""
+"""Splits, accuracy prediction on a split, chance levels, galleries, and every protocol end to end.
+
+Retrieval S / L / F are tested in ``test_retrieval.py``, derivatives in ``test_derivatives.py``.
+"""
 
 from __future__ import annotations
 
@@ -11,29 +14,23 @@ from hypothesis import strategies as st
 
 from weightspace import mlp_spec, to_graph
 from weightspace.baselines import get_embedder
-from weightspace.evaluate.derivatives import (
-    DerivativeError,
-    add_noise,
-    finetune,
-    magnitude_prune,
-    make_derivative,
-    quantize,
-)
-from weightspace.evaluate.protocols import (
+from weightspace.evaluate import (
+    LINEAGE_DERIVATIVES,
     ProtocolError,
     Split,
     accuracy_prediction_metrics,
+    chance_level,
+    chance_levels,
     check_split,
     evaluate_accuracy_prediction,
     evaluate_retrieval_function,
     evaluate_retrieval_lineage,
     evaluate_retrieval_symmetry,
     load_gallery,
-    rank_by_cosine,
-    retrieval_metrics,
     split_by_architecture,
     split_by_run,
     split_by_task,
+    split_runs,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -65,23 +62,53 @@ def run_of(table: pd.DataFrame, ids) -> set[str]:
     return set(table.set_index("checkpoint_id").loc[list(ids), "run_id"])
 
 
-def make_lineage_zoo(runs: int = 8, epochs: int = 3, spec=SPEC, seed: int = 0):
-    """Runs whose checkpoints are small steps from one random initialisation."""
-    generator = torch.Generator().manual_seed(seed)
-    graphs, run_ids, tasks = [], [], []
-    for r in range(runs):
-        state = {k: torch.randn(*s, generator=generator) for k, s in spec.param_shapes().items()}
-        for _ in range(epochs):
-            state = {
-                k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in state.items()
-            }
-            graphs.append(to_graph(spec, state))
-            run_ids.append(f"run{r}")
-            tasks.append("toy")
-    return graphs, run_ids, tasks
-
-
 # ------------------------------------------------------------------ splits
+def test_split_runs_is_pinned_by_seed():
+    """The splitter saved encoders record: a change here changes every recorded split."""
+    runs = [f"r{i:02d}" for i in range(12)]
+    assert split_runs(runs, 0.2, 0.2, seed=7) == {
+        "val": ["r04", "r06"],
+        "test": ["r00", "r10"],
+        "train": ["r01", "r02", "r03", "r05", "r07", "r08", "r09", "r11"],
+    }
+    # one entry per checkpoint, in any order, gives the same split as the distinct runs
+    shuffled = runs[::-1] * 3
+    assert split_runs(shuffled, 0.2, 0.2, seed=7) == split_runs(runs, 0.2, 0.2, seed=7)
+    assert split_runs(runs, 0.2, 0.2, seed=8) != split_runs(runs, 0.2, 0.2, seed=7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    runs=st.integers(3, 60),
+    val=st.floats(0.0, 0.45),
+    test=st.floats(0.0, 0.45),
+    seed=st.integers(0, 10_000),
+)
+def test_split_runs_partitions_the_runs(runs, val, test, seed):
+    ids = [f"run{i}" for i in range(runs)]
+    parts = split_runs(ids, val, test, seed)
+    sides = [set(parts[k]) for k in ("train", "val", "test")]
+    assert set().union(*sides) == set(ids) and sum(map(len, sides)) == runs
+    assert parts["train"] and bool(parts["val"]) == (val > 0)
+    assert all(parts[k] == sorted(parts[k]) for k in parts)
+
+
+def test_split_runs_rejects_too_few_runs_and_bad_fractions():
+    with pytest.raises(ProtocolError, match="at least 3"):
+        split_runs(["a", "a", "b"], 0.2, 0.2, seed=0)
+    assert split_runs(["a", "b"], 0.2, 0.0, seed=0)["val"] in (["a"], ["b"])
+    with pytest.raises(ProtocolError, match="sum to less than 1"):
+        split_runs(["a", "b", "c"], 0.6, 0.6, seed=0)
+
+
+def test_split_by_run_uses_the_one_run_splitter():
+    table = make_table()
+    split = split_by_run(table, (0.6, 0.2, 0.2), seed=5)
+    parts = split_runs(list(table["run_id"]), 0.2, 0.2, seed=5)
+    for side in ("train", "val", "test"):
+        assert run_of(table, getattr(split, side)) == set(parts[side])
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
@@ -131,23 +158,7 @@ def test_split_by_task():
         split_by_task(table, "mnist1d")
 
 
-# ------------------------------------------------------------------ ranking and metrics
-def test_rank_by_cosine_hand_built():
-    gallery = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
-    queries = np.array([[2.0, 0.1], [0.0, 3.0]])
-    np.testing.assert_array_equal(rank_by_cosine(queries, gallery)[:, :3], [[0, 2, 1], [1, 2, 0]])
-    ranked = rank_by_cosine(gallery[:2], gallery, exclude=[0, 1])
-    assert ranked.shape == (2, 3) and 0 not in ranked[0] and 1 not in ranked[1]
-    metrics = retrieval_metrics(rank_by_cosine(queries, gallery), [[2], [1]], 4, ks=(1, 2))
-    assert metrics == {
-        "recall@1": 0.5,
-        "recall@2": 1.0,
-        "mrr": 0.75,
-        "gallery_size": 4,
-        "num_queries": 2,
-    }
-
-
+# ------------------------------------------------------------------ accuracy prediction
 def test_accuracy_prediction_metrics_hand_built():
     y = np.array([0.1, 0.2, 0.6, 0.9])
     out = accuracy_prediction_metrics(y, y, chance=0.15)
@@ -156,6 +167,15 @@ def test_accuracy_prediction_metrics_hand_built():
     reversed_ = accuracy_prediction_metrics(y, y[::-1], chance=None)
     assert reversed_["kendall_tau"] == -1.0 and "n_above_chance" not in reversed_
     assert np.isnan(accuracy_prediction_metrics(np.ones(3), y[:3])["r2"])
+
+
+def test_chance_level_is_one_over_classes_or_nan():
+    assert chance_level("wine") == pytest.approx(1 / 3)
+    assert chance_level("digits") == pytest.approx(0.1)
+    assert np.isnan(chance_level("someone-elses-task"))
+    levels = chance_levels(["wine", "unknown", "digits"], {"digits": 0.5})
+    assert levels[0] == pytest.approx(1 / 3) and np.isnan(levels[1]) and levels[2] == 0.5
+    assert chance_levels(["wine", "x"], 0.2).tolist() == [0.2, 0.2]
 
 
 class WeightOracle:
@@ -215,138 +235,22 @@ def test_evaluate_accuracy_prediction_with_a_baseline():
     assert out["kendall_tau"] > 0.5  # the weight scale gives the accuracy away
 
 
-# ------------------------------------------------------------------ retrieval S
-def random_gallery(n: int = 30, spec=SPEC, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        to_graph(
-            spec, {k: torch.randn(*s, generator=generator) for k, s in spec.param_shapes().items()}
-        )
-        for _ in range(n)
-    ]
-
-
-@pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_retrieval_symmetry_invariant_vs_flat(activation):
-    spec = mlp_spec([6, 8, 8, 3], activation)
-    gallery = random_gallery(spec=spec)
-    invariant = get_embedder("statnn", canonicalize=True).fit(gallery)
-    out = evaluate_retrieval_symmetry(invariant, gallery, seed=0)
-    assert out["recall@1"] == 1.0 and out["mrr"] == 1.0
-    assert out["gallery_size"] == 30 and out["num_queries"] == 30
-    flat = get_embedder("flat-mlp").fit(gallery)
-    low = evaluate_retrieval_symmetry(flat, gallery, seed=0, num_queries=20)
-    assert low["recall@1"] < 0.5 and low["num_queries"] == 20
-
-
-def test_retrieval_symmetry_is_deterministic():
-    gallery = random_gallery(12)
-    flat = get_embedder("flat-mlp").fit(gallery)
-    assert evaluate_retrieval_symmetry(flat, gallery, seed=5) == evaluate_retrieval_symmetry(
-        flat, gallery, seed=5
-    )
-
-
-# ------------------------------------------------------------------ retrieval L
-def test_retrieval_lineage_needs_the_symmetry_transform():
-    graphs, runs, _ = make_lineage_zoo()
-    flat = get_embedder("flat-mlp").fit(graphs)
-    kinds = ("noise", "prune", "quantize")
-    raw = evaluate_retrieval_lineage(flat, graphs, runs, derivatives=kinds, symmetry=False)
-    assert raw["recall@1"] == 1.0  # raw checkpoints of a run sit together: too easy
-    out = evaluate_retrieval_lineage(flat, graphs, runs, derivatives=kinds, seed=0)
-    assert out["recall@1"] < 0.6 and out["symmetry"] is True
-    assert set(out["by_derivative"]) == set(kinds)
-    assert sum(v["num_queries"] for v in out["by_derivative"].values()) == out["num_queries"]
-    invariant = get_embedder("statnn", canonicalize=True).fit(graphs)
-    assert evaluate_retrieval_lineage(invariant, graphs, runs, derivatives=kinds)["recall@1"] >= 0.9
-
-
-def test_retrieval_lineage_finetune_needs_data():
-    graphs, runs, tasks = make_lineage_zoo(runs=3, epochs=2)
-    flat = get_embedder("flat-mlp").fit(graphs)
-    with pytest.raises(ProtocolError, match="task"):
-        evaluate_retrieval_lineage(flat, graphs, runs, derivatives=("finetune",))
-    generator = torch.Generator().manual_seed(0)
-    x, y = torch.randn(32, 6, generator=generator), torch.randint(0, 3, (32,), generator=generator)
-    out = evaluate_retrieval_lineage(
-        flat,
-        graphs,
-        runs,
-        tasks=tasks,
-        derivatives=("finetune",),
-        finetune_data=lambda t, s: (x, y),
-    )
-    assert out["num_queries"] == 6
-
-
-# ------------------------------------------------------------------ retrieval F
-class PredictionEmbedder:
-    """Embeds a model by its predicted labels on fixed inputs: an oracle for retrieval F."""
-
-    def __init__(self, inputs):
-        self.inputs = inputs
-
-    def embed(self, graphs):
-        from weightspace.evaluate.protocols import predicted_labels
-
-        labels = np.stack([predicted_labels(g, self.inputs) for g in graphs])
-        return np.eye(3)[labels].reshape(len(graphs), -1)
-
-
-def test_retrieval_function_oracle_and_exclusion():
-    gallery = random_gallery(16)
-    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(0))
-    tasks = ["toy"] * 16
-    out = evaluate_retrieval_function(PredictionEmbedder(x), gallery, tasks, k=3, inputs={"toy": x})
-    assert out["recall@1"] == 1.0 and out["gallery_size"] == 16 and out["k"] == 3
-    # a second task with too few models is skipped, not an error
-    mixed = evaluate_retrieval_function(
-        PredictionEmbedder(x),
-        gallery,
-        tasks[:14] + ["other"] * 2,
-        k=3,
-        inputs={"toy": x, "other": x},
-    )
-    assert mixed["num_queries"] == 14
-    with pytest.raises(ProtocolError, match="more than k"):
-        evaluate_retrieval_function(
-            PredictionEmbedder(x), gallery[:3], ["toy"] * 3, k=3, inputs={"toy": x}
-        )
-
-
+# ------------------------------------------------------------------ galleries
 def test_load_gallery_from_mapping():
     table = make_table(runs=2)
-    graphs = dict(zip(table["checkpoint_id"], random_gallery(len(table)), strict=True))
+    generator = torch.Generator().manual_seed(0)
+    graphs = {
+        cid: to_graph(
+            SPEC, {k: torch.randn(*s, generator=generator) for k, s in SPEC.param_shapes().items()}
+        )
+        for cid in table["checkpoint_id"]
+    }
     ids = list(table["checkpoint_id"][:4])
     gallery = load_gallery(graphs, table, ids)
     assert gallery.graphs[0] is graphs[ids[0]] and gallery.runs[0] == table["run_id"][0]
     assert gallery.tasks == ("digits",) * 4
-
-
-# ------------------------------------------------------------------ derivatives
-def test_derivatives():
-    generator = torch.Generator().manual_seed(0)
-    sd = {k: torch.randn(*s, generator=generator) for k, s in SPEC.param_shapes().items()}
-    original = {k: v.clone() for k, v in sd.items()}
-    pruned = magnitude_prune(SPEC, sd, 0.5)
-    assert (pruned["0.weight"] == 0).sum() == sd["0.weight"].numel() // 2
-    assert torch.equal(pruned["0.bias"], sd["0.bias"])
-    quantised = quantize(SPEC, sd, bits=4)
-    assert quantised["2.weight"].unique().numel() <= 15
-    assert (quantised["2.weight"] - sd["2.weight"]).abs().max() <= sd["2.weight"].abs().max() / 14
-    noisy = add_noise(SPEC, sd, 0.1, torch.Generator().manual_seed(0))
-    relative = (noisy["0.weight"] - sd["0.weight"]).norm() / sd["0.weight"].norm()
-    assert 0.05 < relative < 0.2
-    x, y = torch.randn(64, 6, generator=generator), torch.randint(0, 3, (64,), generator=generator)
-    tuned = finetune(SPEC, sd, x, y, steps=3, generator=torch.Generator().manual_seed(0))
-    assert not torch.equal(tuned["0.weight"], sd["0.weight"]) and set(tuned) == set(sd)
-    for key in sd:  # inputs are never modified
-        assert torch.equal(sd[key], original[key])
-    with pytest.raises(DerivativeError, match="finetune_data"):
-        make_derivative("finetune", SPEC, sd)
-    with pytest.raises(DerivativeError, match="unknown derivative"):
-        make_derivative("blur", SPEC, sd)
+    with pytest.raises(ProtocolError, match="not in the table"):
+        load_gallery(graphs, table, ["nope"])
 
 
 # ------------------------------------------------------------------ end to end on a real zoo
@@ -372,7 +276,11 @@ def test_every_protocol_on_the_tiny_zoo(tmp_path):
         lineage = evaluate_retrieval_lineage(
             model, gallery.graphs, gallery.runs, tasks=gallery.tasks, seed=0
         )
-        f = evaluate_retrieval_function(model, gallery.graphs, gallery.tasks, k=3)
+        f = evaluate_retrieval_function(
+            model, gallery.graphs, gallery.tasks, k=3, runs=gallery.runs
+        )
         for out in (s, lineage, f):
             assert 0.0 <= out["recall@1"] <= out["recall@5"] <= out["recall@10"] <= 1.0
+            assert 0.0 <= out["map"] <= 1.0
             assert out["gallery_size"] == len(split.test)
+        assert all(f"{kind}/map" in lineage for kind in LINEAGE_DERIVATIVES)

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from models import ARCHITECTURES, build, make_inputs, make_state_dict
+from weightspace.layout import layout_of
 from weightspace.module import to_module
-from weightspace.symmetry import permute, random_permutation
+from weightspace.symmetry import canonicalize, permute, random_permutation, random_symmetry
 from weightspace.synthesis import (
     SynthesisError,
     align,
@@ -16,6 +17,7 @@ from weightspace.synthesis import (
     rebasin_interpolate,
     weight_inner_product,
 )
+from weightspace.synthesis.rebasin import canonical_factors, from_canonical
 
 # mlp_skips has no permutable group besides one: still a valid (trivial) matching problem.
 ARCHS = sorted(ARCHITECTURES)
@@ -43,7 +45,56 @@ def test_alignment_preserves_function_and_raises_similarity(arch: str) -> None:
     x = make_inputs(spec)
     aligned = align(spec, a, b)
     torch.testing.assert_close(to_module(spec, aligned)(x), to_module(spec, b)(x))
-    assert weight_inner_product(spec, a, aligned) >= weight_inner_product(spec, a, b) - 1e-9
+    plain = align(spec, a, b, canonical=False)
+    assert weight_inner_product(spec, a, plain) >= weight_inner_product(spec, a, b) - 1e-9
+    assert _distance(spec, a, aligned) <= _distance(spec, a, plain) <= _distance(spec, a, b)
+
+
+def _distance(spec, a, b) -> float:
+    return float(sum((a[k] - b[k]).pow(2).sum() for k in spec.param_shapes()))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_matching_a_model_against_its_own_symmetry_transform_gives_it_back(
+    arch: str, act: str
+) -> None:
+    """Sign flips, positive rescalings and permutations together: the canonical matching undoes
+    all three (weights back within float tolerance); plain matching cannot undo the first two."""
+    spec = build(arch, act)
+    a = make_state_dict(spec, seed=5)
+    b, _ = random_symmetry(spec, a, torch.Generator().manual_seed(3))
+    aligned = align(spec, a, b)
+    for key in a:
+        torch.testing.assert_close(aligned[key], a[key], rtol=1e-9, atol=1e-9)
+    before = _distance(spec, a, align(spec, a, b, canonical=False))
+    assert _distance(spec, a, aligned) <= before
+    layout = layout_of(spec)
+    if layout.sign_flippable_groups() or layout.scalable_groups():
+        # the negative control: permutations alone leave flipped or rescaled neurons unmatched
+        assert before > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn1d", "cnn1d_residual", "mlp_skips"])
+@pytest.mark.parametrize("act", ["tanh", "relu", "gelu"])
+def test_canonical_matching_is_never_worse_than_plain_matching(arch: str, act: str) -> None:
+    spec = build(arch, act)
+    for seed in range(3):
+        a, b = make_state_dict(spec, seed=seed), make_state_dict(spec, seed=seed + 50)
+        plain = align(spec, a, b, canonical=False)
+        assert _distance(spec, a, align(spec, a, b)) <= _distance(spec, a, plain) + 1e-12
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu", "identity"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn2d", "cnn1d_residual"])
+def test_canonical_factors_undo_the_canonical_form(arch: str, act: str) -> None:
+    spec = build(arch, act)
+    a = make_state_dict(spec, seed=7)
+    canonical = canonicalize(spec, a)
+    factors = canonical_factors(spec, a, canonical)
+    back = from_canonical(spec, canonical, factors)
+    for key in a:
+        torch.testing.assert_close(back[key], a[key], rtol=1e-9, atol=1e-9)
 
 
 def test_matching_is_invariant_to_how_b_was_permuted() -> None:

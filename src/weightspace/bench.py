@@ -1,36 +1,37 @@
 """``weightspace bench``: every method on every protocol, side by side, over several seeds.
 
+A plain loop over methods × protocols (:mod:`weightspace.evaluate.comparison`). Every method
+(:mod:`weightspace.evaluate.methods`) follows one contract (:mod:`weightspace.evaluate.api`); its
+*capabilities* decide what it takes part in: a method without ``EMBED`` skips retrieval, one
+without ``MIXED_ARCHITECTURES`` is fitted once per architecture and skips retrieval (its
+embedding spaces differ between architectures), one that ``NEEDS_METADATA`` skips retrieval
+(derived queries carry no zoo rows). A zoo that cannot support a protocol or a metric (one
+architecture, one task, no epochs) gets it skipped with its reason in the report.
+
 For each seed:
 
-1. **Held-out runs.** The encoder is trained on the zoo's by-run split for that seed (or a given
-   encoder is loaded with the split it was trained on, from its ``splits.json``); every baseline
-   is fitted on the same training runs (train + validation). Accuracy prediction is scored on the
-   held-out runs: Kendall τ, R², MAE, and τ over the checkpoints above chance.
+1. **Held-out runs.** A by-run split (or, with a given encoder trained on this zoo, the split in
+   its ``splits.json``); our encoder is trained on its training runs for ``train_epochs`` epochs
+   (or loaded), every other method is fitted on the same runs (train + validation). Accuracy
+   prediction is scored on the held-out runs (:mod:`weightspace.evaluate.prediction`): every
+   method on the checkpoints all methods cover, and on its own coverage.
 2. **Retrieval** on a gallery of held-out checkpoints (whole runs, capped at ``max_gallery``):
-   S (symmetry), L (lineage: derivative + symmetry transform) and F (function agreement).
-3. **Held-out architectures** (train on narrower/shallower, test on wider/deeper) and **held-out
-   tasks** (leave one task out): the encoder and every baseline are refitted on the training
-   side only.
+   S (symmetry, an invariance check), L (lineage) and F (function).
+3. **Held-out architectures** and **held-out tasks**: every method refitted on the training side;
+   a protocol the zoo cannot support (one architecture, one task) is skipped with its reason.
+4. **Synthesis** (:mod:`weightspace.synthesis.benchmark`) with the seed-0 encoder.
 
-4. **Synthesis** (:mod:`weightspace.synthesis.benchmark`): on every task, one architecture each,
-   merge curves of held-out pairs for every merge method, reconstructions, and sampled models
-   against the zoo + noise baseline; one decoder per task, fitted on the seed-0 encoder's
-   training runs under ``decoder_time_limit``.
-
-``only`` (``--only synthesis``) runs some of these sections (:data:`SECTIONS`) and updates a
-previous ``results.json`` in the output directory; synthesis alone reuses ``--encoder`` or the
-``encoders/seed-0`` of an earlier run.
-
-Methods that need one fixed architecture (NFN) are fitted per architecture; where they refuse an
-architecture, their metrics cover the rest, and the report says how much (``coverage``). Every
-number lands in ``results.json``; :mod:`weightspace.report` writes ``report.md`` and the plots.
+The spread: with one given encoder the split is fixed, so ± is a bootstrap over the test runs
+(``bootstrap`` resamples); otherwise (one encoder per seed, trained or given) ± is the std over
+seeds. ``results.json`` (:class:`~weightspace.evaluate.results.Results`) is written after every
+section; ``only`` (``--only synthesis``) reruns some :data:`SECTIONS` and keeps the rest.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,28 +41,42 @@ import numpy as np
 import pandas as pd
 
 from weightspace.errors import WeightspaceError
+from weightspace.evaluate.api import ModelSet
+from weightspace.evaluate.comparison import RETRIEVAL_PROTOCOLS, fit_and_score, run_retrieval
+from weightspace.evaluate.methods import (
+    OURS,
+    OURS_GBT,
+    MethodConfig,
+    list_methods,
+)
+from weightspace.evaluate.results import (
+    Predictions,
+    Results,
+    ResultsError,
+    ZooSummary,
+)
 
-__all__ = ["BenchConfig", "run_bench", "DEFAULT_METHODS", "OURS", "SECTIONS"]
+__all__ = ["BenchConfig", "BenchError", "run_bench", "DEFAULT_METHODS", "OURS", "SECTIONS"]
 
-#: Parts of the benchmark ``--only`` can select: accuracy prediction and retrieval on held-out
-#: runs (per seed), the held-out architecture / task protocols, and synthesis.
+#: Parts of the benchmark ``--only`` can select.
 SECTIONS: tuple[str, ...] = ("runs", "held-out", "synthesis")
-
-OURS = "weightspace"
-#: Our frozen embedding with a gradient-boosted-tree head fitted on the training split.
-OURS_GBT = "weightspace-gbt"
+RUNS = "held-out runs"
 DEFAULT_METHODS: tuple[str, ...] = (
     OURS,
     OURS_GBT,
+    "metadata",
+    "probing-gauss",
+    "probing-task",
     "flat-mlp",
+    "flat-mlp+canon",
     "pca-mlp",
+    "pca-mlp+canon",
     "statnn",
+    "statnn+canon",
     "weightwatcher",
     "nfn-hnp",
     "nfn-np",
 )
-#: Methods fitted once per architecture (their embedding spaces differ between architectures).
-PER_ARCHITECTURE = frozenset({"nfn-hnp", "nfn-np"})
 RECALL_KS = tuple(range(1, 11))
 
 
@@ -75,18 +90,22 @@ class BenchConfig:
 
     zoo: str  # zoo directory
     out: str  # results directory (results.json, report.md, plots, trained encoders)
-    encoder: str | None = None  # a trained encoder directory; None: train one per seed
-    seeds: int = 3  # repetitions (split, initialisation, queries); figures are mean ± std
-    methods: tuple[str, ...] = DEFAULT_METHODS  # methods to compare (ours + baselines)
-    train_epochs: int = 40  # encoder training: maximum epochs
-    train_time_limit: float = 150.0  # encoder training: seconds per fit (0: no limit)
-    held_out_time_limit: float = 60.0  # encoder training for held-out arch/task splits
+    encoder: str | None = None  # trained encoder directories, comma-separated (one per seed)
+    seeds: int = 3  # repetitions (split, initialisation, queries); several encoders: one each
+    methods: tuple[str, ...] = DEFAULT_METHODS  # methods to compare
+    train_epochs: int = 12  # encoder training: epochs (the bound; early stopping may end sooner)
+    held_out_epochs: int = 12  # encoder training for the held-out architecture / task splits
+    train_time_limit: float = 0.0  # safety cap in seconds per encoder fit (0: none)
+    held_out_time_limit: float = 0.0  # safety cap for held-out encoder fits (0: none)
     held_out: tuple[str, ...] = ("architectures", "tasks")  # extra prediction protocols
     held_out_seeds: int = 1  # seeds for the held-out architecture/task protocols
+    bootstrap: int = 200  # resamples of test runs for the ± of a single given encoder
+    retrieval: tuple[str, ...] = ("S", "L", "F")  # retrieval protocols to run
     max_gallery: int = 300  # retrieval gallery: at most this many held-out checkpoints
     num_queries: int = 150  # retrieval queries per protocol
     weightwatcher_max_models: int = 600  # WeightWatcher is slow: subsample its training set
-    nfn_epochs: int = 15  # NFN training epochs per architecture (one NFN per architecture)
+    nfn_epochs: int | None = None  # NFN epochs per architecture (None: NFN's reference default)
+    tune: bool = True  # tune baseline heads by run-grouped CV on training runs
     device: str = "cpu"  # encoder device
     synthesis: bool = True  # merging / reconstruction / sampling section
     only: tuple[str, ...] = ()  # run only these sections (SECTIONS); () runs every one
@@ -98,12 +117,21 @@ class BenchConfig:
     decoder_steps: int = 1500  # decoder optimisation steps per task (at most)
     decoder_time_limit: float = 25.0  # seconds of decoder training per task (0: no limit)
 
+    @property
+    def encoders(self) -> list[str]:
+        """The given encoder directories (``encoder`` split at commas)."""
+        return [e.strip() for e in (self.encoder or "").split(",") if e.strip()]
+
 
 # ------------------------------------------------------------------------------- helpers
 
 
 def _now() -> float:
     return time.perf_counter()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).split("\n")[0][:300]
 
 
 class _GraphCache:
@@ -113,57 +141,36 @@ class _GraphCache:
         self.zoo = zoo
         self._graphs: dict[str, Any] = {}
 
-    def __call__(self, checkpoint_id: str) -> Any:
-        graph = self._graphs.get(checkpoint_id)
-        if graph is None:
-            graph = self._graphs[checkpoint_id] = self.zoo.graph(checkpoint_id)
-        return graph
-
     def many(self, ids: Sequence[str]) -> list[Any]:
-        return [self(i) for i in ids]
+        for i in ids:
+            if i not in self._graphs:
+                self._graphs[i] = self.zoo.graph(i)
+        return [self._graphs[i] for i in ids]
 
 
 def _ids_of_runs(table: pd.DataFrame, runs: Sequence[str]) -> list[str]:
-    keep = table["run_id"].astype(str).isin(set(map(str, runs)))
-    return list(table.loc[keep, "checkpoint_id"].astype(str))
+    keep = table["run_id"].isin(set(map(str, runs)))
+    return list(table.loc[keep, "checkpoint_id"])
 
 
-def _chance(table: pd.DataFrame, ids: Sequence[str]) -> np.ndarray:
-    from weightspace.zoo.tasks import get_task
-
-    rows = table.set_index("checkpoint_id").loc[list(ids)]
-    levels: dict[str, float] = {}
-    out = []
-    for task in rows["task"].astype(str):
-        if task not in levels:
-            try:
-                levels[task] = 1.0 / get_task(task).num_classes
-            except Exception:  # imported zoos may name tasks weightspace does not know
-                levels[task] = float("nan")
-        out.append(levels[task])
-    return np.asarray(out, dtype=float)
+def _model_set(table: pd.DataFrame, graphs: _GraphCache, ids: Sequence[str]) -> ModelSet:
+    rows = table.set_index("checkpoint_id", drop=False).loc[list(ids)]
+    return ModelSet(graphs.many(list(ids)), rows.reset_index(drop=True))
 
 
-def _accuracy(table: pd.DataFrame, ids: Sequence[str]) -> np.ndarray:
-    return table.set_index("checkpoint_id").loc[list(ids), "test_accuracy"].to_numpy(float)
+def _split_runs(run_ids: Sequence[str], seed: int) -> dict[str, list[str]]:
+    """The package's one run splitter (15 % validation, 15 % test runs)."""
+    from weightspace.evaluate.splits import split_runs
 
-
-def _architecture(table: pd.DataFrame, ids: Sequence[str]) -> np.ndarray:
-    """One label per exact architecture: an arch name reads different input sizes per task."""
-    rows = table.set_index("checkpoint_id").loc[list(ids)]
-    column = "arch" if "arch" in rows.columns else "spec_summary"
-    labels = rows[column].astype(str)
-    if "task" in rows.columns:
-        labels = labels + "@" + rows["task"].astype(str)
-    return labels.to_numpy()
+    return split_runs(list(run_ids), 0.15, 0.15, seed)
 
 
 def _gallery_runs(table: pd.DataFrame, test_ids: Sequence[str], cap: int, seed: int) -> list[str]:
     """Whole held-out runs, drawn in a seeded order until ``cap`` checkpoints."""
     rows = table[table["checkpoint_id"].isin(set(test_ids))]
-    runs = sorted(rows["run_id"].astype(str).unique())
+    runs = sorted(rows["run_id"].unique())
     order = np.random.default_rng(seed).permutation(len(runs))
-    sizes = rows.groupby(rows["run_id"].astype(str)).size()
+    sizes = rows.groupby("run_id").size()
     chosen, total = [], 0
     for i in order:
         if total + sizes[runs[i]] > cap and chosen:
@@ -173,318 +180,311 @@ def _gallery_runs(table: pd.DataFrame, test_ids: Sequence[str], cap: int, seed: 
     return _ids_of_runs(rows, chosen)
 
 
-class _EmbeddingGBT:
-    """Our encoder's embedding, frozen, with histogram gradient-boosted trees predicting accuracy.
-
-    The same regressor family as the StatNN baseline, so the two rows compare the features.
-    """
-
-    def __init__(self, encoder: Any, seed: int) -> None:
-        self.encoder = encoder
-        self.seed = seed
-
-    def fit(self, graphs: Sequence[Any], y: np.ndarray) -> _EmbeddingGBT:
-        from sklearn.ensemble import HistGradientBoostingRegressor
-
-        z = np.asarray(self.encoder.embed(list(graphs)), dtype=np.float64)
-        self.regressor_ = HistGradientBoostingRegressor(
-            max_iter=300, learning_rate=0.05, random_state=self.seed
-        ).fit(z, y)
-        return self
-
-    def predict_accuracy(self, graphs: Sequence[Any]) -> np.ndarray:
-        z = np.asarray(self.encoder.embed(list(graphs)), dtype=np.float64)
-        return self.regressor_.predict(z)
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
-class _PerArchitecture:
-    """Fit one copy of a fixed-architecture method per architecture; NaN where it refuses."""
+class _Encoder:
+    """Our encoder for one split, trained (or loaded) on first use, so a method list without
+    our methods trains nothing."""
 
     def __init__(self, make: Callable[[], Any]) -> None:
-        self.make = make
-        self.models: dict[str, Any] = {}
-        self.refused: dict[str, str] = {}
+        self._make = make
+        self.value: Any = None
 
-    def fit(self, graphs: Sequence[Any], arches: np.ndarray, y: np.ndarray) -> _PerArchitecture:
-        for arch in sorted(set(arches)):
-            mask = arches == arch
-            if mask.sum() < 10:
-                self.refused[arch] = f"only {int(mask.sum())} training checkpoints"
-                continue
-            try:
-                model = self.make()
-                model.fit(
-                    [g for g, m in zip(graphs, mask, strict=True) if m], {"test_accuracy": y[mask]}
-                )
-                self.models[arch] = model
-            except WeightspaceError as exc:
-                self.refused[arch] = str(exc).split("\n")[0][:200]
-        return self
-
-    def predict(self, graphs: Sequence[Any], arches: np.ndarray) -> np.ndarray:
-        out = np.full(len(graphs), np.nan)
-        for arch, model in self.models.items():
-            idx = np.flatnonzero(arches == arch)
-            if len(idx):
-                out[idx] = model.predict([graphs[i] for i in idx])
-        return out
-
-
-# ------------------------------------------------------------------------------- methods
+    def __call__(self) -> Any:
+        if self.value is None:
+            self.value = self._make()
+        return self.value
 
 
 def _train_encoder(
     config: BenchConfig,
     out: Path,
     seed: int,
+    splits: Mapping[str, Sequence[str]],
     *,
-    splits: Mapping[str, Sequence[str]] | None,
+    epochs: int,
     time_limit: float,
+    results: Results,
     log: Callable[[str], None],
-) -> tuple[Any, dict[str, list[str]], float]:
+) -> Any:
     from weightspace.train import TrainConfig, train
 
     cfg = TrainConfig(
         zoo=config.zoo,
         out=str(out),
         seed=seed,
-        epochs=config.train_epochs,
+        epochs=epochs,
         time_limit=time_limit,
         device=config.device,
     )
-    if splits is not None:
-        cfg.splits = {k: list(map(str, v)) for k, v in splits.items()}
+    cfg.splits = {k: list(map(str, v)) for k, v in splits.items()}
     start = _now()
-    result = train(cfg, progress=False)
+    trained = train(cfg, progress=False)
     seconds = _now() - start
-    used = json.loads((out / "splits.json").read_text())
-    log(
-        f"  encoder trained in {seconds:.0f}s ({result.epochs_run} epochs, best epoch "
-        f"{result.best_epoch})"
-    )
-    return result.encoder, used, seconds
+    results.time("encoder_training_s", seconds)
+    results.time("encoder_epochs", trained.epochs_run)
+    log(f"  encoder trained in {seconds:.0f}s ({trained.epochs_run} epochs)")
+    return trained.encoder
 
 
-def _fit_baseline(
-    name: str,
-    graphs: Sequence[Any],
-    y: np.ndarray | None,
-    arches: np.ndarray,
-    seed: int,
-    config: BenchConfig,
-) -> Any:
-    from weightspace.baselines import get_embedder
+def _load_encoder(directory: Path) -> Any:
+    from weightspace.nn import Encoder
 
-    targets = None if y is None else {"test_accuracy": y}
-    if name in PER_ARCHITECTURE:
-        if y is None:
-            raise BenchError(f"{name} is fitted per architecture on accuracies; none available")
-        return _PerArchitecture(
-            lambda: get_embedder(name, random_state=seed, epochs=config.nfn_epochs)
-        ).fit(graphs, arches, y)
-    model = get_embedder(name, random_state=seed)
-    if name == "weightwatcher" and len(graphs) > config.weightwatcher_max_models:
-        idx = np.random.default_rng(seed).choice(
-            len(graphs), config.weightwatcher_max_models, replace=False
-        )
-        graphs = [graphs[i] for i in sorted(idx)]
-        if targets is not None:
-            targets = {"test_accuracy": y[np.sort(idx)]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model.fit(list(graphs), targets)
+    return Encoder.load(directory)
 
 
-def _predict(method: str, model: Any, graphs: Sequence[Any], arches: np.ndarray) -> np.ndarray:
-    if isinstance(model, _PerArchitecture):
-        return model.predict(graphs, arches)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return np.asarray(model.predict_accuracy(list(graphs)), dtype=float)
+def _embedding_map(encoder: Any, models: ModelSet, results: Results) -> None:
+    from sklearn.decomposition import PCA
 
-
-def _prediction_metrics(y: np.ndarray, pred: np.ndarray, chance: np.ndarray) -> dict[str, float]:
-    from weightspace.evaluate import accuracy_prediction_metrics
-
-    covered = np.isfinite(pred)
-    metrics = accuracy_prediction_metrics(y[covered], pred[covered], chance[covered])
-    metrics["coverage"] = float(covered.mean()) if len(covered) else float("nan")
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float | np.floating)}
-
-
-# ------------------------------------------------------------------------------- main
-
-
-def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the benchmark and write ``results.json``, ``report.md`` and plots to ``config.out``.
-
-    Returns:
-        The results (the content of ``results.json``).
-    """
-    from weightspace.baselines import list_embedders
-    from weightspace.train import split_runs
-    from weightspace.zoo import Zoo
-
-    sections = _sections(config)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    zoo = Zoo.open(config.zoo)
-    table = zoo.table.copy()
-    table["checkpoint_id"] = table["checkpoint_id"].astype(str)
-    table["run_id"] = table["run_id"].astype(str)
-    graphs = _GraphCache(zoo)
-    ours = (OURS, OURS_GBT)
-    unknown = [m for m in config.methods if m not in ours and m not in list_embedders()]
-    if unknown:
-        raise BenchError(
-            f"unknown methods {unknown}; valid: {[*ours, *list_embedders(include_slow=True)]}"
-        )
-    has_accuracy = "test_accuracy" in table.columns and table["test_accuracy"].notna().any()
-    notes: list[str] = []
-    if not has_accuracy:
-        notes.append(
-            "The zoo has no test accuracies: the accuracy-prediction protocols were skipped; "
-            "only retrieval ran."
-        )
-    info = zoo.info()
-    results: dict[str, Any] = {
-        "config": asdict(config),
-        "zoo": {
-            "path": str(config.zoo),
-            "name": Path(config.zoo).resolve().name,
-            "checkpoints": int(len(table)),
-            "runs": int(table["run_id"].nunique()),
-            "tasks": sorted(table["task"].astype(str).unique()) if "task" in table else [],
-            "architectures": int(table["arch"].nunique()) if "arch" in table else None,
-            "info": {k: v for k, v in info.items() if isinstance(v, int | float | str | list)},
-        },
-        "prediction": {},
-        "retrieval": {"S": {}, "L": {}, "F": {}},
-        "skipped": {},
-        "notes": notes,
-        "encoder": {},
-        "timings": {},
-        "predictions_seed0": {},
-        "embedding_map": {},
+    models = models.subset(np.arange(min(len(models), 2000)))
+    z = np.asarray(encoder.embed(list(models.graphs)), dtype=float)
+    if len(z) < 3:
+        return
+    xy = PCA(n_components=2, random_state=0).fit_transform(z)
+    tasks = models.column("task")
+    accuracy = models.column("test_accuracy")
+    results.embedding_map = {
+        "x": xy[:, 0].tolist(),
+        "y": xy[:, 1].tolist(),
+        "task": [] if tasks is None else [str(t) for t in tasks],
+        "test_accuracy": [] if accuracy is None else [float(a) for a in accuracy],
     }
-    given_encoder = None
-    if config.encoder:
-        from weightspace.nn import Encoder
-        from weightspace.train import zoo_fingerprint
 
-        given_encoder = Encoder.load(config.encoder)
-        trained_on = _read_json(Path(config.encoder) / "zoo_fingerprint.json")
-        fingerprint = zoo_fingerprint(zoo)
-        same = trained_on is not None and fingerprint in json.dumps(trained_on)
-        results["encoder"] = {
-            "source": str(config.encoder),
-            "fingerprint": given_encoder.fingerprint,
-            "trained_on_this_zoo": bool(same),
-        }
-        if same:
-            notes.append(
-                f"The encoder {config.encoder} was trained on this zoo: every seed uses the "
-                "held-out runs of its own split (splits.json), so seeds vary the baselines' "
-                "initialisation and the retrieval queries, not the split."
-            )
-        else:
-            notes.append(
-                f"The encoder {config.encoder} was trained on another zoo (its zoo fingerprint "
-                "differs): its figures measure transfer, and the held-out split is drawn fresh."
-            )
-    else:
-        results["encoder"] = {"source": "trained per seed by this bench"}
 
-    def record(section: dict, method: str, metrics: Mapping[str, Any]) -> None:
-        section.setdefault(method, []).append(dict(metrics))
+# ------------------------------------------------------------------------------- sections
 
-    for seed in range(config.seeds if "runs" in sections else 0):
+
+def _runs_section(
+    config: BenchConfig,
+    zoo: Any,
+    table: pd.DataFrame,
+    graphs: _GraphCache,
+    results: Results,
+    log: Callable[[str], None],
+) -> None:
+    """Accuracy prediction and retrieval on held-out runs, one seed at a time."""
+    from weightspace.train import zoo_fingerprint
+
+    out = Path(config.out)
+    given = config.encoders
+    seeds = len(given) if len(given) > 1 else config.seeds
+    fingerprint = zoo_fingerprint(zoo) if given else ""
+    for seed in range(seeds):
         log(f"seed {seed}: held-out runs")
         t0 = _now()
-        encoder = None
-        if given_encoder is not None:
-            encoder = given_encoder
-            splits = _read_json(Path(config.encoder) / "splits.json")
-            if not splits or not results["encoder"].get("trained_on_this_zoo"):
-                splits = split_runs(list(table["run_id"]), 0.15, 0.15, seed)
-        elif OURS not in config.methods:
-            splits = split_runs(list(table["run_id"]), 0.15, 0.15, seed)
+        splits = None
+        if given:
+            directory = Path(given[seed % len(given)])
+            trained_on = _read_json(directory / "zoo_fingerprint.json")
+            if trained_on is not None and fingerprint in json.dumps(trained_on):
+                splits = _read_json(directory / "splits.json")
+                splits = splits.get("runs", splits) if isinstance(splits, dict) else None
+            if splits is None:
+                results.notes.append(
+                    f"The encoder {directory} was not trained on this zoo (or has no "
+                    "splits.json): its rows measure transfer, on a freshly drawn split."
+                )
+        if splits is None:
+            splits = _split_runs(sorted(table["run_id"].unique()), seed)
+        if given:
+            make = functools.partial(_load_encoder, directory)
         else:
-            encoder, splits, seconds = _train_encoder(
+            make = functools.partial(
+                _train_encoder,
                 config,
                 out / "encoders" / f"seed-{seed}",
                 seed,
-                splits=None,
+                splits,
+                epochs=config.train_epochs,
                 time_limit=config.train_time_limit,
+                results=results,
                 log=log,
             )
-            results["timings"].setdefault("encoder_training_s", []).append(seconds)
-            epochs = len(_read_csv_rows(out / "encoders" / f"seed-{seed}" / "log.csv"))
-            results["timings"].setdefault("encoder_epochs", []).append(epochs)
         train_ids = _ids_of_runs(table, [*splits["train"], *splits["val"]])
         test_ids = _ids_of_runs(table, splits["test"])
-        if not test_ids:
-            raise BenchError("the held-out split is empty: the zoo needs more runs")
-        train_graphs, test_graphs = graphs.many(train_ids), graphs.many(test_ids)
-        train_arch, test_arch = _architecture(table, train_ids), _architecture(table, test_ids)
-        y_train = _accuracy(table, train_ids) if has_accuracy else None
-        y_test = _accuracy(table, test_ids) if has_accuracy else None
-        chance = _chance(table, test_ids)
-
-        fitted: dict[str, Any] = {}
-        for method in config.methods:
-            t = _now()
-            try:
-                if method == OURS:
-                    fitted[method] = encoder
-                elif method == OURS_GBT:
-                    if encoder is None or y_train is None:
-                        raise BenchError(f"{OURS_GBT} needs our encoder and test accuracies")
-                    fitted[method] = _EmbeddingGBT(encoder, seed).fit(train_graphs, y_train)
-                else:
-                    fitted[method] = _fit_baseline(
-                        method, train_graphs, y_train, train_arch, seed, config
-                    )
-                if has_accuracy:
-                    pred = _predict(method, fitted[method], test_graphs, test_arch)
-                    metrics = _prediction_metrics(y_test, pred, chance)
-                    record(results["prediction"].setdefault("held-out runs", {}), method, metrics)
-                    if seed == 0:
-                        results["predictions_seed0"][method] = {
-                            "true": y_test.tolist(),
-                            "predicted": [None if not np.isfinite(p) else float(p) for p in pred],
-                        }
-                    if isinstance(fitted[method], _PerArchitecture) and fitted[method].refused:
-                        results["skipped"][f"{method} (some architectures)"] = fitted[
-                            method
-                        ].refused
-            except WeightspaceError as exc:
-                results["skipped"][method] = str(exc).split("\n")[0][:300]
-                fitted.pop(method, None)
-                log(f"  {method}: skipped ({results['skipped'][method][:120]})")
-            results["timings"].setdefault(f"fit+predict {method} (s)", []).append(_now() - t)
-
-        _retrieval(config, seed, table, graphs, test_ids, fitted, results, log)
-        if seed == 0 and OURS in fitted:
-            _embedding_map(fitted[OURS], table, test_ids, graphs, results)
+        if not test_ids or not train_ids:
+            raise BenchError("the held-out-runs split is empty: the zoo needs more runs")
+        encoder = _Encoder(make)
+        train, test = _model_set(table, graphs, train_ids), _model_set(table, graphs, test_ids)
+        retrievable, predictions = fit_and_score(
+            config.methods,
+            RUNS,
+            seed,
+            train,
+            test,
+            _method_config(config, encoder),
+            results,
+            bootstrap=config.bootstrap if results.spread == "bootstrap" else 0,
+            log=log,
+        )
+        y_test = test.column("test_accuracy")
+        if seed == 0 and y_test is not None and predictions:
+            results.predictions_seed0 = Predictions(
+                true=[float(y) for y in y_test],
+                predicted={
+                    n: [float(v) if np.isfinite(v) else None for v in p]
+                    for n, p in predictions.items()
+                },
+            )
+        results.section(RUNS).split = {
+            "description": f"by run (15 % validation, 15 % test runs), seed {seed}",
+            "train": len(train_ids),
+            "test": len(test_ids),
+        }
+        if retrievable and config.retrieval:
+            gallery = _gallery_runs(table, test_ids, config.max_gallery, seed)
+            run_retrieval(
+                retrievable,
+                _model_set(table, graphs, gallery),
+                seed,
+                results,
+                protocols=config.retrieval,
+                num_queries=config.num_queries,
+                ks=RECALL_KS,
+                log=log,
+            )
+        if seed == 0 and encoder.value is not None:
+            _embedding_map(encoder.value, test, results)
         log(f"  seed {seed} done in {_now() - t0:.0f}s")
+        results.save(out / "results.json")
 
-    if has_accuracy and "held-out" in sections:
-        for protocol in config.held_out:
-            for seed in range(min(config.held_out_seeds, config.seeds)):
-                _held_out(config, protocol, seed, table, graphs, results, log)
 
-    if "synthesis" in sections:
-        _synthesis(config, zoo, table, out, results, log)
+def _method_config(config: BenchConfig, encoder: Callable[[], Any]) -> MethodConfig:
+    return MethodConfig(
+        encoder=encoder,
+        nfn_epochs=config.nfn_epochs,
+        weightwatcher_max_models=config.weightwatcher_max_models,
+        tune=config.tune,
+    )
 
-    results["notes"] = notes
-    if sections != set(SECTIONS):
-        results = _merge_previous(out / "results.json", results, sections)
-    _write_json(out / "results.json", results)
-    from weightspace.report import write_report
 
-    write_report(results, out)
-    return results
+def _held_out(
+    config: BenchConfig,
+    protocol: str,
+    seed: int,
+    table: pd.DataFrame,
+    graphs: _GraphCache,
+    results: Results,
+    log: Callable[[str], None],
+) -> None:
+    """One held-out architecture / task split: every method refitted on its training side."""
+    from weightspace.evaluate import split_by_architecture, split_by_task
+
+    if protocol == "architectures":
+        name = "held-out architectures"
+        try:
+            split = split_by_architecture(table, by="size", seed=seed)
+        except WeightspaceError as exc:
+            results.skipped[name] = _first_line(exc)
+            return
+    elif protocol == "tasks":
+        tasks = sorted(table["task"].astype(str).unique()) if "task" in table.columns else []
+        if len(tasks) < 2:
+            why = "the zoo has no task column" if not tasks else "the zoo has a single task"
+            results.skipped["held-out task"] = f"{why}: nothing to hold out"
+            return
+        task = tasks[seed % len(tasks)]
+        name = f"held-out task ({task})"
+        try:
+            split = split_by_task(table, task, seed=seed)
+        except WeightspaceError as exc:
+            results.skipped[name] = _first_line(exc)
+            return
+    else:
+        raise BenchError(f"unknown held-out protocol {protocol!r}; valid: architectures, tasks")
+    log(f"seed {seed}: {name}")
+    rows = table.set_index("checkpoint_id")
+    runs = {
+        part: sorted(rows.loc[list(ids), "run_id"].unique())
+        for part, ids in (("train", split.train), ("val", split.val), ("test", split.test))
+    }
+
+    def make() -> Any:
+        if config.encoders:
+            raise BenchError(
+                "a given encoder was trained on its own split; run bench without --encoder to "
+                "train one on the held-out split"
+            )
+        if not runs["val"]:
+            raise BenchError("the held-out split has no validation runs to train an encoder")
+        return _train_encoder(
+            config,
+            Path(config.out) / "encoders" / f"{protocol}-seed-{seed}",
+            seed,
+            runs,
+            epochs=config.held_out_epochs,
+            time_limit=config.held_out_time_limit,
+            results=results,
+            log=log,
+        )
+
+    train = _model_set(table, graphs, [*split.train, *split.val])
+    test = _model_set(table, graphs, list(split.test))
+    method_config = _method_config(config, _Encoder(make))
+    fit_and_score(config.methods, name, seed, train, test, method_config, results, log=log)
+    results.section(name).split = split.to_dict()
+
+
+def _synthesis(
+    config: BenchConfig, zoo: Any, out: Path, results: Results, log: Callable[[str], None]
+) -> None:
+    """Merging curves, reconstructions and sampling on every task (one architecture each), with
+    the seed-0 encoder (see :mod:`weightspace.synthesis.benchmark`)."""
+    from weightspace.nn import Encoder
+    from weightspace.synthesis.benchmark import run_section
+
+    results.synthesis = None
+    results.skipped = {k: v for k, v in results.skipped.items() if not k.startswith("synthesis")}
+    encoder_dir = Path(config.encoders[0]) if config.encoders else out / "encoders" / "seed-0"
+    splits = _read_json(encoder_dir / "splits.json")
+    if not splits:
+        why = (
+            f"{encoder_dir} has no encoder with a splits.json (run the whole bench first, or "
+            "pass --encoder)"
+        )
+        if config.only:
+            raise BenchError(f"cannot run the synthesis section: {why}")
+        results.skipped["synthesis"] = why
+        return
+    archs = {}
+    for item in config.synthesis_archs:
+        task, sep, arch = item.partition("=")
+        if not sep or not task or not arch:
+            raise BenchError(f"--synthesis-archs takes task=arch items, got {item!r}")
+        archs[task.strip()] = arch.strip()
+    log(f"synthesis: every task, encoder {encoder_dir}")
+    t = _now()
+    try:
+        section = run_section(
+            zoo,
+            Encoder.load(encoder_dir),
+            splits.get("runs", splits),
+            out,
+            tasks=config.synthesis_tasks,
+            archs=archs,
+            min_accuracy=config.synthesis_min_accuracy,
+            pairs=config.synthesis_pairs,
+            samples=config.synthesis_samples,
+            decoder_steps=config.decoder_steps,
+            decoder_time_limit=config.decoder_time_limit,
+            device=config.device,
+            log=log,
+        )
+    except WeightspaceError as exc:
+        results.skipped["synthesis"] = _first_line(exc)
+        return
+    for task, why in section["skipped"].items():
+        results.skipped[f"synthesis {task}"] = why
+    results.timings["synthesis (s)"] = [_now() - t]
+    results.synthesis = section
+
+
+# ------------------------------------------------------------------------------- main
 
 
 def _sections(config: BenchConfig) -> set[str]:
@@ -500,290 +500,117 @@ def _sections(config: BenchConfig) -> set[str]:
     return chosen
 
 
-def _merge_previous(path: Path, results: dict[str, Any], sections: set[str]) -> dict[str, Any]:
-    """A partial run (``--only``) updates a previous ``results.json``: the sections it ran
-    replace theirs, everything else is kept (and the config notes which sections are new)."""
-    previous = _read_json(path)
-    if not isinstance(previous, dict):
-        return results
-    merged = dict(previous)
-    if "runs" in sections:
-        prediction = dict(merged.get("prediction", {}))
-        if "held-out runs" in results["prediction"]:
-            prediction["held-out runs"] = results["prediction"]["held-out runs"]
-        merged["prediction"] = prediction
-        for key in ("retrieval", "predictions_seed0", "embedding_map", "encoder"):
-            merged[key] = results[key]
-    if "held-out" in sections:
-        prediction = {k: v for k, v in merged.get("prediction", {}).items() if k == "held-out runs"}
-        prediction.update({k: v for k, v in results["prediction"].items() if k != "held-out runs"})
-        merged["prediction"] = prediction
-        merged["splits"] = results.get("splits", {})
-    if "synthesis" in sections:
-        merged.pop("synthesis", None)
-        if "synthesis" in results:
-            merged["synthesis"] = results["synthesis"]
-    merged["timings"] = {**previous.get("timings", {}), **results.get("timings", {})}
-    skipped = {
-        k: v
-        for k, v in previous.get("skipped", {}).items()
-        if not (k.startswith("synthesis") and "synthesis" in sections)
-    }
-    merged["skipped"] = {**skipped, **results.get("skipped", {})}
-    merged["notes"] = list(dict.fromkeys([*previous.get("notes", []), *results.get("notes", [])]))
-    merged["updated_sections"] = sorted(sections)
-    merged.setdefault("config", results["config"])
-    merged["config_update"] = results["config"]
-    return merged
+def _check_methods(methods: Sequence[str]) -> None:
+    from weightspace.evaluate.methods import CANONICAL_SUFFIX
+
+    valid = set(list_methods())
+    unknown = [m for m in methods if m.removesuffix(CANONICAL_SUFFIX) not in valid]
+    if unknown:
+        raise BenchError(f"unknown methods {unknown}; valid: {sorted(valid)} (each also +canon)")
 
 
-def _retrieval(
-    config: BenchConfig,
-    seed: int,
-    table: pd.DataFrame,
-    graphs: _GraphCache,
-    test_ids: Sequence[str],
-    fitted: Mapping[str, Any],
-    results: dict[str, Any],
-    log: Callable[[str], None],
-) -> None:
-    from weightspace.evaluate import (
-        evaluate_retrieval_function,
-        evaluate_retrieval_lineage,
-        evaluate_retrieval_symmetry,
+def _zoo_table(zoo: Any) -> pd.DataFrame:
+    """The zoo's rows, ids as strings, columns that hold nothing (an imported zoo without
+    epochs or tasks) dropped so every consumer sees them as missing."""
+    table = zoo.table.copy()
+    table["checkpoint_id"] = table["checkpoint_id"].astype(str)
+    if "run_id" not in table.columns or table["run_id"].isna().all():
+        table["run_id"] = table["checkpoint_id"]
+    table["run_id"] = table["run_id"].astype(str)
+    empty = [c for c in table.columns if table[c].isna().all()]
+    return table.drop(columns=empty)
+
+
+def _start(config: BenchConfig, zoo: Any, table: pd.DataFrame, sections: set[str]) -> Results:
+    """Fresh results, or with ``only`` the previous ones less the sections about to be rerun."""
+    out = Path(config.out)
+    fresh = Results(
+        config=asdict(config),
+        zoo=ZooSummary(
+            path=str(config.zoo),
+            name=Path(config.zoo).resolve().name,
+            checkpoints=int(len(table)),
+            runs=int(table["run_id"].nunique()),
+            tasks=sorted(table["task"].astype(str).unique()) if "task" in table else [],
+            architectures=int(table["arch"].nunique()) if "arch" in table else None,
+            columns=[str(c) for c in table.columns],
+        ),
+        encoder={"source": config.encoders or "trained per seed by this bench"},
+        spread="bootstrap" if len(config.encoders) == 1 else "seeds",
     )
+    if not config.only or not (out / "results.json").exists():
+        return fresh
+    try:
+        results = Results.load(out / "results.json")
+    except ResultsError as exc:
+        fresh.notes.append(f"The previous results could not be read ({exc}); started afresh.")
+        return fresh
+    results.updated_sections = sorted(sections)
+    results.config = {**results.config, "update": asdict(config)}
 
-    gallery_ids = _gallery_runs(table, test_ids, config.max_gallery, seed)
-    rows = table.set_index("checkpoint_id").loc[gallery_ids]
-    gallery = graphs.many(gallery_ids)
-    runs = rows["run_id"].astype(str).tolist()
-    tasks = rows["task"].astype(str).tolist()
-    log(f"  retrieval on a gallery of {len(gallery)} held-out checkpoints")
-    for method, model in fitted.items():
-        if isinstance(model, _EmbeddingGBT):
-            continue  # the same embedding as ours: retrieval would repeat our rows
-        if isinstance(model, _PerArchitecture):
-            results["skipped"].setdefault(
-                f"{method} retrieval",
-                "fitted per architecture: its embedding spaces are not comparable across "
-                "architectures",
-            )
-            continue
-        t = _now()
-        for name, fn in (
-            (
-                "S",
-                lambda m=model: evaluate_retrieval_symmetry(
-                    m, gallery, num_queries=config.num_queries, seed=seed, ks=RECALL_KS
-                ),
-            ),
-            (
-                "L",
-                lambda m=model: evaluate_retrieval_lineage(
-                    m,
-                    gallery,
-                    runs,
-                    tasks=tasks,
-                    num_queries=config.num_queries,
-                    seed=seed,
-                    ks=RECALL_KS,
-                ),
-            ),
-            (
-                "F",
-                lambda m=model: evaluate_retrieval_function(
-                    m, gallery, tasks, num_queries=config.num_queries, seed=seed, ks=RECALL_KS
-                ),
-            ),
-        ):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    metrics = fn()
-            except WeightspaceError as exc:
-                results["skipped"][f"{method} retrieval {name}"] = str(exc)[:300]
-                continue
-            flat = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-            results["retrieval"][name].setdefault(method, []).append(flat)
-        results["timings"].setdefault(f"retrieval {method} (s)", []).append(_now() - t)
+    def stale(key: str) -> bool:  # skip reasons of the sections about to be rerun
+        runs = key.endswith(f"({RUNS})") or "retrieval" in key
+        held_out = "held-out arch" in key or "held-out task" in key or key == "held-out"
+        return ("runs" in sections and runs) or ("held-out" in sections and held_out)
+
+    results.skipped = {k: v for k, v in results.skipped.items() if not stale(k)}
+    if "runs" in sections:
+        results.prediction.pop(RUNS, None)
+        results.retrieval, results.predictions_seed0, results.embedding_map = {}, None, {}
+        results.encoder, results.spread = fresh.encoder, fresh.spread
+    if "held-out" in sections:
+        results.prediction = {k: v for k, v in results.prediction.items() if k == RUNS}
+    return results
 
 
-def _embedding_map(
-    encoder: Any, table: pd.DataFrame, ids: Sequence[str], graphs: _GraphCache, results: dict
-) -> None:
-    from sklearn.decomposition import PCA
+def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> Results:
+    """Run the benchmark; write ``results.json`` (after every section), ``report.md`` and plots
+    to ``config.out``.
 
-    ids = list(ids)[:2000]
-    z = np.asarray(encoder.embed(graphs.many(ids)), dtype=float)
-    if len(z) < 3:
-        return
-    xy = PCA(n_components=2, random_state=0).fit_transform(z)
-    rows = table.set_index("checkpoint_id").loc[ids]
-    results["embedding_map"] = {
-        "x": xy[:, 0].tolist(),
-        "y": xy[:, 1].tolist(),
-        "task": rows["task"].astype(str).tolist(),
-        "test_accuracy": rows["test_accuracy"].astype(float).tolist()
-        if "test_accuracy" in rows
-        else [],
-    }
-
-
-def _held_out(
-    config: BenchConfig,
-    protocol: str,
-    seed: int,
-    table: pd.DataFrame,
-    graphs: _GraphCache,
-    results: dict[str, Any],
-    log: Callable[[str], None],
-) -> None:
-    from weightspace.evaluate import split_by_architecture, split_by_task
-
-    if protocol == "architectures":
-        split = split_by_architecture(table, by="size", seed=seed)
-        name = "held-out architectures"
-    elif protocol == "tasks":
-        tasks = sorted(table["task"].astype(str).unique())
-        if len(tasks) < 2:
-            results["skipped"]["held-out tasks"] = "the zoo has a single task"
-            return
-        task = tasks[seed % len(tasks)]
-        split = split_by_task(table, task, seed=seed)
-        name = f"held-out task ({task})"
-    else:
-        raise BenchError(f"unknown held-out protocol {protocol!r}; valid: architectures, tasks")
-    log(f"seed {seed}: {name}")
-    runs = {
-        part: sorted(table.set_index("checkpoint_id").loc[list(ids), "run_id"].astype(str).unique())
-        for part, ids in (("train", split.train), ("val", split.val), ("test", split.test))
-    }
-    train_ids = [*split.train, *split.val]
-    test_ids = list(split.test)
-    train_graphs, test_graphs = graphs.many(train_ids), graphs.many(test_ids)
-    train_arch, test_arch = _architecture(table, train_ids), _architecture(table, test_ids)
-    y_train, y_test = _accuracy(table, train_ids), _accuracy(table, test_ids)
-    chance = _chance(table, test_ids)
-    results.setdefault("splits", {})[name] = split.to_dict()
-    encoder = None
-    for method in config.methods:
-        try:
-            if method == OURS_GBT:
-                if encoder is None:
-                    raise BenchError(f"{OURS_GBT} needs our encoder, which was not fitted here")
-                model = _EmbeddingGBT(encoder, seed).fit(train_graphs, y_train)
-            elif method == OURS:
-                if config.encoder:
-                    results["skipped"][f"{OURS} {name}"] = (
-                        "a given encoder was trained on its own split; pass --train to refit it "
-                        "on the held-out split"
-                    )
-                    continue
-                model = encoder = _train_encoder(
-                    config,
-                    Path(config.out) / "encoders" / f"{protocol}-seed-{seed}",
-                    seed,
-                    splits=runs,
-                    time_limit=config.held_out_time_limit,
-                    log=log,
-                )[0]
-            else:
-                model = _fit_baseline(method, train_graphs, y_train, train_arch, seed, config)
-            pred = _predict(method, model, test_graphs, test_arch)
-            record = _prediction_metrics(y_test, pred, chance)
-            results["prediction"].setdefault(name, {}).setdefault(method, []).append(record)
-        except WeightspaceError as exc:
-            results["skipped"][f"{method} {name}"] = str(exc).split("\n")[0][:300]
-
-
-def _synthesis(
-    config: BenchConfig,
-    zoo: Any,
-    table: pd.DataFrame,
-    out: Path,
-    results: dict[str, Any],
-    log: Callable[[str], None],
-) -> None:
-    """Merging curves, reconstructions and sampling on every task (one architecture each).
-
-    Decoders are fitted on the seed-0 encoder's training runs; pairs and reconstructions come
-    from its validation and test runs, which neither the encoder nor the decoders were fitted
-    on. See :mod:`weightspace.synthesis.benchmark`.
+    Returns:
+        The results, as saved in ``results.json``.
     """
-    from weightspace.nn import Encoder
-    from weightspace.synthesis.benchmark import run_section
+    from weightspace.zoo import Zoo
 
-    encoder_dir = Path(config.encoder) if config.encoder else out / "encoders" / "seed-0"
-    splits = _read_json(encoder_dir / "splits.json")
-    if not splits:
-        why = (
-            f"{encoder_dir} has no encoder with a splits.json (run the whole bench first, or "
-            "pass --encoder)"
+    sections = _sections(config)
+    _check_methods(config.methods)
+    unknown = sorted(set(config.retrieval) - set(RETRIEVAL_PROTOCOLS))
+    if unknown:
+        raise BenchError(f"unknown retrieval protocols {unknown}; valid: S, L, F")
+    if len(config.encoders) > 1 and config.seeds != len(config.encoders):
+        log(f"{len(config.encoders)} encoders given: one seed each")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    zoo = Zoo.open(config.zoo)
+    table = _zoo_table(zoo)
+    graphs = _GraphCache(zoo)
+    results = _start(config, zoo, table, sections)
+    if "test_accuracy" not in table.columns:
+        results.notes.append(
+            "The zoo has no test accuracies: accuracy prediction was skipped; only retrieval ran."
         )
-        if config.only:
-            raise BenchError(f"cannot run the synthesis section: {why}")
-        results["skipped"]["synthesis"] = why
-        return
-    splits = splits.get("runs", splits)
-    archs = {}
-    for item in config.synthesis_archs:
-        task, sep, arch = item.partition("=")
-        if not sep or not task or not arch:
-            raise BenchError(f"--synthesis-archs takes task=arch items, got {item!r}")
-        archs[task.strip()] = arch.strip()
-    log(f"synthesis: every task, encoder {encoder_dir}")
-    t = _now()
-    try:
-        section = run_section(
-            zoo,
-            Encoder.load(encoder_dir),
-            splits,
-            out,
-            tasks=config.synthesis_tasks,
-            archs=archs,
-            min_accuracy=config.synthesis_min_accuracy,
-            pairs=config.synthesis_pairs,
-            samples=config.synthesis_samples,
-            decoder_steps=config.decoder_steps,
-            decoder_time_limit=config.decoder_time_limit,
-            device=config.device,
-            log=log,
+    if results.spread == "bootstrap":
+        results.notes.append(
+            f"One given encoder, so one fixed split: ± is the std over {config.bootstrap} "
+            "bootstrap resamples of the test runs (seeded), for every row; seeds vary only the "
+            "baselines' initialisation and the retrieval queries."
         )
-    except WeightspaceError as exc:
-        results["skipped"]["synthesis"] = str(exc).split("\n")[0][:300]
-        return
-    for task, why in section["skipped"].items():
-        results["skipped"][f"synthesis {task}"] = why
-    results["timings"]["synthesis (s)"] = [_now() - t]
-    results["synthesis"] = section
+    path = out / "results.json"
+    results.save(path)
+    if "runs" in sections:
+        _runs_section(config, zoo, table, graphs, results, log)
+    if "held-out" in sections and "test_accuracy" not in table.columns:
+        results.skipped["held-out"] = "the zoo has no test accuracies to predict"
+    elif "held-out" in sections:
+        for protocol in config.held_out:
+            for seed in range(min(config.held_out_seeds, config.seeds)):
+                _held_out(config, protocol, seed, table, graphs, results, log)
+                results.save(path)
+    if "synthesis" in sections:
+        _synthesis(config, zoo, out, results, log)
+    results.notes = list(dict.fromkeys(results.notes))
+    results.save(path)
+    from weightspace.report import write_report
 
-
-def _read_csv_rows(path: Path) -> list[str]:
-    try:
-        return path.read_text().strip().splitlines()[1:]
-    except OSError:
-        return []
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    from weightspace.atomic import atomic_write
-
-    text = json.dumps(data, indent=2, default=_json_default)
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
+    write_report(results, out)
+    return results

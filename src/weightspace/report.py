@@ -1,25 +1,47 @@
-"""Tables and plots from a benchmark's ``results.json``: ``report.md`` and PNG figures.
+"""``report.md`` and its figures from a benchmark's ``results.json``.
 
-Every figure in the report is computed from the results dictionary that
-:func:`weightspace.bench.run_bench` produced; nothing is typed in by hand. Each cell is the mean
-over seeds ± the standard deviation (``n`` seeds given in the header).
+Every number comes from :class:`~weightspace.evaluate.results.Results`; nothing is typed in by
+hand. The report leads with the metrics a lookup of metadata cannot fake (within-group and
+final-checkpoint Kendall τ), with the reference rows (``metadata``, ``probing-*``) beside every
+method. A cell is the mean over seeds ± the std over seeds, or, when one given encoder fixes the
+split, ± the std over bootstrap resamples of the test runs (the header says which).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["write_report", "summarise", "format_cell", "headline_table", "synthesis_lines"]
+from weightspace import report_plots
+from weightspace.evaluate.methods import OURS, OURS_GBT, REFERENCE_METHODS
+from weightspace.evaluate.results import MethodScore, Results
+from weightspace.synthesis.report import synthesis_lines
 
-PREDICTION_COLUMNS = ("kendall_tau", "kendall_tau_above_chance", "r2", "mae", "coverage")
-RETRIEVAL_COLUMNS = ("recall@1", "recall@5", "recall@10", "mrr", "gallery_size")
-OURS = "weightspace"
-OURS_METHODS = ("weightspace", "weightspace-gbt")
+__all__ = ["write_report", "summarise", "format_cell", "headline_lines", "synthesis_lines"]
+
+OURS_METHODS = (OURS, OURS_GBT)
+RUNS = "held-out runs"
+#: (key, header, higher is better) of the prediction tables: primary metrics first.
+PREDICTION_COLUMNS = (
+    ("within_group_tau", "**within-group τ**", True),
+    ("final_tau", "**final-ckpt τ**", True),
+    ("kendall_tau", "pooled τ", True),
+    ("kendall_tau_above_chance", "τ > chance", True),
+    ("r2", "R²", True),
+    ("mae", "MAE", False),
+)
+RETRIEVAL_COLUMNS = ("recall@1", "recall@5", "recall@10", "mrr", "map", "gallery_size")
+RETRIEVAL_NAMES = {
+    "S": "S — symmetry, an invariance check (query = random permutation + rescaling + sign flip "
+    "of a gallery model)",
+    "L": "L — lineage (query = a derivative of a gallery model, then a random symmetry "
+    "transform; relevant = its source run's checkpoints)",
+    "F": "F — function (relevant = the gallery models whose test predictions agree most)",
+}
 
 
 def summarise(values: Sequence[float]) -> tuple[float, float, int]:
@@ -30,471 +52,340 @@ def summarise(values: Sequence[float]) -> tuple[float, float, int]:
     return float(np.mean(finite)), float(np.std(finite)), len(finite)
 
 
-def format_cell(values: Sequence[float], digits: int = 3) -> str:
+def format_cell(values: Sequence[float], digits: int = 3, spread: float | None = None) -> str:
+    """``mean ± std`` of ``values`` (``spread`` replaces the std when given: a bootstrap)."""
     mean, std, n = summarise(values)
     if n == 0:
         return "–"
+    if spread is not None:
+        std, n = spread, 2 if math.isfinite(spread) else 1
     if abs(mean) >= 1e4:  # diverged regressors (R² of -1e38): keep the table readable
         return f"{mean:.2e}" if n == 1 else f"{mean:.2e} ± {std:.1e}"
-    if n == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _table(per_method: Mapping[str, list[dict]], columns: Sequence[str]) -> list[str]:
-    present = [c for c in columns if any(c in run for runs in per_method.values() for run in runs)]
+def _score_cell(results: Results, scores: Sequence[MethodScore], read: Callable, key: str) -> str:
+    values = [read(s).get(key, math.nan) for s in scores]
+    spread = None
+    if results.spread == "bootstrap":
+        spread = summarise([s.bootstrap_std.get(key, math.nan) for s in scores])[0]
+    return format_cell(values, spread=spread)
+
+
+def _label(method: str) -> str:
+    if method in OURS_METHODS:
+        return f"**{method}** (ours)"
+    return f"{method} (reference)" if method in REFERENCE_METHODS else method
+
+
+def _rows(results: Results, present: Sequence[str]) -> list[str]:
+    """Ours, then the reference rows (always, when they were asked for), then the rest."""
+    asked = list(results.config.get("methods", ())) + [m for m in present]
+    order = [*OURS_METHODS, *REFERENCE_METHODS]
+    rows = [m for m in order if m in asked] + [m for m in dict.fromkeys(asked) if m not in order]
+    return list(dict.fromkeys(rows))
+
+
+def _why(results: Results, method: str, protocol: str) -> str:
+    for key in (f"{method} ({protocol})", f"{method} retrieval {protocol}", f"{method} retrieval"):
+        if key in results.skipped:
+            return results.skipped[key]
+    return "not run"
+
+
+def _prediction_table(results: Results, protocol: str) -> list[str]:
+    section = results.prediction[protocol]
+    header = [h for _, h, _ in PREDICTION_COLUMNS]
     lines = [
-        "| method | " + " | ".join(present) + " |",
-        "|---|" + "---|" * len(present),
+        "| method | " + " | ".join([*header[:2], "coverage", *header[2:]]) + " |",
+        "|---|" + "---|" * (len(header) + 1),
     ]
-    for method, runs in per_method.items():
-        cells = []
-        for column in present:
-            digits = 0 if column == "gallery_size" else 3
-            cells.append(format_cell([run.get(column, float("nan")) for run in runs], digits))
-        name = f"**{method}** (ours)" if method in OURS_METHODS else method
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _best_baseline(per_method: Mapping[str, list[dict]], metric: str, higher: bool = True):
-    best, best_value = None, None
-    for method, runs in per_method.items():
-        if method in OURS_METHODS:
+    own = []
+    for method in _rows(results, list(section.methods)):
+        scores = section.methods.get(method)
+        if not scores:
+            lines.append(f"| {_label(method)} | – ({_why(results, method, protocol)[:80]}) |")
             continue
-        mean, _, n = summarise([r.get(metric, float("nan")) for r in runs])
-        if n and (best_value is None or (mean > best_value if higher else mean < best_value)):
-            best, best_value = method, mean
-    return best, best_value
-
-
-def headline_table(results: Mapping[str, Any]) -> list[str]:
-    """The README's headline: our rows against the best baseline, per key metric."""
-    rows = []
-    for protocol, metrics in (
-        (
-            "held-out runs",
-            (
-                ("kendall_tau", True),
-                ("kendall_tau_above_chance", True),
-                ("r2", True),
-                ("mae", False),
-            ),
-        ),
-        ("held-out architectures", (("kendall_tau", True), ("r2", True))),
-    ):
-        section = results.get("prediction", {}).get(protocol, {})
-        for metric, higher in metrics:
-            if any(m in section for m in OURS_METHODS):
-                rows.append((f"accuracy prediction, {protocol}: {metric}", section, metric, higher))
-    for protocol, metric in (
-        ("S", "recall@1"),
-        ("L", "recall@10"),
-        ("L", "mrr"),
-        ("F", "recall@10"),
-    ):
-        section = results.get("retrieval", {}).get(protocol, {})
-        if OURS in section:
-            rows.append((f"retrieval {protocol}: {metric}", section, metric, True))
-    lines = [
-        "| metric | " + " | ".join(OURS_METHODS) + " | best baseline |",
-        "|---|" + "---|" * (len(OURS_METHODS) + 1),
+        coverage = format_cell([s.coverage for s in scores])
+        if not all(s.in_common for s in scores):
+            lines.append(
+                f"| {_label(method)} | – | – | {coverage} | – (covers too few test checkpoints "
+                "to join the common subset; see its own coverage below) |"
+            )
+        else:
+            cells = [
+                _score_cell(results, scores, lambda s: s.common, k)
+                for k, _, _ in PREDICTION_COLUMNS
+            ]
+            lines.append(
+                f"| {_label(method)} | " + " | ".join([*cells[:2], coverage, *cells[2:]]) + " |"
+            )
+        if any(s.coverage < 1 for s in scores):
+            cells = [
+                _score_cell(results, scores, lambda s: s.own, k) for k, _, _ in PREDICTION_COLUMNS
+            ]
+            refused = sorted({a for s in scores for a in s.refused})
+            own.append(
+                f"| {_label(method)} | {coverage} | "
+                + " | ".join(cells)
+                + " | "
+                + (", ".join(refused) or "–")
+                + " |"
+            )
+    common, _, _ = summarise(section.common_size)
+    total, _, _ = summarise(section.test_size)
+    lines += [
+        "",
+        f"Scored on the {common:.0f} test checkpoints every method covers (of {total:.0f}); "
+        "within-group τ: inside each (task, architecture, epoch > 0) group, weighted by size; "
+        "final-checkpoint τ: among the final checkpoints of the test runs of each (task, "
+        "architecture). Pooled τ, R² and MAE are secondary: a lookup of metadata scores well on "
+        "them.",
     ]
-    for label, section, metric, higher in rows:
-        ours = [
-            format_cell([r.get(metric, float("nan")) for r in section.get(m, [])])
-            for m in OURS_METHODS
+    for metric, why in section.skipped_metrics.items():
+        lines.append(f"- `{metric}` not computed: {why}.")
+    if own:
+        lines += [
+            "",
+            "Methods that do not cover every test checkpoint, scored on their own coverage:",
+            "",
+            "| method | coverage | " + " | ".join(header) + " | architectures not covered |",
+            "|---|" + "---|" * (len(header) + 2),
+            *own,
         ]
-        best, _ = _best_baseline(section, metric, higher)
-        theirs = (
-            f"{format_cell([r.get(metric, float('nan')) for r in section[best]])} ({best})"
-            if best
-            else "–"
-        )
-        lines.append(f"| {label} | " + " | ".join(ours) + f" | {theirs} |")
     return lines
 
 
-def _verdicts(results: Mapping[str, Any]) -> list[str]:
-    """Plain sentences: where ours wins, where a baseline wins, and the budget ours had."""
-    lines = []
-    timings = results.get("timings", {})
-    if timings.get("encoder_epochs"):
-        epochs, _, _ = summarise(timings["encoder_epochs"])
-        seconds, _, _ = summarise(timings.get("encoder_training_s", []))
-        limit = results.get("config", {}).get("train_time_limit")
-        lines.append(
-            f"- Our encoder was trained for {epochs:.1f} epochs ({seconds:.0f} s) per seed under "
-            f"this run's time limit ({limit} s per fit); the baselines' fits are not limited. "
-            "NFN is fitted once per architecture (a specialist per architecture; `coverage` "
-            "is the share of checkpoints it could take), while one encoder serves every "
-            "architecture."
-        )
-    for protocol, per_method in results.get("prediction", {}).items():
-        best, value = _best_baseline(per_method, "kendall_tau")
-        for name in OURS_METHODS:
-            if name not in per_method or best is None:
-                continue
-            ours, _, _ = summarise([r.get("kendall_tau", float("nan")) for r in per_method[name]])
-            if not math.isfinite(ours):
-                continue
-            if value > ours:
-                lines.append(
-                    f"- **{protocol}**: the baseline `{best}` beats `{name}` on Kendall τ "
-                    f"({value:.3f} vs {ours:.3f})."
-                )
-            else:
-                lines.append(
-                    f"- **{protocol}**: `{name}` leads the best baseline (`{best}`) on Kendall τ "
-                    f"by {ours - value:+.3f} ({ours:.3f} vs {value:.3f})."
-                )
-    for protocol, section in results.get("retrieval", {}).items():
-        if OURS not in section:
-            continue
-        metric = "recall@1" if protocol == "S" else "recall@10"
-        ours, _, _ = summarise([r.get(metric, float("nan")) for r in section[OURS]])
-        best, value = _best_baseline(section, metric)
-        if best is None:
-            continue
-        verb = "beats ours" if value > ours else "trails ours"
-        lines.append(
-            f"- **retrieval {protocol}**: the best baseline `{best}` {verb} on {metric} "
-            f"({value:.3f} vs {ours:.3f})."
-        )
-    return lines
-
-
-def _number(value: Any, digits: int = 3) -> str:
-    if isinstance(value, bool) or value is None:
-        return "–" if value is None else str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return "–" if not math.isfinite(value) else f"{value:.{digits}f}"
-    return str(value)
-
-
-def _rows_table(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> list[str]:
-    if not rows:
+def _per_task_table(results: Results, protocol: str) -> list[str]:
+    section = results.prediction[protocol]
+    tasks = sorted({t for scores in section.methods.values() for s in scores for t in s.per_task})
+    if len(tasks) < 2:
         return []
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(_number(row.get(c), digits) for c in columns) + " |")
+    lines = [
+        "Within-group τ per task (common subset):",
+        "",
+        "| method | " + " | ".join(tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
+    for method in _rows(results, list(section.methods)):
+        scores = section.methods.get(method, [])
+        if scores:
+            cells = [
+                format_cell(
+                    [s.per_task.get(t, {}).get("within_group_tau", math.nan) for s in scores]
+                )
+                for t in tasks
+            ]
+            lines.append(f"| {_label(method)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _best(results: Results, protocol: str, metric: str, among: Sequence[str]) -> tuple[str, float]:
+    best, value = "", math.nan
+    for method, scores in results.prediction[protocol].methods.items():
+        if method in among:
+            mean = summarise([s.common.get(metric, math.nan) for s in scores])[0]
+            if math.isfinite(mean) and not mean <= value:
+                best, value = method, mean
+    return best, value
+
+
+def headline_lines(results: Results) -> list[str]:
+    """Plain sentences: our best row against the best reference row and the best baseline on
+    the primary metrics of every prediction protocol, and the budget our encoder had."""
+    lines = []
+    epochs = results.timings.get("encoder_epochs")
+    if epochs:
+        lines.append(
+            f"- Our encoder trained for {summarise(epochs)[0]:.1f} epochs per fit (bound: "
+            f"{results.config.get('train_epochs')} epochs, early stopping on validation runs)."
+        )
+    for protocol, section in results.prediction.items():
+        baselines = [m for m in section.methods if m not in (*OURS_METHODS, *REFERENCE_METHODS)]
+        for metric, header, _ in PREDICTION_COLUMNS[:2]:
+            ours, ours_value = _best(results, protocol, metric, OURS_METHODS)
+            reference, reference_value = _best(results, protocol, metric, REFERENCE_METHODS)
+            baseline, baseline_value = _best(results, protocol, metric, baselines)
+            others = (
+                f"best reference `{reference or '–'}` {reference_value:.3f}, best baseline "
+                f"`{baseline or '–'}` {baseline_value:.3f}"
+            )
+            if not ours:
+                lines.append(f"- {protocol}, {header.strip('*')}: {others}.")
+                continue
+            rivals = [
+                (v, m) for v, m in ((reference_value, reference), (baseline_value, baseline)) if m
+            ]
+            verdict = "leads every other row"
+            if rivals and max(rivals)[0] > ours_value:
+                verdict = f"**trails `{max(rivals)[1]}`**"
+            lines.append(
+                f"- {protocol}, {header.strip('*')}: `{ours}` {ours_value:.3f} {verdict} "
+                f"({others})."
+            )
     return lines
 
 
-GOAL_NAMES = {
-    "embedding_midpoint_vs_rebasin": "embedding midpoint ≥ rebasin midpoint",
-    "embedding_midpoint_vs_endpoints": "embedding midpoint ≥ endpoints' mean − 0.01",
-    "reconstruction_accuracy": "held-out reconstructions within 0.01 of the original's accuracy",
-    "reconstruction_faithful": "agreement with own original ≥ cross agreement + 0.05",
-    "samples_beat_noise": "samples beat zoo + noise at equal novelty",
-    "embedding_endpoints": "(check) decoding A's and B's own embeddings keeps their accuracy "
-    "within 0.01",
-}
-
-
-def synthesis_lines(synthesis: Mapping[str, Any]) -> list[str]:
-    """The report's synthesis section, from ``results["synthesis"]`` alone."""
-    if "tasks" not in synthesis:  # results.json of an older bench: its own Markdown
-        return list(synthesis.get("markdown", []))
-    tasks = synthesis["tasks"]
-    lines = [
-        "Per task, one architecture (see each task below for how it was chosen). Decoders are "
-        "fitted on the encoder's training runs and early-stopped on a few of them; merge pairs "
-        "and reconstructions are final checkpoints of held-out runs (validation + test) above "
-        "the task's accuracy threshold. `mid X` is test accuracy at α = 0.5 averaged over "
-        "pairs (`endpoints`: the mean of the two models' accuracies); `recon` are held-out "
-        "reconstructions; `agree own` is the share of test predictions a reconstruction shares "
-        "with its original, `agree cross` the share another model's reconstruction shares with "
-        "it; samples are compared with the zoo + noise baseline at the samples' novelty. "
-        f"Section time: {synthesis.get('seconds', float('nan')):.0f} s.",
-        "",
-        *_rows_table(synthesis.get("summary", [])),
-        "",
-    ]
-    if tasks:
-        names = list(GOAL_NAMES)
-        lines += ["Goals (from the issue), per task:", ""]
-        lines += ["| goal | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-        for goal in names:
-            cells = []
-            for entry in tasks.values():
-                met = entry.get("goals", {}).get(goal)
-                cells.append("–" if met is None else ("met" if met else "**missed**"))
-            lines.append(f"| {GOAL_NAMES[goal]} | " + " | ".join(cells) + " |")
-        lines += [
-            "",
-            "Whether missed reconstruction goals come from the decoder's training data or from "
-            "what the embedding holds: `python benchmarks/bench_decoder_codes.py --encoder ENC` "
-            "fits decoders on one group with many more models and compares the embedding with "
-            "a code that holds the models' outputs.",
-            "",
+def _retrieval_lines(results: Results, figure: str | None) -> list[str]:
+    lines = []
+    for protocol, per_method in results.retrieval.items():
+        if not per_method:
+            continue
+        present = [
+            c
+            for c in RETRIEVAL_COLUMNS
+            if any(c in s.metrics for v in per_method.values() for s in v)
         ]
-    for task, entry in tasks.items():
-        decoder = entry.get("decoder", {})
-        recon, train = entry.get("reconstruction", {}), entry.get("reconstruction_train", {})
-        probe = entry.get("embedding_probe", {})
-        sampling = entry.get("sampling", {})
-        pairs_note = ""
-        if entry.get("pairs", 0) < entry.get("pairs_requested", 0):
-            pairs_note = (
-                f" — **fewer than the {entry['pairs_requested']} pairs asked for**: the zoo has "
-                f"only {entry.get('held_out_models')} held-out models above the threshold"
-            )
-        elif not entry.get("disjoint_pairs", True):
-            pairs_note = (
-                f" (the pairs share models: {entry.get('distinct_models_in_pairs')} distinct "
-                "held-out models)"
-            )
         lines += [
-            f"### {task} / {entry.get('arch')}",
+            f"## Retrieval {RETRIEVAL_NAMES.get(protocol, protocol)}",
             "",
-            f"Architecture: {entry.get('arch_choice')}. Accuracy threshold "
-            f"{_number(entry.get('threshold'))}; {entry.get('pairs')} pairs{pairs_note}. Decoder: "
-            f"{decoder.get('steps')} steps in {_number(decoder.get('seconds'), 1)} s (limit "
-            f"{_number(decoder.get('time_limit'), 0)} s), kept step {decoder.get('best_step')} "
-            f"(validation agreement {_number(decoder.get('val_agreement'))}), trained on "
-            f"{decoder.get('train_models')} models.",
-            "",
-            "| method | " + " | ".join(f"α={a:g}" for a in (0, 0.25, 0.5, 0.75, 1)) + " |",
-            "|---|" + "---|" * 5,
+            "| method | " + " | ".join(present) + " |",
+            "|---|" + "---|" * len(present),
         ]
-        by_method: dict[str, dict[float, float]] = {}
-        for row in entry.get("curves", []):
-            by_method.setdefault(row["method"], {})[float(row["alpha"])] = row["accuracy_mean"]
-        for method, values in by_method.items():
-            cells = [_number(values.get(a, float("nan"))) for a in (0, 0.25, 0.5, 0.75, 1.0)]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        emb, ends = by_method.get("embedding", {}), by_method.get("endpoints", {})
-        if {0.0, 1.0} <= set(emb) and {0.0, 1.0} <= set(ends):
-            off = max(abs(emb[a] - ends[a]) for a in (0.0, 1.0))
+        kinds: dict[str, dict[str, list[float]]] = {}
+        for method in _rows(results, list(per_method)):
+            scores = per_method.get(method)
+            if not scores:
+                lines.append(f"| {_label(method)} | – ({_why(results, method, protocol)[:80]}) |")
+                continue
+            cells = [
+                format_cell(
+                    [s.metrics.get(c, math.nan) for s in scores], 0 if c == "gallery_size" else 3
+                )
+                for c in present
+            ]
+            lines.append(f"| {_label(method)} | " + " | ".join(cells) + " |")
+            for s in scores:
+                for kind, metrics in s.by_kind.items():
+                    value = metrics.get("map", metrics.get("recall@10", math.nan))
+                    kinds.setdefault(method, {}).setdefault(kind, []).append(value)
+        names = sorted({k for v in kinds.values() for k in v})
+        if names:
             lines += [
                 "",
-                f"Decoding the endpoints' own embeddings (α = 0, 1) gives {_number(emb[0.0])} and "
-                f"{_number(emb[1.0])} against the models' {_number(ends[0.0])} and "
-                f"{_number(ends[1.0])}"
-                + (
-                    ": the embedding curve is the decoder's output near the pair, not a merge "
-                    "that passes through the two models, so its midpoint is no like-for-like "
-                    "match for weight matching's."
-                    if off > 0.01
-                    else "."
-                ),
+                "Per derivative kind (mAP, or Recall@10 where mAP is absent):",
+                "",
+                "| method | " + " | ".join(names) + " |",
+                "|---|" + "---|" * len(names),
             ]
+            for method, per_kind in kinds.items():
+                cells = [format_cell(per_kind.get(k, [])) for k in names]
+                lines.append(f"| {_label(method)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if figure:
         lines += [
+            f"![Recall@k]({figure})",
             "",
-            f"Reconstructions of {recon.get('models', 0)} held-out models: original accuracy "
-            f"{_number(recon.get('accuracy'))}, decoded {_number(recon.get('decoded_accuracy'))} "
-            f"(mean |gap| {_number(recon.get('accuracy_gap_abs'))}); agreement with the own "
-            f"original {_number(recon.get('agreement'))} vs another model's reconstruction "
-            f"{_number(recon.get('agreement_cross'))} (two originals agree "
-            f"{_number(recon.get('agreement_other'))}). On {train.get('models', 0)} of the "
-            f"decoder's training models: decoded {_number(train.get('decoded_accuracy'))} vs "
-            f"{_number(train.get('accuracy'))}, agreement own {_number(train.get('agreement'))} "
-            f"vs cross {_number(train.get('agreement_cross'))}. A linear probe from the "
-            "embedding to held-out models' logits (the embedding's model-specific content, "
-            f"decoder aside) agrees {_number(probe.get('agreement'))} with its own model vs "
-            f"{_number(probe.get('agreement_cross'))} with another's"
-            + (
-                ": the embedding holds next to nothing model-specific here, so no decoder can "
-                "be faithful on held-out models of this encoder."
-                if probe.get("agreement") is not None
-                and probe["agreement"] - probe.get("agreement_cross", 0.0) < 0.02
-                else "."
-            ),
-            "",
-            f"Sampling: {sampling.get('samples')} samples, accuracy "
-            f"{_number(sampling.get('accuracy_mean'))} ± {_number(sampling.get('accuracy_std'))} "
-            f"at novelty {_number(sampling.get('novelty_mean'))}; zoo "
-            f"{_number(sampling.get('zoo_accuracy_mean'))}, pool "
-            f"{_number(sampling.get('pool_accuracy_mean'))}; zoo + noise at equal novelty "
-            f"{_number(sampling.get('noise_accuracy_at_equal_novelty'))} (gain "
-            f"{_number(sampling.get('accuracy_gain_over_noise'))}"
-            + (
-                f"; {sampling['beyond_noise_range']:.0%} of the samples are more novel than the "
-                "noisiest baseline point and are compared with that point"
-                if sampling.get("beyond_noise_range")
-                else ""
-            )
-            + ").",
+            "*Recall@k against k for every method (mean over seeds).*",
             "",
         ]
-    for task, why in synthesis.get("skipped", {}).items():
-        lines.append(f"- {task}: not measured ({why})")
     return lines
 
 
-def _plots(results: Mapping[str, Any], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-    preds = results.get("predictions_seed0", {})
-    if preds:
-        n = len(preds)
-        cols = min(4, n)
-        rows = math.ceil(n / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
-        for ax, (method, data) in zip(axes.flat, preds.items(), strict=False):
-            true = np.asarray(data["true"], dtype=float)
-            pred = np.asarray([np.nan if p is None else p for p in data["predicted"]], float)
-            ax.scatter(true, pred, s=4, alpha=0.5)
-            ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
-            ax.set_title(method, fontsize=9)
-            ax.set_xlabel("true test accuracy", fontsize=8)
-            ax.set_ylabel("predicted", fontsize=8)
-        for ax in list(axes.flat)[n:]:
-            ax.axis("off")
-        fig.tight_layout()
-        fig.savefig(out / "predicted_vs_true.png", dpi=110)
-        plt.close(fig)
-        made.append("predicted_vs_true.png")
-    retrieval = results.get("retrieval", {})
-    if any(retrieval.values()):
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-        for ax, protocol in zip(axes, ("S", "L", "F"), strict=True):
-            for method, runs in retrieval.get(protocol, {}).items():
-                ks = sorted(int(k.split("@")[1]) for k in runs[0] if k.startswith("recall@"))
-                means = [summarise([r[f"recall@{k}"] for r in runs])[0] for k in ks]
-                ax.plot(ks, means, marker="o", ms=3, label=method, lw=2 if method == OURS else 1)
-            ax.set_title(f"retrieval {protocol}")
-            ax.set_xlabel("k")
-            ax.set_ylabel("Recall@k")
-            ax.set_ylim(0, 1.02)
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "recall_at_k.png", dpi=110)
-        plt.close(fig)
-        made.append("recall_at_k.png")
-    emap = results.get("embedding_map", {})
-    if emap.get("x"):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        tasks = emap["task"]
-        for task in sorted(set(tasks)):
-            idx = [i for i, t in enumerate(tasks) if t == task]
-            axes[0].scatter(
-                [emap["x"][i] for i in idx], [emap["y"][i] for i in idx], s=5, label=task
-            )
-        axes[0].legend(fontsize=7, markerscale=2)
-        axes[0].set_title("embedding space (PCA), by task")
-        if emap.get("test_accuracy"):
-            sc = axes[1].scatter(emap["x"], emap["y"], c=emap["test_accuracy"], s=5, cmap="viridis")
-            fig.colorbar(sc, ax=axes[1], label="test accuracy")
-        axes[1].set_title("embedding space (PCA), by accuracy")
-        fig.tight_layout()
-        fig.savefig(out / "embedding_map.png", dpi=110)
-        plt.close(fig)
-        made.append("embedding_map.png")
-    log_path = out / "encoders" / "seed-0" / "log.csv"
-    if log_path.exists():
-        import pandas as pd
-
-        log = pd.read_csv(log_path)
-        columns = [c for c in log.columns if c != "epoch" and log[c].notna().any()]
-        if columns:
-            fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-            for c in columns:
-                target = axes[0] if "loss" in c else axes[1]
-                target.plot(log["epoch"], log[c], label=c)
-            axes[0].set_title("training losses")
-            axes[1].set_title("validation metrics")
-            for ax in axes:
-                ax.set_xlabel("epoch")
-                ax.legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(out / "training_curves.png", dpi=110)
-            plt.close(fig)
-            made.append("training_curves.png")
-    synthesis = results.get("synthesis", {})
-    for name in synthesis.get("plots", []):
-        if (out / name).exists():
-            made.append(name)
-    return made
+def _encoder_source(source: Any) -> str:
+    if isinstance(source, list) and len(source) == 1:
+        return f"given, `{source[0]}`"
+    if isinstance(source, list):
+        return f"given, one per seed: {', '.join(f'`{s}`' for s in source)}"
+    return str(source)
 
 
-def write_report(results: Mapping[str, Any], out: str | Path) -> Path:
-    """Write ``report.md`` (and the plots) for ``results`` into ``out``."""
+def write_report(results: Results | Mapping[str, Any], out: str | Path) -> Path:
+    """Write ``report.md`` (and its figures) for ``results`` into ``out``."""
     out = Path(out)
-    zoo = results.get("zoo", {})
-    seeds = results.get("config", {}).get("seeds", "?")
+    if not isinstance(results, Results):
+        results = Results.from_dict(dict(results))
+    zoo, config = results.zoo, results.config
+    seeds = max(
+        (len(s) for sec in results.prediction.values() for s in sec.methods.values()), default=0
+    )
+    spread = (
+        f"± is the std over {config.get('bootstrap')} bootstrap resamples of the test runs (one "
+        "given encoder fixes the split)"
+        if results.spread == "bootstrap"
+        else "± is the std over seeds"
+    )
     lines = [
         "# weightspace benchmark",
         "",
-        f"Zoo **{zoo.get('name')}** (`{zoo.get('path')}`): {zoo.get('checkpoints')} checkpoints "
-        f"from {zoo.get('runs')} runs, {zoo.get('architectures')} architectures, tasks "
-        f"{', '.join(zoo.get('tasks', []))}. Seeds: {seeds} (held-out runs); cells are mean ± "
-        "std over seeds. Splits are by run: every checkpoint of a run is on one side.",
+        f"Zoo **{zoo.name}** (`{zoo.path}`): {zoo.checkpoints} checkpoints from {zoo.runs} runs, "
+        f"{zoo.architectures if zoo.architectures is not None else '?'} architectures, tasks "
+        f"{', '.join(zoo.tasks) or '–'}. Seeds: {seeds} (held-out runs); cells are the mean over "
+        f"seeds, {spread}. Splits are by run: every checkpoint of a run is on one side. Every "
+        "method is scored on the same checkpoints.",
         "",
-        f"Encoder: {results.get('encoder', {}).get('source')}.",
+        f"Encoder: {_encoder_source(results.encoder.get('source'))}.",
         "",
     ]
-    for note in results.get("notes", []):
-        lines += [f"> **Note.** {note}", ""]
-    lines += ["## Headline", "", *headline_table(results), "", *_verdicts(results), ""]
-    for protocol, per_method in results.get("prediction", {}).items():
-        split = results.get("splits", {}).get(protocol)
+    lines += [f"> **Note.** {note}\n" for note in results.notes]
+    if results.updated_sections:
+        lines += [f"Sections updated by the last run: {', '.join(results.updated_sections)}.", ""]
+    lines += ["## Headline", "", *headline_lines(results), ""]
+    for protocol in results.prediction:
+        section = results.prediction[protocol]
         lines += [f"## Accuracy prediction: {protocol}", ""]
-        if split:
-            lines += [f"Split: {split}", ""]
-        lines += [*_table(per_method, PREDICTION_COLUMNS), ""]
-    names = {
-        "S": "S — symmetry (query = random permutation + rescaling + sign flip of a gallery model)",
-        "L": "L — lineage (query = noised / pruned / quantised / fine-tuned derivative, then a "
-        "random symmetry transform; relevant = the source run's checkpoints)",
-        "F": "F — function (relevant = the gallery models whose test predictions agree most)",
-    }
-    for protocol, per_method in results.get("retrieval", {}).items():
-        if per_method:
-            lines += [
-                f"## Retrieval {names.get(protocol, protocol)}",
-                "",
-                *_table(per_method, RETRIEVAL_COLUMNS),
-                "",
-            ]
-    synthesis = results.get("synthesis")
-    if synthesis:
-        lines += ["## Synthesis", "", *synthesis_lines(synthesis), ""]
-    if results.get("skipped"):
+        if section.split.get("description"):
+            lines += [f"Split: {section.split['description']}.", ""]
+        lines += [*_prediction_table(results, protocol), ""]
+        if protocol == RUNS:
+            lines += _per_task_table(results, protocol)
+            figure = report_plots.predicted_vs_true(results, out, protocol)
+            if figure:
+                lines += [
+                    f"![predicted vs true]({figure})",
+                    "",
+                    "*Predicted against true test accuracy of the held-out runs (seed 0), shared "
+                    "axes; the diagonal is a perfect prediction.*",
+                    "",
+                ]
+    lines += _retrieval_lines(results, report_plots.recall_at_k(results, out, OURS_METHODS))
+    for figure, caption in (
+        (report_plots.embedding_map(results, out), "Our seed-0 embedding of held-out checkpoints"),
+        (report_plots.training_curves(out), "Training of the seed-0 encoder"),
+    ):
+        if figure:
+            lines += [f"![{figure}]({figure})", "", f"*{caption}.*", ""]
+    if results.synthesis:
+        lines += ["## Synthesis", "", *synthesis_lines(results.synthesis), ""]
+        lines += [
+            f"![{p}]({p})\n" for p in results.synthesis.get("plots", []) if (out / p).exists()
+        ]
+    if results.skipped:
         lines += ["## Skipped, and why", ""]
-        for what, why in results["skipped"].items():
-            lines.append(f"- `{what}`: {why}")
+        lines += [f"- `{what}`: {why}" for what, why in results.skipped.items()]
         lines.append("")
-    timings = results.get("timings", {})
-    if timings:
-        lines += ["## Timings (seconds, mean over seeds)", "", "| step | seconds |", "|---|---|"]
-        for step, values in timings.items():
-            lines.append(f"| {step} | {summarise(values)[0]:.1f} |")
-        lines.append("")
-    plots = _plots(results, out)
-    if plots:
-        lines += ["## Figures", ""]
-        lines += [f"![{p}]({p})" for p in plots]
+    if results.timings:
+        lines += ["## Timings (seconds, mean over fits)", "", "| step | seconds |", "|---|---|"]
+        lines += [f"| {step} | {summarise(v)[0]:.1f} |" for step, v in results.timings.items()]
         lines.append("")
     lines += [
         "Reproduce: `weightspace bench --zoo ZOO --out OUT` with the options in `results.json` "
-        "(`config`), or `make demo`. Regenerate this page from the numbers alone with "
+        "(`config`). Regenerate this page from the numbers alone with "
         "`python -m weightspace.report OUT/results.json`.",
         "",
     ]
+    from weightspace.atomic import atomic_write
+
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines)))
     return path
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m weightspace.report RESULTS.json``: rewrite report.md beside it."""
     import argparse
-    import json
+    import sys
+
+    from weightspace.errors import WeightspaceError
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("results", type=Path)
     args = parser.parse_args(argv)
-    results = json.loads(args.results.read_text())
-    print(write_report(results, args.results.parent))
+    try:
+        print(write_report(Results.load(args.results), args.results.parent))
+    except WeightspaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,13 @@
 ``nfn-np``          NFN with NP layers; one fixed architecture only
 ==================  ===========================================================================
 
+As :class:`~weightspace.evaluate.api.Method` s (the estimator contract ``bench`` loops over):
+:class:`EmbedderMethod` wraps any of them, :class:`PerArchitecture` fits one copy per
+architecture, :class:`Canonical` feeds them the exact canonical form (``statnn+canon``);
+the reference rows :class:`MetadataLookup` (``metadata``) and :class:`Probing`
+(``probing-gauss``, ``probing-task``) live in :mod:`weightspace.baselines.reference`, and
+:func:`tuned_regressor` tunes every tree / MLP head by run-grouped cross-validation.
+
 Example::
 
     from weightspace.baselines import get_embedder, list_embedders
@@ -46,14 +53,37 @@ from weightspace.baselines.nfn import (
 from weightspace.baselines.statnn import StatNNEmbedder, layer_statistics
 from weightspace.baselines.weightwatcher import WeightWatcherEmbedder, weightwatcher_metrics
 
+# The Method adapters, reference rows and head tuning import weightspace.evaluate, which may
+# import baselines: load them on first use.
+_LAZY = {
+    "Canonical": "weightspace.baselines.methods",
+    "EmbedderMethod": "weightspace.baselines.methods",
+    "PerArchitecture": "weightspace.baselines.methods",
+    "MetadataLookup": "weightspace.baselines.reference",
+    "Probing": "weightspace.baselines.reference",
+    "tuned_regressor": "weightspace.baselines.tuning",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'weightspace.baselines' has no attribute {name!r}")
+
+
 __all__ = [
     "ACCURACY_TARGET",
     "BaselineError",
     "BaselineUnavailableError",
+    "Canonical",
     "Embedder",
     "EmbedderInfo",
+    "EmbedderMethod",
     "FeatureEmbedder",
     "FlatMLPEmbedder",
+    "MetadataLookup",
     "ModelLike",
     "NFNEmbedder",
     "NFNHNPEmbedder",
@@ -61,6 +91,8 @@ __all__ = [
     "NoTargetsError",
     "NotFittedError",
     "PCAMLPEmbedder",
+    "PerArchitecture",
+    "Probing",
     "StatNNEmbedder",
     "UnsupportedArchitectureError",
     "WeightWatcherEmbedder",
@@ -72,5 +104,6 @@ __all__ = [
     "list_embedders",
     "nfn_incompatibility",
     "register_embedder",
+    "tuned_regressor",
     "weightwatcher_metrics",
 ]

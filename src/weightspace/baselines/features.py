@@ -10,7 +10,10 @@ Every hand-crafted baseline is the same pipeline; subclasses supply only the fea
 with :math:`\mu, \sigma` the per-feature mean and standard deviation over the models passed to
 ``fit`` (:class:`~sklearn.preprocessing.StandardScaler`), :math:`R` an optional reducer (PCA, a
 random projection) and :math:`f` a scikit-learn regressor trained on
-``targets["test_accuracy"]``. Features may be NaN where they do not exist (a layer a shallower
+``targets["test_accuracy"]``. Given the run of each training model (``fit(..., groups=runs)``)
+and ``tune=True``, :math:`f` is chosen by run-grouped cross-validation
+(:func:`weightspace.baselines.tuning.tuned_regressor`, kind ``_head_kind``); its choice is
+``regressor_.best_params_``. Features may be NaN where they do not exist (a layer a shallower
 model lacks, a metric WeightWatcher could not fit): the scaler ignores them and they become 0,
 the training mean, after standardisation.
 """
@@ -24,7 +27,12 @@ import numpy as np
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 
-from weightspace.baselines.base import Embedder, ModelLike, as_spec_and_state_dicts
+from weightspace.baselines.base import (
+    BaselineError,
+    Embedder,
+    ModelLike,
+    as_spec_and_state_dicts,
+)
 from weightspace.spec import NetworkSpec
 
 __all__ = ["FeatureEmbedder"]
@@ -45,6 +53,10 @@ class FeatureEmbedder(Embedder):
 
     _fitted_attribute = "scaler_"
     canonicalize: bool = False
+    tune: bool = True
+    random_state: int = 0
+    #: Kind of the tuned head (:data:`weightspace.baselines.tuning.HEAD_KINDS`).
+    _head_kind: str = "gbt"
 
     # ------------------------------------------------------------------ to implement
     def _fit_features(self, pairs: Pairs) -> np.ndarray:
@@ -58,6 +70,19 @@ class FeatureEmbedder(Embedder):
 
     def _make_reducer(self, standardised: np.ndarray) -> Any | None:
         return None
+
+    def _head_fixed(self) -> dict[str, Any]:
+        """Hyper-parameters of the tuned head that are not searched (the embedder's own)."""
+        return {}
+
+    def _fit_head(self, z: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> Any:
+        if self.tune and groups is not None:
+            from weightspace.baselines.tuning import tuned_regressor
+
+            return tuned_regressor(
+                self._head_kind, z, y, groups, self.random_state, fixed=self._head_fixed()
+            )
+        return self._make_regressor().fit(z, y)
 
     # ------------------------------------------------------------------ contract
     def _pairs(self, models: Sequence[ModelLike]) -> Pairs:
@@ -75,12 +100,19 @@ class FeatureEmbedder(Embedder):
         return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
 
     def fit(
-        self, models: Sequence[ModelLike], targets: Mapping[str, np.ndarray] | None = None
+        self,
+        models: Sequence[ModelLike],
+        targets: Mapping[str, np.ndarray] | None = None,
+        groups: Sequence[Any] | np.ndarray | None = None,
     ) -> FeatureEmbedder:
         """Learn the feature layout, the standardisation, the reducer and (with targets) the
-        regressor. Returns ``self``."""
+        regressor. ``groups`` (one run id per model) turns on run-grouped tuning of the
+        regressor when ``tune``. Returns ``self``."""
         pairs = self._pairs(models)
         y = self._accuracy_target(targets, len(pairs))
+        runs = None if groups is None else np.asarray(groups)
+        if runs is not None and runs.shape[0] != len(pairs):
+            raise BaselineError(f"groups has {runs.shape[0]} run ids for {len(pairs)} models")
         features = np.asarray(self._fit_features(pairs), dtype=np.float64)  # (n, F)
         # Features NaN for every training model (a metric never computed) stay 0.
         self.empty_features_ = ~np.isfinite(features).any(axis=0)
@@ -90,7 +122,7 @@ class FeatureEmbedder(Embedder):
         self.reducer_ = self._make_reducer(z)
         if self.reducer_ is not None:
             z = self.reducer_.fit_transform(z)
-        self.regressor_ = None if y is None else self._make_regressor().fit(z, y)
+        self.regressor_ = None if y is None else self._fit_head(z, y, runs)
         self.n_models_ = len(pairs)
         self.n_features_ = features.shape[1]
         self.embedding_dim_ = int(z.shape[1])

@@ -61,8 +61,12 @@ class FlatMLPEmbedder(FeatureEmbedder):
         alpha: its L2 penalty.
         max_iter: its epochs.
         canonicalize: canonicalise rescalings and signs first.
+        tune: with run ids at ``fit``, choose the MLP's ``hidden_layer_sizes`` and ``alpha`` by
+            run-grouped cross-validation (:mod:`weightspace.baselines.tuning`) instead.
         random_state: seed of the projection and the regressor.
     """
+
+    _head_kind = "mlp"
 
     def __init__(
         self,
@@ -72,6 +76,7 @@ class FlatMLPEmbedder(FeatureEmbedder):
         alpha: float = 1e-2,
         max_iter: int = 500,
         canonicalize: bool = False,
+        tune: bool = True,
         random_state: int = 0,
     ) -> None:
         self.max_dim = max_dim
@@ -80,6 +85,7 @@ class FlatMLPEmbedder(FeatureEmbedder):
         self.alpha = alpha
         self.max_iter = max_iter
         self.canonicalize = canonicalize
+        self.tune = tune
         self.random_state = random_state
 
     def _fit_features(self, pairs: Pairs) -> np.ndarray:
@@ -94,6 +100,9 @@ class FlatMLPEmbedder(FeatureEmbedder):
         if standardised.shape[1] <= self.max_dim:
             return None
         return GaussianRandomProjection(self.projection_dim, random_state=self.random_state)
+
+    def _head_fixed(self) -> dict[str, Any]:
+        return {"max_iter": self.max_iter}
 
     def _make_regressor(self) -> Any:
         return _mlp_regressor(
@@ -119,6 +128,7 @@ class PCAMLPEmbedder(FlatMLPEmbedder):
         alpha: float = 1e-2,
         max_iter: int = 500,
         canonicalize: bool = False,
+        tune: bool = True,
         random_state: int = 0,
     ) -> None:
         self.n_components = n_components
@@ -126,6 +136,7 @@ class PCAMLPEmbedder(FlatMLPEmbedder):
         self.alpha = alpha
         self.max_iter = max_iter
         self.canonicalize = canonicalize
+        self.tune = tune
         self.random_state = random_state
 
     def _make_reducer(self, standardised: np.ndarray) -> Any | None:

@@ -66,8 +66,13 @@ class StatNNEmbedder(FeatureEmbedder):
             models, or the trees cannot split).
         canonicalize: canonicalise rescalings and signs first, which makes the embedding exactly
             invariant to every symmetry of :mod:`weightspace.symmetry`.
+        tune: with run ids at ``fit``, choose the trees' ``max_leaf_nodes`` and
+            ``min_samples_leaf`` by run-grouped cross-validation
+            (:mod:`weightspace.baselines.tuning`) instead.
         random_state: seed of the regressor.
     """
+
+    _head_kind = "gbt"
 
     def __init__(
         self,
@@ -76,6 +81,7 @@ class StatNNEmbedder(FeatureEmbedder):
         max_depth: int | None = None,
         min_samples_leaf: int = 20,
         canonicalize: bool = False,
+        tune: bool = True,
         random_state: int = 0,
     ) -> None:
         self.n_estimators = n_estimators
@@ -83,6 +89,7 @@ class StatNNEmbedder(FeatureEmbedder):
         self.max_depth = max_depth
         self.min_samples_leaf = min_samples_leaf
         self.canonicalize = canonicalize
+        self.tune = tune
         self.random_state = random_state
 
     def _fit_features(self, pairs: Pairs) -> np.ndarray:
@@ -91,6 +98,13 @@ class StatNNEmbedder(FeatureEmbedder):
 
     def _features(self, pairs: Pairs) -> np.ndarray:
         return layer_statistics(pairs, self.max_layers_)
+
+    def _head_fixed(self) -> dict[str, Any]:
+        return {
+            "max_iter": self.n_estimators,
+            "learning_rate": self.learning_rate,
+            "max_depth": self.max_depth,
+        }
 
     def _make_regressor(self) -> Any:
         return HistGradientBoostingRegressor(

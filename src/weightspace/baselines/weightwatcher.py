@@ -132,8 +132,13 @@ class WeightWatcherEmbedder(FeatureEmbedder):
         n_estimators, learning_rate, max_depth: of the
             :class:`~sklearn.ensemble.GradientBoostingRegressor`.
         canonicalize: canonicalise rescalings and signs first.
+        tune: with run ids at ``fit``, the head is instead a histogram GBT whose
+            ``max_leaf_nodes`` and ``min_samples_leaf`` are chosen by run-grouped
+            cross-validation (:mod:`weightspace.baselines.tuning`).
         random_state: seed of the regressor.
     """
+
+    _head_kind = "gbt"
 
     def __init__(
         self,
@@ -142,6 +147,7 @@ class WeightWatcherEmbedder(FeatureEmbedder):
         learning_rate: float = 0.05,
         max_depth: int = 3,
         canonicalize: bool = False,
+        tune: bool = True,
         random_state: int = 0,
     ) -> None:
         self.min_evals = min_evals
@@ -149,6 +155,7 @@ class WeightWatcherEmbedder(FeatureEmbedder):
         self.learning_rate = learning_rate
         self.max_depth = max_depth
         self.canonicalize = canonicalize
+        self.tune = tune
         self.random_state = random_state
 
     def _metric_features(self, pairs: Pairs, depth: int) -> np.ndarray:
@@ -169,6 +176,9 @@ class WeightWatcherEmbedder(FeatureEmbedder):
 
     def _features(self, pairs: Pairs) -> np.ndarray:
         return self._metric_features(pairs, self.max_layers_)
+
+    def _head_fixed(self) -> dict[str, Any]:
+        return {"max_iter": self.n_estimators, "learning_rate": self.learning_rate}
 
     def _make_regressor(self) -> Any:
         return GradientBoostingRegressor(

@@ -22,9 +22,13 @@ def bench(
     zoo: Annotated[Path, typer.Option("--zoo", help="Zoo directory.")],
     out: Annotated[Path, typer.Option("--out", help="Results directory.")],
     encoder: Annotated[
-        Path | None,
+        list[str] | None,
         typer.Option(
-            "--encoder", help="A trained encoder directory (default: train one per seed)."
+            "--encoder",
+            help="Trained encoder directory (default: train one per seed). Repeat it, or give "
+            "several comma-separated, for one encoder per seed (e.g. 3 encoder seeds): rows are "
+            "then mean ± std over them. With one encoder the split is fixed and ± is a "
+            "bootstrap over the test runs (--bootstrap).",
         ),
     ] = None,
     train: Annotated[
@@ -37,13 +41,31 @@ def bench(
     methods: Annotated[
         str | None,
         typer.Option(
-            "--methods", help="Comma-separated methods (default: ours and every baseline)."
+            "--methods",
+            help="Comma-separated methods (default: ours, the reference rows metadata, "
+            "probing-gauss, probing-task, and every baseline; any baseline also as <name>+canon).",
         ),
     ] = None,
+    epochs: Annotated[
+        int, typer.Option("--epochs", min=1, help="Encoder training epochs (the bound).")
+    ] = 12,
+    held_out_epochs: Annotated[
+        int,
+        typer.Option("--held-out-epochs", min=1, help="Encoder epochs for held-out arch/task."),
+    ] = 12,
     time_limit: Annotated[
-        float, typer.Option("--time-limit", help="Seconds per encoder training (0: none).")
-    ] = 150.0,
-    epochs: Annotated[int, typer.Option("--epochs", help="Maximum encoder epochs.")] = 40,
+        float,
+        typer.Option("--time-limit", help="Safety cap in seconds per encoder training (0: none)."),
+    ] = 0.0,
+    bootstrap: Annotated[
+        int,
+        typer.Option(
+            "--bootstrap", min=0, help="Resamples of test runs for the ± of one given encoder."
+        ),
+    ] = 200,
+    retrieval: Annotated[
+        str, typer.Option("--retrieval", help="Retrieval protocols: S,L,F or a subset, or ''.")
+    ] = "S,L,F",
     max_gallery: Annotated[int, typer.Option("--max-gallery", help="Retrieval gallery cap.")] = 300,
     queries: Annotated[
         int, typer.Option("--queries", help="Retrieval queries per protocol.")
@@ -53,11 +75,21 @@ def bench(
         typer.Option("--held-out", help="Extra prediction protocols: architectures,tasks or ''."),
     ] = "architectures,tasks",
     held_out_time_limit: Annotated[
-        float, typer.Option("--held-out-time-limit", help="Seconds per held-out encoder training.")
-    ] = 60.0,
+        float,
+        typer.Option(
+            "--held-out-time-limit", help="Safety cap per held-out encoder training (0: none)."
+        ),
+    ] = 0.0,
     nfn_epochs: Annotated[
-        int, typer.Option("--nfn-epochs", help="NFN epochs per architecture.")
-    ] = 15,
+        int | None,
+        typer.Option("--nfn-epochs", help="NFN epochs per architecture (default: its reference)."),
+    ] = None,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            "--tune/--no-tune", help="Tune baseline heads by run-grouped CV on training runs."
+        ),
+    ] = True,
     synthesis: Annotated[
         bool,
         typer.Option(
@@ -119,16 +151,19 @@ def bench(
     from weightspace.bench import DEFAULT_METHODS, BenchConfig, run_bench
 
     console = Console(stderr=True)
-    if encoder is not None and train:
+    if encoder and train:
         raise typer.BadParameter("give either --encoder or --train, not both")
     config = BenchConfig(
         zoo=str(zoo),
         out=str(out),
-        encoder=str(encoder) if encoder else None,
+        encoder=",".join(_items(",".join(encoder or []))) or None,
         seeds=seeds,
         methods=tuple(m.strip() for m in methods.split(",")) if methods else DEFAULT_METHODS,
         train_epochs=epochs,
+        held_out_epochs=held_out_epochs,
         train_time_limit=time_limit,
+        bootstrap=bootstrap,
+        tune=tune,
         held_out_time_limit=held_out_time_limit,
         nfn_epochs=nfn_epochs,
         decoder_steps=decoder_steps,
@@ -140,6 +175,7 @@ def bench(
         synthesis_samples=synthesis_samples,
         synthesis_min_accuracy=synthesis_min_accuracy,
         held_out=tuple(h for h in (s.strip() for s in held_out.split(",")) if h),
+        retrieval=_items(retrieval),
         max_gallery=max_gallery,
         num_queries=queries,
         synthesis=synthesis,
@@ -182,7 +218,7 @@ def predict(
         k=k,
         coverage=coverage,
         device=device,
-        **architecture_kwargs(activation, spec, model, allow_nonfinite),
+        **architecture_kwargs(activation, spec, model, allow_nonfinite, "embedding"),
     )
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))

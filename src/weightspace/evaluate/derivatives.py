@@ -1,7 +1,7 @@
 r"""Derivatives of a model: what a re-upload of someone's checkpoint may have gone through.
 
-Each derivative maps ``(spec, state_dict)`` to a new state dict (inputs are never modified) and
-acts on every parametrised layer :math:`\ell` separately:
+Cheap, one state dict at a time (:data:`DERIVATIVES`, :func:`make_derivative`), acting on every
+parametrised layer :math:`\ell` separately:
 
 * :func:`add_noise` — :math:`W_\ell \leftarrow W_\ell + \epsilon\,\mathrm{rms}(W_\ell)\,
   \mathcal{N}(0, I)`, biases likewise with their own RMS;
@@ -12,14 +12,25 @@ acts on every parametrised layer :math:`\ell` separately:
 * :func:`finetune` — a few steps of SGD on cross-entropy over the task's training inputs.
 
 The first three follow the same definitions as the encoder's training augmentations in
-:mod:`weightspace.nn.augment`, which work on whole graph batches instead; these work on one state
-dict, which is what the lineage-retrieval protocol needs, and add fine-tuning.
-:data:`DERIVATIVES` names them; :func:`make_derivative` dispatches by name.
+:mod:`weightspace.nn.augment`, so a method trained with them has seen them. The lineage protocol
+therefore defaults to derivatives that a re-uploader really makes and that no augmentation
+imitates (:data:`LINEAGE_DERIVATIVES`, many models at once with :func:`make_derivatives`):
+
+* ``"finetune-long"`` — fine-tuning for :attr:`DerivativeSettings.long_finetune_epochs` (>= 1)
+  epochs with a new seed and a learning rate drawn log-uniformly per model
+  (:func:`weightspace.evaluate.retraining.long_finetune`);
+* ``"distill"`` — distillation into a fresh initialisation of the same architecture
+  (:func:`weightspace.evaluate.retraining.distill`);
+* ``"prune-finetune"`` — magnitude pruning, then fine-tuning with the pruned weights held at 0;
+* ``"net2net"`` — function-preserving widening (:mod:`weightspace.evaluate.net2net`): a
+  *different, wider* architecture computing exactly the same function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -28,17 +39,30 @@ from weightspace.errors import WeightspaceError
 from weightspace.spec import NetworkSpec
 
 __all__ = [
+    "ALL_DERIVATIVES",
     "DERIVATIVES",
+    "LINEAGE_DERIVATIVES",
+    "TRAINING_DERIVATIVES",
     "DerivativeError",
+    "DerivativeSettings",
     "add_noise",
     "finetune",
     "magnitude_prune",
     "make_derivative",
+    "make_derivatives",
     "quantize",
 ]
 
-#: Names of the derivative transforms, as :func:`make_derivative` accepts them.
+#: Names of the cheap derivative transforms, as :func:`make_derivative` accepts them.
 DERIVATIVES: tuple[str, ...] = ("noise", "prune", "quantize", "finetune")
+#: The lineage protocol's default derivatives (see the module docstring).
+LINEAGE_DERIVATIVES: tuple[str, ...] = ("finetune-long", "distill", "prune-finetune", "net2net")
+#: Every name :func:`make_derivatives` accepts.
+ALL_DERIVATIVES: tuple[str, ...] = DERIVATIVES + LINEAGE_DERIVATIVES
+#: Derivatives that need the task's training data.
+TRAINING_DERIVATIVES: frozenset[str] = frozenset(
+    {"finetune", "finetune-long", "distill", "prune-finetune"}
+)
 
 StateDict = dict[str, Tensor]
 
@@ -198,3 +222,143 @@ def make_derivative(
             generator=generator,
         )
     raise DerivativeError(f"unknown derivative {kind!r}; valid: {list(DERIVATIVES)}")
+
+
+@dataclass(frozen=True)
+class DerivativeSettings:
+    """How strong each derivative is (defaults keep the lineage protocol at seconds per query
+    batch on CPU)."""
+
+    noise_strength: float = 0.05  # "noise": relative standard deviation
+    prune_fraction: float = 0.2  # "prune": share of each layer's weights zeroed
+    quantize_bits: int = 8  # "quantize"
+    finetune_steps: int = 5  # "finetune": a few SGD steps
+    finetune_learning_rate: float = 0.01
+    long_finetune_epochs: float = 1.0  # "finetune-long" and "prune-finetune": passes over data
+    long_finetune_learning_rates: tuple[float, float] = (3e-4, 3e-3)  # Adam, log-uniform range
+    long_finetune_min_steps: int = 50  # small tasks: at least this many steps
+    pruned_fraction: float = 0.5  # "prune-finetune": share of each layer's weights zeroed
+    distill_epochs: float = 2.0  # "distill": passes over the training inputs
+    distill_learning_rate: float = 3e-3  # Adam
+    distill_min_steps: int = 200  # small tasks: at least this many steps
+    widen_fraction: float = 0.5  # "net2net": added neurons per free hidden layer
+    batch_size: int = 32  # minibatch of the training derivatives
+
+    def __post_init__(self) -> None:
+        if self.long_finetune_epochs < 1:
+            raise DerivativeError(
+                f"a long fine-tune runs at least 1 epoch, got {self.long_finetune_epochs}"
+            )
+        low, high = self.long_finetune_learning_rates
+        if not 0 < low <= high:
+            raise DerivativeError(f"bad learning-rate range {self.long_finetune_learning_rates}")
+
+
+def _log_uniform(
+    count: int, bounds: tuple[float, float], generator: torch.Generator | None
+) -> Tensor:
+    low, high = math.log(bounds[0]), math.log(bounds[1])
+    return torch.exp(low + (high - low) * torch.rand(count, generator=generator))  # (count,)
+
+
+def make_derivatives(
+    kind: str,
+    spec: NetworkSpec,
+    state_dicts: Sequence[Mapping[str, Tensor]],
+    *,
+    data: tuple[Tensor, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    settings: DerivativeSettings = DerivativeSettings(),
+) -> tuple[NetworkSpec, list[StateDict]]:
+    """Apply derivative ``kind`` (one of :data:`ALL_DERIVATIVES`) to many models of ``spec``.
+
+    Training derivatives run vectorised over the models (:mod:`weightspace.evaluate.retraining`).
+
+    Args:
+        state_dicts: models of ``spec`` (not modified).
+        data: ``(inputs (N, *input_shape), labels (N,))``, the task's training split; needed by
+            :data:`TRAINING_DERIVATIVES`.
+        generator: every random draw (noise, minibatches, learning rates, initialisations).
+
+    Returns:
+        ``(spec_of_the_derivatives, state_dicts)``: ``spec`` itself except for ``"net2net"``.
+
+    Raises:
+        DerivativeError: unknown kind, missing data, or an architecture the kind cannot handle
+            (``"net2net"`` on a network without a free hidden layer).
+    """
+    from weightspace.evaluate import retraining
+    from weightspace.evaluate.net2net import WideningError, net2net_widen
+
+    if kind not in ALL_DERIVATIVES:
+        raise DerivativeError(f"unknown derivative {kind!r}; valid: {list(ALL_DERIVATIVES)}")
+    states = [_copy(spec, sd) for sd in state_dicts]
+    if kind in TRAINING_DERIVATIVES and data is None:
+        raise DerivativeError(
+            f"the {kind!r} derivative needs the task's training data: pass data=(inputs, labels)"
+        )
+    if kind == "net2net":
+        out = []
+        for state in states:
+            try:
+                wider, widened = net2net_widen(spec, state, settings.widen_fraction, generator)
+            except WideningError as exc:
+                raise DerivativeError(str(exc)) from None
+            out.append(widened)
+        return (wider if out else spec), out
+    if kind in DERIVATIVES:
+        return spec, [
+            make_derivative(
+                kind,
+                spec,
+                state,
+                generator,
+                noise_strength=settings.noise_strength,
+                prune_fraction=settings.prune_fraction,
+                quantize_bits=settings.quantize_bits,
+                finetune_data=data,
+                finetune_steps=settings.finetune_steps,
+                finetune_learning_rate=settings.finetune_learning_rate,
+            )
+            for state in states
+        ]
+    assert data is not None
+    x, y = data
+    x = x.reshape(x.shape[0], *spec.input_shape)
+    if kind == "distill":
+        out = retraining.distill(
+            spec,
+            states,
+            x,
+            epochs=settings.distill_epochs,
+            learning_rate=settings.distill_learning_rate,
+            batch_size=settings.batch_size,
+            min_steps=settings.distill_min_steps,
+            generator=generator,
+        )
+    else:
+        masks = None
+        if kind == "prune-finetune":
+            states = [magnitude_prune(spec, state, settings.pruned_fraction) for state in states]
+            masks = [
+                {f"{op.name}.weight": (s[f"{op.name}.weight"] != 0).float() for op in spec.layers}
+                for s in states
+            ]
+        out = retraining.long_finetune(
+            spec,
+            states,
+            x,
+            y,
+            epochs=settings.long_finetune_epochs,
+            learning_rates=_log_uniform(
+                len(states), settings.long_finetune_learning_rates, generator
+            ),
+            batch_size=settings.batch_size,
+            masks=masks,
+            min_steps=settings.long_finetune_min_steps,
+            generator=generator,
+        )
+    return spec, [
+        {k: v.to(original[k].dtype) for k, v in new.items()}
+        for new, original in zip(out, states, strict=True)
+    ]

@@ -15,9 +15,12 @@ from numpy.typing import ArrayLike
 __all__ = [
     "recall_at_k",
     "mean_reciprocal_rank",
+    "mean_average_precision",
     "kendall_tau",
     "r2_score",
     "mean_absolute_error",
+    "within_group_kendall_tau",
+    "final_checkpoint_kendall_tau",
 ]
 
 
@@ -164,3 +167,126 @@ def mean_absolute_error(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     r""":math:`\frac{1}{n} \sum_i |y_i - \hat y_i|`."""
     true, pred = _paired(y_true, y_pred)
     return float(np.mean(np.abs(true - pred)))
+
+
+def within_group_kendall_tau(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike) -> float:
+    r"""Kendall :math:`\tau_b` inside each group, averaged weighted by group size.
+
+    .. math::
+        \tau_{\mathrm{within}} = \frac{\sum_{g \in G} n_g\, \tau_b^{(g)}}{\sum_{g \in G} n_g},
+        \qquad G = \{g : |\{y_i : i \in g\}| \ge 2\}
+
+    with :math:`n_g` the number of models in group :math:`g` and :math:`\tau_b^{(g)}` the
+    coefficient of :func:`kendall_tau` on that group alone. Only groups whose *true* values take at
+    least two distinct values count (a group of one model, or of equal accuracies, has nothing to
+    rank). A prediction constant inside a group orders no pair, so that group scores
+    :math:`\tau = 0` (where :math:`\tau_b` itself is 0/0): a method that only knows the group,
+    such as a lookup table of the group mean, scores 0 — which is what this metric is for.
+
+    Args:
+        y_true, y_pred: 1-D arrays of equal length, finite.
+        groups: one hashable label per model (e.g. ``"task|arch|epoch"``), 1-D.
+
+    Returns:
+        the weighted mean, or NaN when no group has two distinct true values.
+    """
+    true, pred = _paired(y_true, y_pred)
+    labels = np.asarray(groups)
+    if labels.ndim != 1 or labels.shape[0] != true.shape[0]:
+        raise ValueError(
+            f"expected one group label per model (1-D, length {true.shape[0]}), "
+            f"got shape {labels.shape}"
+        )
+    import pandas as pd
+
+    codes, _ = pd.factorize(labels, use_na_sentinel=False)
+    total, weight = 0.0, 0
+    for code in np.unique(codes):
+        member = codes == code
+        if np.unique(true[member]).size < 2:
+            continue
+        group_pred = pred[member]
+        tau = 0.0 if np.all(group_pred == group_pred[0]) else kendall_tau(true[member], group_pred)
+        total += int(member.sum()) * tau
+        weight += int(member.sum())
+    return float(total / weight) if weight else float("nan")
+
+
+def final_checkpoint_kendall_tau(
+    y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, is_final: ArrayLike
+) -> float:
+    r"""Kendall :math:`\tau_b` among the final checkpoints of each group (ranking a finished
+    sweep), averaged weighted by the number of final checkpoints per group.
+
+    .. math::
+        \tau_{\mathrm{final}} = \tau_{\mathrm{within}}\big(y_F,\ \hat y_F,\ g_F\big),
+        \qquad F = \{i : \mathrm{is\_final}_i\}
+
+    i.e. :func:`within_group_kendall_tau` restricted to the models marked final, with the same
+    conventions (groups with fewer than two distinct true values skipped, a constant prediction
+    inside a group scoring 0). ``groups`` are typically ``"task|arch"`` labels and ``is_final``
+    marks each run's last checkpoint.
+
+    Returns:
+        the weighted mean, or NaN when no group has two final checkpoints of distinct accuracy.
+    """
+    true, pred = _paired(y_true, y_pred)
+    final = np.asarray(is_final, dtype=bool)
+    if final.shape != true.shape:
+        raise ValueError(
+            f"expected one is_final flag per model (length {true.shape[0]}), got shape "
+            f"{final.shape}"
+        )
+    labels = np.asarray(groups)
+    if labels.shape[:1] != true.shape:
+        raise ValueError(
+            f"expected one group label per model (1-D, length {true.shape[0]}), "
+            f"got shape {labels.shape}"
+        )
+    if not final.any():
+        return float("nan")
+    return within_group_kendall_tau(true[final], pred[final], labels[final])
+
+
+def mean_average_precision(
+    ranked_or_scores: ArrayLike,
+    relevant: Sequence[Collection[int]],
+    *,
+    scores: bool = False,
+) -> float:
+    r"""Mean over queries of the average precision of each query's ranking.
+
+    .. math::
+        \mathrm{AP}_q = \frac{1}{|R_q|} \sum_{r\,:\,\mathrm{ranked}_q[r] \in R_q}
+        \frac{|\{r' \le r : \mathrm{ranked}_q[r'] \in R_q\}|}{r}, \qquad
+        \mathrm{mAP} = \frac{1}{Q} \sum_q \mathrm{AP}_q
+
+    Ranks start at 1. Unlike Recall@k and MRR, which only see the first hit, AP rewards ranking
+    *every* relevant item early: with one relevant item it equals the reciprocal rank. A relevant
+    id missing from a ranked list shorter than the gallery counts as never retrieved (it adds 0
+    to the sum but still counts in :math:`|R_q|`). Same input conventions as
+    :func:`recall_at_k`; an empty relevant set is an error.
+    """
+    ranked = _ranked_ids(ranked_or_scores, scores=scores)
+    _check_relevant(relevant, ranked.shape[0])
+    if ranked.shape[0] == 0:
+        raise ValueError("no queries given")
+    total = 0.0
+    for row, relevant_ids in zip(ranked, relevant, strict=True):
+        relevant_set = {int(i) for i in relevant_ids}
+        if not relevant_set:
+            raise ValueError("a query has an empty relevant set; drop it before scoring")
+        hit = np.isin(row, list(relevant_set))  # (K,)
+        hit &= ~_repeated(row)  # an id listed twice is retrieved once
+        ranks = np.flatnonzero(hit) + 1  # (H,) 1-based ranks of the hits
+        precision = np.arange(1, ranks.size + 1) / ranks  # hits so far / rank
+        total += float(precision.sum()) / len(relevant_set)
+    return float(total / ranked.shape[0])
+
+
+def _repeated(row: np.ndarray) -> np.ndarray:
+    """``True`` where an id already appeared earlier in ``row``."""
+    _, first = np.unique(row, return_index=True)
+    seen = np.ones(row.shape[0], dtype=bool)
+    seen[first] = False
+    return seen

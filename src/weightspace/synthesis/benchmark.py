@@ -15,10 +15,17 @@ Per task, on one (task, architecture) group:
 3. **Decoder.** Fitted on the encoder's *training* runs — every checkpoint of them (not only
    the final ones) at or above a lower threshold, halfway from chance to the group's threshold
    (:data:`DECODER_CHECKPOINTS`) — early-stopped on the final checkpoints of a few of those runs
-   held back (agreement of reconstructions with originals), under a time limit.
+   held back (agreement of reconstructions with originals), for ``decoder_steps`` steps (the
+   bound; a time limit is only an optional safety cap, off by default, so the figures do not
+   move with the machine's load).
 4. **Merging.** ``pairs`` pairs of held-out final checkpoints (disjoint pairs first, then distinct
    random pairs when the group has fewer than ``2 * pairs`` models): test accuracy along
    :math:`\alpha \in \{0, .25, .5, .75, 1\}` for every method, the endpoints and the ensemble.
+   Every method has a kind (:func:`weightspace.synthesis.controls.method_info`): data-free
+   (averaging, weight matching), data-using (the embedding merge; ``distill``, the pair's output
+   ensemble distilled into one network on the decoder's data, steps and compute — at α = 0.5
+   only), references (ensemble, endpoints) and the ``mean-code`` control (the decoder's output
+   for the mean code of its training models, the same network at every α of every pair).
 5. **Reconstructions** of every held-out final checkpoint above the threshold (and of some
    decoder-training models, to tell generalisation from capacity): accuracy of original and
    decoded model, agreement with the original, and the controls (another model's reconstruction
@@ -63,8 +70,17 @@ ENOUGH_HELD_OUT = 11
 #: the runs' last checkpoints).
 DECODER_CHECKPOINTS = "all"
 
-#: Methods whose midpoints the summary reports, in order.
-MIDPOINT_METHODS = ("average", "rebasin", "embedding", "ensemble", "endpoints")
+#: Methods whose midpoints the summary reports, in order: data-free, data-using, references,
+#: the control (see :func:`weightspace.synthesis.controls.method_info`).
+MIDPOINT_METHODS = (
+    "average",
+    "rebasin",
+    "embedding",
+    "distill",
+    "ensemble",
+    "endpoints",
+    "mean-code",
+)
 
 
 @dataclass
@@ -214,7 +230,7 @@ def run_task(
     pairs: int = 50,
     samples: int = 100,
     decoder_steps: int = 1500,
-    decoder_time_limit: float = 25.0,
+    decoder_time_limit: float = 0.0,
     decoder_validation_runs: float = 0.15,
     decoder_checkpoints: str | None = None,
     device: str = "cpu",
@@ -231,6 +247,11 @@ def run_task(
         ``reconstruction``, ``reconstruction_train``, ``sampling`` — the samples' accuracy and
         novelty — and ``noise_curve``), for plots.
     """
+    from weightspace.synthesis.controls import (
+        distilled_midpoints,
+        mean_code_control,
+        method_info,
+    )
     from weightspace.synthesis.decoder import (
         DecoderConfig,
         DecoderExample,
@@ -304,6 +325,7 @@ def run_task(
     decoder_seconds = time.perf_counter() - t
     steps_run = max((int(r["step"]) for r in decoder.log if "step" in r), default=0)
     best = next((r for r in reversed(decoder.log) if "best_step" in r), {})
+    capped = any(r.get("stopped_by_time_limit") for r in decoder.log)
     synthesizer = Synthesizer(encoder, decoder)
 
     t = time.perf_counter()
@@ -319,9 +341,39 @@ def run_task(
         pair_table["id_a"].astype(str).isin(group.held_out)
         & pair_table["id_b"].astype(str).isin(group.held_out)
     ]
-    curves = merge_curves(zoo, pair_table, synthesizer=synthesizer, embeddings=z_table, seed=seed)
+    spec = zoo.spec(group.held_out[0])
+    mean_state, mean_code = mean_code_control(
+        decoder,
+        spec,
+        group.task,
+        torch.stack([z_table[c] for c in decoder_ids]),
+        held_codes=torch.stack([z_table[c] for c in group.held_out]),
+        pair_codes=torch.stack(
+            [
+                torch.stack([z_table[str(a)], z_table[str(b)]])
+                for a, b in zip(pair_table["id_a"], pair_table["id_b"], strict=True)
+            ]
+        )
+        if len(pair_table)
+        else None,
+    )
+    students, distill_budget = distilled_midpoints(
+        zoo, pair_table, group.task, config, max(steps_run, 1), seed=seed, device=device
+    )
+    curves = merge_curves(
+        zoo,
+        pair_table,
+        synthesizer=synthesizer,
+        embeddings=z_table,
+        seed=seed,
+        fixed_models={"mean-code": mean_state},
+        midpoint_models={"distill": students} if students else None,
+    )
     merge_seconds = time.perf_counter() - t
     summary = summarize_merge_curves(curves)
+    methods = {str(m): method_info(str(m)) for m in dict.fromkeys(summary["method"])}
+    summary["kind"] = [methods[str(m)]["kind"] for m in summary["method"]]
+    summary["uses_data"] = [methods[str(m)]["uses_data"] for m in summary["method"]]
 
     t = time.perf_counter()
     recon = reconstruction_metrics(synthesizer, zoo, group.held_out, embeddings=z_table)
@@ -364,7 +416,10 @@ def run_task(
         "distinct_models_in_pairs": int(distinct),
         "disjoint_pairs": bool(distinct == 2 * len(pair_table)),
         "midpoint": midpoint,
+        "methods": methods,
         "curves": summary.to_dict(orient="records"),
+        "mean_code": mean_code,
+        "distill": distill_budget,
         "decoder": {
             "steps": steps_run,
             "steps_requested": int(decoder_steps),
@@ -372,6 +427,9 @@ def run_task(
             "val_agreement": best.get("val_agreement"),
             "seconds": decoder_seconds,
             "time_limit": decoder_time_limit,
+            "stopped_by_time_limit": capped,
+            "batch_size": config.batch_size,
+            "inputs_per_step": config.inputs_per_step,
             "train_models": len(decoder_ids),
             "train_checkpoints": which,
             "validation_models": len(val_ids),
@@ -387,6 +445,7 @@ def run_task(
             "embedding table": embed_seconds,
             "decoder": decoder_seconds,
             "merging": merge_seconds,
+            "distillation": distill_budget.get("seconds", 0.0),
             "reconstruction": recon_seconds,
             "sampling": sample_seconds,
             "total": time.perf_counter() - started,
@@ -474,7 +533,12 @@ def goals(entry: Mapping[str, Any]) -> dict[str, bool | None]:
     * ``samples_beat_noise``: samples more accurate than the noise baseline at equal novelty;
     * ``embedding_endpoints``: a check on the first two: decoding the endpoints' own embeddings
       (α = 0 and 1) gives their accuracy within 0.01 — otherwise the embedding curve measures
-      the decoder's generic output rather than a merge of the two models.
+      the decoder's generic output rather than a merge of the two models;
+    * ``embedding_midpoint_vs_distill``: embedding midpoint ≥ the distilled ensemble's (the
+      data-using baseline on the decoder's data and budget; weight matching uses no data);
+    * ``decoder_reads_code``: a check: held-out reconstructions agree more with their own
+      originals than with the decoded mean code (otherwise the decoder's output barely depends
+      on the code).
     """
     mid = entry.get("midpoint", {})
     recon = entry.get("reconstruction", {})
@@ -484,6 +548,8 @@ def goals(entry: Mapping[str, Any]) -> dict[str, bool | None]:
         return a is not None and b is not None and np.isfinite(a) and np.isfinite(b)
 
     emb, reb, end = mid.get("embedding"), mid.get("rebasin"), mid.get("endpoints")
+    dis = mid.get("distill")
+    to_mean = entry.get("mean_code", {}).get("agreement_reconstructions")
     own, cross = recon.get("agreement"), recon.get("agreement_cross")
     gap = recon.get("accuracy_gap_abs")
     gain = sampling.get("accuracy_gain_over_noise")
@@ -503,6 +569,8 @@ def goals(entry: Mapping[str, Any]) -> dict[str, bool | None]:
         "reconstruction_faithful": bool(own - cross >= 0.05) if both(own, cross) else None,
         "samples_beat_noise": bool(gain > 0) if both(gain, 0.0) else None,
         "embedding_endpoints": bool(max(ends) <= 0.01) if ends else None,
+        "embedding_midpoint_vs_distill": bool(emb >= dis) if both(emb, dis) else None,
+        "decoder_reads_code": bool(own > to_mean) if both(own, to_mean) else None,
     }
 
 
@@ -521,11 +589,15 @@ def summary_row(entry: Mapping[str, Any]) -> dict[str, Any]:
             "recon decoded": recon.get("decoded_accuracy", float("nan")),
             "agree own": recon.get("agreement", float("nan")),
             "agree cross": recon.get("agreement_cross", float("nan")),
+            "agree mean-code": entry.get("mean_code", {}).get(
+                "agreement_reconstructions", float("nan")
+            ),
             "sample acc": sampling.get("accuracy_mean", float("nan")),
             "sample novelty": sampling.get("novelty_mean", float("nan")),
             "noise acc @novelty": sampling.get("noise_accuracy_at_equal_novelty", float("nan")),
             "decoder steps": decoder.get("steps", 0),
             "decoder s": decoder.get("seconds", float("nan")),
+            "distill s": entry.get("distill", {}).get("seconds", float("nan")),
         }
     )
     return row
@@ -593,7 +665,7 @@ def run_section(
     pairs: int = 50,
     samples: int = 100,
     decoder_steps: int = 1500,
-    decoder_time_limit: float = 25.0,
+    decoder_time_limit: float = 0.0,
     device: str = "cpu",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:

@@ -71,10 +71,12 @@ __all__ = [
     "DecoderConfig",
     "DecoderExample",
     "Synthesizer",
+    "distillation_loss",
     "fit_decoder",
     "functional_logits",
     "spec_key",
     "train_decoder",
+    "warmup_cosine",
 ]
 
 DECODER_FORMAT_VERSION = 1
@@ -105,7 +107,7 @@ class DecoderConfig:
     embedding_noise: float = 0.05  # Gaussian noise on standardised embeddings while training
     weight_loss: float = 0.0  # weight of the regression onto matched (canonical) weights
     eval_every: int = 100  # steps between validation checks (with validation models)
-    time_limit: float = 0.0  # seconds of training (0: none); shortens the schedule to fit
+    time_limit: float = 0.0  # safety cap in seconds (0: none); stops training, schedule by steps
     seed: int = 0  # initialisation, batches, pairs, noise
 
     def __post_init__(self) -> None:
@@ -427,7 +429,7 @@ def _task_inputs(task: str, spec: NetworkSpec, split: str = "train") -> Tensor:
         ) from None
 
 
-def _distill(predicted: Tensor, target: Tensor, loss: str, temperature: float) -> Tensor:
+def distillation_loss(predicted: Tensor, target: Tensor, loss: str, temperature: float) -> Tensor:
     """Mean logit-distillation loss; shapes ``(B, N, C)``.
 
     The MSE compares logits centred over classes (:math:`f - \bar f`): a softmax classifier is
@@ -505,6 +507,21 @@ def _build_groups(
             )
         )
     return groups
+
+
+def warmup_cosine(done: float, peak: float, total: int) -> float:
+    r"""The learning rate at share ``done`` of training: a linear warm-up over the first 5 %
+    (from one step's worth), then a cosine decay from ``peak`` to 5 % of it,
+
+    .. math::
+        \eta(t) = \eta_{\max}\,\big(0.05 + 0.95 \cdot \tfrac{1}{2}(1 + \cos \pi t')\big),
+        \qquad t' = (t - 0.05) / 0.95.
+    """
+    warm = 0.05
+    if done < warm:
+        return peak * max(done, 1.0 / max(total, 1)) / warm
+    t = (done - warm) / (1 - warm)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def _float(state: Mapping[str, Tensor]) -> StateDict:
@@ -605,18 +622,12 @@ def fit_decoder(
     best: tuple[float, int, dict[str, Tensor]] | None = None
 
     def progress_at(step: int) -> float:
-        """Share of training done: of the steps, or of the time limit when that is sooner."""
-        done = step / total
-        if config.time_limit > 0:
-            done = max(done, (time.perf_counter() - started) / config.time_limit)
-        return min(done, 1.0)
+        """Share of the step budget done: the schedule follows steps, never the clock."""
+        return min(step / total, 1.0)
 
-    def lr_at(done: float) -> float:
-        warm = 0.05
-        if done < warm:
-            return config.learning_rate * max(done, 1.0 / total) / warm
-        t = (done - warm) / (1 - warm)
-        return config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+    def over_time() -> bool:
+        """The optional safety cap: stop (schedule unchanged) once it is exceeded."""
+        return config.time_limit > 0 and time.perf_counter() - started >= config.time_limit
 
     sizes = np.array([len(g.runs) for g in groups], dtype=float)
     started = time.perf_counter()
@@ -625,7 +636,7 @@ def fit_decoder(
     step = 0
     while step < steps:
         for pg in optimizer.param_groups:
-            pg["lr"] = lr_at(progress_at(step))
+            pg["lr"] = warmup_cosine(progress_at(step), config.learning_rate, total)
         g = groups[int(rng.choice(len(groups), p=sizes / sizes.sum()))]
         m = len(g.runs)
         b = config.batch_size
@@ -653,7 +664,7 @@ def fit_decoder(
             z = z + config.embedding_noise * z_std * noise
         flat = decoder(z, g.spec)  # (B, P)
         predicted = functional_logits(g.spec, flat, x)  # (B, N, C)
-        loss_fn = _distill(predicted, target, config.loss, config.temperature)
+        loss_fn = distillation_loss(predicted, target, config.loss, config.temperature)
         loss = loss_fn
         terms = {"distill": float(loss_fn.detach())}
         if config.weight_loss > 0 and g.matched is not None:
@@ -668,7 +679,8 @@ def fit_decoder(
         for k, v in terms.items():
             running[k] = 0.9 * running.get(k, v) + 0.1 * v
         step += 1
-        last = step >= steps or progress_at(step) >= 1.0  # steps done, or the time limit
+        capped = step < steps and over_time()
+        last = step >= steps or capped
         if checks and (step % config.eval_every == 0 or last):
             score = _validation_agreement(decoder, checks)
             running["val_agreement"] = score
@@ -681,6 +693,8 @@ def fit_decoder(
             decoder.train()
         if step % 100 == 0 or last:
             row = {"step": float(step), "seconds": time.perf_counter() - started, **running}
+            if capped:
+                row["stopped_by_time_limit"] = 1.0
             decoder.log.append(row)
             if progress is not None:
                 progress(step, row)

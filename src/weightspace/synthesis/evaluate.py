@@ -150,6 +150,8 @@ def merge_curves(
     embeddings: Mapping[str, Tensor] | None = None,
     split: str = "test",
     seed: int = 0,
+    fixed_models: Mapping[str, Mapping[str, Tensor]] | None = None,
+    midpoint_models: Mapping[str, Sequence[Mapping[str, Tensor]]] | None = None,
     **pair_options: Any,
 ) -> pd.DataFrame:
     """Accuracy of merged models along ``alphas`` for every method and pair.
@@ -162,6 +164,10 @@ def merge_curves(
         embeddings: checkpoint id → embedding, a cached table the ``embedding`` method reads
             instead of running the encoder again (missing ids are embedded).
         split: the task split accuracies are measured on.
+        fixed_models: name → one model of the pairs' architecture, reported at every ``alpha``
+            of every pair (a control that ignores the pair, e.g. the decoded mean code).
+        midpoint_models: name → one model per row of ``pairs`` (in order), reported at
+            ``alpha = 0.5`` only (e.g. the distilled ensembles).
 
     Weight matching runs once per pair (its permutation does not depend on ``alpha``) and the
     ``embedding`` method decodes every ``alpha`` of a pair in one batch; both give the same
@@ -180,7 +186,12 @@ def merge_curves(
         methods = [m for m in list_merge_methods() if m != "embedding" or synthesizer is not None]
     alphas = [float(a) for a in alphas]
     rows = []
-    for pair in pairs.itertuples(index=False):
+    fixed_models = dict(fixed_models or {})
+    midpoint_models = dict(midpoint_models or {})
+    for name, models in midpoint_models.items():
+        if len(models) != len(pairs):
+            raise SynthesisError(f"{name}: {len(models)} midpoint models for {len(pairs)} pairs")
+    for index, pair in enumerate(pairs.itertuples(index=False)):
         spec = zoo.spec(pair.id_a)
         state_a, state_b = zoo.state_dict(pair.id_a), zoo.state_dict(pair.id_b)
         x, y = task_split(pair.task, spec, split)
@@ -238,6 +249,30 @@ def merge_curves(
                         "agreement_ensemble": _accuracy(pred, pred_ens),
                     }
                 )
+        for name, state in fixed_models.items():
+            pred = predict(spec, state, x)
+            for alpha, pred_ens in zip(alphas, ensembles, strict=True):
+                rows.append(
+                    {
+                        **base,
+                        "method": name,
+                        "alpha": alpha,
+                        "accuracy": _accuracy(pred, y),
+                        "agreement_ensemble": _accuracy(pred, pred_ens),
+                    }
+                )
+        for name, models in midpoint_models.items():
+            pred = predict(spec, models[index], x)
+            ens = ensemble(spec, [state_a, state_b])
+            rows.append(
+                {
+                    **base,
+                    "method": name,
+                    "alpha": 0.5,
+                    "accuracy": _accuracy(pred, y),
+                    "agreement_ensemble": _accuracy(pred, predict(ens.spec, ens.state_dict, x)),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -259,6 +294,8 @@ def plot_merge_curves(curves: pd.DataFrame, path: str | Path, *, title: str | No
     """Accuracy vs alpha per method (mean ± std over pairs), one panel per (task, arch)."""
     plt = pyplot()
 
+    from weightspace.synthesis.controls import method_kind
+
     summary = summarize_merge_curves(curves)
     panels = list(summary.groupby(["task", "arch"], sort=True))
     if not panels:
@@ -267,8 +304,20 @@ def plot_merge_curves(curves: pd.DataFrame, path: str | Path, *, title: str | No
     for ax, ((task, arch), frame) in zip(axes[0], panels, strict=True):
         for method, line in frame.groupby("method", sort=True):
             line = line.sort_values("alpha")
-            style = "--" if method == "endpoints" else "-"
-            ax.plot(line["alpha"], line["accuracy_mean"], style, marker="o", label=method)
+            kind = method_kind(str(method))
+            # references dashed, the control dotted; a one-point method (distill) as a star
+            style = {"reference": "--", "control": ":"}.get(kind, "-")
+            marker, size = ("*", 12) if len(line) == 1 else ("o", 5)
+            ax.plot(
+                line["alpha"],
+                line["accuracy_mean"],
+                style,
+                marker=marker,
+                markersize=size,
+                label=f"{method} ({kind})",
+            )
+            if kind in ("control",) or len(line) == 1:
+                continue
             ax.fill_between(
                 line["alpha"],
                 line["accuracy_mean"] - line["accuracy_std"].fillna(0),
@@ -280,7 +329,7 @@ def plot_merge_curves(curves: pd.DataFrame, path: str | Path, *, title: str | No
         ax.set_xlabel("α (0: model A, 1: model B)")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="lower center")
+    axes[0][-1].legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

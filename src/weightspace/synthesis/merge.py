@@ -2,12 +2,20 @@ r"""Merging two models of one architecture: a registry of methods.
 
 ================  ==========================================================================
 ``average``       naive weight interpolation :math:`(1-\alpha)\theta_A + \alpha\theta_B`
-``rebasin``       weight matching (Git Re-Basin) of B onto A, then interpolation
+``rebasin``       weight matching (Git Re-Basin) of B onto A — signs of odd neurons and scales
+                  of ReLU neurons aligned too (:func:`~weightspace.synthesis.rebasin.align`) —
+                  then interpolation
 ``ensemble``      output ensembling :math:`(1-\alpha) f_A(x) + \alpha f_B(x)`, written as one
                   wider network of an *ensemble spec* (see :func:`ensemble`) — exact
 ``embedding``     interpolate the encoder's embeddings, :math:`z = (1-\alpha) z_A + \alpha z_B`,
                   and decode ``z`` into weights with the decoder saved beside the encoder
 ================  ==========================================================================
+
+``average`` and ``rebasin`` see only the two models' weights (*data-free*); ``embedding`` relies
+on a decoder trained on task data (*data-using*, :attr:`MergeMethod.uses_data`); ``ensemble``
+uses no data but is a wider network, not a model of the inputs' architecture. The bench adds a
+data-using baseline outside this registry (it needs the task's data):
+:mod:`weightspace.synthesis.distill`.
 
 Every method returns a :class:`MergeResult` (spec, state dict, notes); :func:`merge` checks the
 inputs (same architecture, same task when known, ``alpha`` in ``[0, 1]``) before dispatching.
@@ -83,6 +91,8 @@ class MergeMethod:
         function: ``(spec, state_a, state_b, alpha, *, synthesizer, seed) -> MergeResult``.
         needs_synthesizer: whether it needs an encoder with a trained decoder.
         same_spec: whether the result has the inputs' spec (a drop-in replacement).
+        uses_data: whether the method (or a model it relies on, such as the decoder) was fitted
+            on task data; the bench reports data-free and data-using methods apart.
     """
 
     name: str
@@ -90,18 +100,26 @@ class MergeMethod:
     function: MergeFunction
     needs_synthesizer: bool = False
     same_spec: bool = True
+    uses_data: bool = False
 
 
 MERGE_METHODS: dict[str, MergeMethod] = {}
 
 
 def register_merge_method(
-    name: str, description: str, *, needs_synthesizer: bool = False, same_spec: bool = True
+    name: str,
+    description: str,
+    *,
+    needs_synthesizer: bool = False,
+    same_spec: bool = True,
+    uses_data: bool = False,
 ) -> Callable[[MergeFunction], MergeFunction]:
     """Decorator registering a merge function under ``name`` (see :class:`MergeMethod`)."""
 
     def decorator(function: MergeFunction) -> MergeFunction:
-        MERGE_METHODS[name] = MergeMethod(name, description, function, needs_synthesizer, same_spec)
+        MERGE_METHODS[name] = MergeMethod(
+            name, description, function, needs_synthesizer, same_spec, uses_data
+        )
         return function
 
     return decorator
@@ -316,7 +334,11 @@ def _merge_average(
     return MergeResult(spec, interpolate(spec, state_a, state_b, alpha))
 
 
-@register_merge_method("rebasin", "weight matching (Git Re-Basin) of B onto A, then averaging")
+@register_merge_method(
+    "rebasin",
+    "weight matching (Git Re-Basin, tanh signs and ReLU scales aligned too) of B onto A, then "
+    "averaging",
+)
 def _merge_rebasin(
     spec: NetworkSpec,
     state_a: StateDict,
@@ -344,6 +366,7 @@ def _merge_ensemble(
     "embedding",
     "interpolate the encoder's embeddings of A and B and decode (needs a trained decoder)",
     needs_synthesizer=True,
+    uses_data=True,  # the decoder is trained on task data
 )
 def _merge_embedding(
     spec: NetworkSpec,

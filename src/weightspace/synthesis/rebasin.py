@@ -26,6 +26,24 @@ A tie set (groups joined by residual adds) shares one permutation, so its cost s
 its groups: residual CNNs and MLPs are handled like chains. Conv kernels and the spatial
 positions of a flattened conv output are part of each (neuron, neuron) edge's feature vector.
 
+**Sign flips and positive scales.** Permutations are not the only symmetry: a tanh neuron may
+have its sign flipped and a ReLU neuron its scale changed (in × c, out × 1/c) without changing the
+function, and weight matching alone cannot undo either. :func:`align` therefore also matches in
+the project's exact canonical form (:func:`weightspace.symmetry.canonicalize`: unit incoming norm
+per scalable neuron, positive bias per odd neuron). With :math:`T_A` the diagonal transform that
+canonicalises A, :math:`C_A = T_A(A)`, and :math:`\pi` the matching of :math:`C_B` onto
+:math:`C_A`, B in A's gauge is
+
+.. math::
+    B' = T_A^{-1}\big(\pi(C_B)\big),
+
+which computes B's function; :math:`T_A` is linear in the weights, so interpolating A with
+:math:`B'` is :math:`T_A^{-1}` of interpolating :math:`C_A` with :math:`\pi(C_B)` — the same
+functions — and ``alpha = 0`` still gives A's own tensors. :func:`align` returns whichever of
+the two candidates (plain matching, or canonical matching) lies closer to A in :math:`L_2`, so it
+is never further from A than plain weight matching; a model matched against any random symmetry
+transform of itself comes back as itself (up to rounding).
+
 Everything here is a pure function of ``(spec, state_dict)`` pairs; inputs are never modified.
 """
 
@@ -39,13 +57,15 @@ from torch import Tensor
 
 from weightspace.layout import Layout, layout_of
 from weightspace.spec import NetworkSpec
-from weightspace.symmetry import permute
+from weightspace.symmetry import canonicalize, flip_signs, permute, rescale
 from weightspace.synthesis.common import StateDict, check_alpha, check_mergeable
 
 __all__ = [
     "interpolate",
     "match_weights",
     "align",
+    "canonical_factors",
+    "from_canonical",
     "rebasin_interpolate",
     "weight_inner_product",
 ]
@@ -182,17 +202,117 @@ def match_weights(
     return {g: perms[members[0]] for members in tie_sets for g in members}
 
 
+def _incoming_rows(
+    state: Mapping[str, Tensor], producer: str, n: int, n_in: int, undo: Tensor | None
+) -> Tensor:
+    """The producer's rows and bias, ``(n, F)`` float64; ``undo`` multiplies the input columns."""
+    w = state[f"{producer}.weight"].double().reshape(n, n_in, -1)  # (n, C_in, S * kernel)
+    if undo is not None:
+        w = w * undo.view(1, -1, 1)
+    parts = [w.reshape(n, -1)]
+    if f"{producer}.bias" in state:
+        parts.append(state[f"{producer}.bias"].double().reshape(n, 1))
+    return torch.cat(parts, dim=1)
+
+
+def canonical_factors(
+    spec: NetworkSpec,
+    state: Mapping[str, Tensor],
+    canonical: Mapping[str, Tensor] | None = None,
+) -> dict[int, Tensor]:
+    r"""The per-neuron factors :math:`d` of the diagonal transform that canonicalises ``state``.
+
+    :func:`weightspace.symmetry.canonicalize` rescales and flips neurons: for each scalable or
+    sign-flippable group, :math:`W'[i] = d_i\, W[i] / d_{\mathrm{in}}` (the source group's
+    factors divide the columns) and :math:`b'_i = d_i b_i`. Visiting the groups in creation order
+    (sources first), with :math:`a_i` the original row and bias of neuron ``i`` and :math:`u_i`
+    the canonical one with the source factors multiplied back in,
+
+    .. math::
+        d_i = \langle u_i, a_i \rangle / \lVert a_i \rVert^2 \qquad (1 \text{ for a zero row}),
+
+    exact up to rounding, since :math:`u_i = d_i a_i`.
+
+    Args:
+        spec: the architecture.
+        state: the model.
+        canonical: ``canonicalize(spec, state)``, when already computed.
+
+    Returns:
+        Group index → ``(n,)`` float64 factors (positive on scalable groups, ±1 on odd ones).
+    """
+    layout = layout_of(spec)
+    canonical = canonicalize(spec, state) if canonical is None else canonical
+    groups = sorted(set(layout.scalable_groups()) | set(layout.sign_flippable_groups()))
+    factors: dict[int, Tensor] = {}
+    for g in groups:
+        group = layout.groups[g]
+        producer = group.producer
+        assert producer is not None  # free groups are written by a layer
+        source = layout.link(producer).source
+        n_in = layout.groups[source].size
+        a = _incoming_rows(state, producer, group.size, n_in, None)
+        u = _incoming_rows(canonical, producer, group.size, n_in, factors.get(source))
+        norm = a.pow(2).sum(1)
+        d = torch.where(norm > 0, (u * a).sum(1) / norm.clamp_min(1e-300), torch.ones_like(norm))
+        factors[g] = torch.where(d == 0, torch.ones_like(d), d)
+    return factors
+
+
+def from_canonical(
+    spec: NetworkSpec, state: Mapping[str, Tensor], factors: Mapping[int, Tensor]
+) -> StateDict:
+    r"""Undo the transform of :func:`canonical_factors` ``factors`` on ``state``.
+
+    Given ``state`` in the canonical gauge of some model ``A`` (``factors`` from A), returns it
+    in A's own gauge: flip by :math:`\operatorname{sign} d`, then rescale by :math:`1/|d|`.
+    """
+    layout = layout_of(spec)
+    scalable, odd = set(layout.scalable_groups()), set(layout.sign_flippable_groups())
+    signs = {g: torch.sign(d) for g, d in factors.items() if g in odd}
+    scales = {g: 1.0 / d.abs() for g, d in factors.items() if g in scalable}
+    return rescale(spec, flip_signs(spec, state, signs), scales)
+
+
+def _squared_distance(
+    spec: NetworkSpec, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor]
+) -> float:
+    return float(
+        sum((state_a[k].double() - state_b[k].double()).pow(2).sum() for k in spec.param_shapes())
+    )
+
+
 def align(
     spec: NetworkSpec,
     state_a: Mapping[str, Tensor],
     state_b: Mapping[str, Tensor],
     *,
+    canonical: bool = True,
     max_sweeps: int = 100,
     seed: int = 0,
 ) -> StateDict:
-    """B with its hidden neurons permuted to match A (same function as B)."""
-    perms = match_weights(spec, state_a, state_b, max_sweeps=max_sweeps, seed=seed)
-    return permute(spec, state_b, perms)
+    """B with its hidden neurons permuted (and, with ``canonical``, flipped and rescaled) to
+    match A; same function as B.
+
+    Args:
+        canonical: also match in the canonical form and keep whichever of the two candidates
+            lies closer to A (see the module docstring); ``False``: plain weight matching.
+    """
+    plain = permute(
+        spec, state_b, match_weights(spec, state_a, state_b, max_sweeps=max_sweeps, seed=seed)
+    )
+    layout = layout_of(spec)
+    if not canonical or not (layout.scalable_groups() or layout.sign_flippable_groups()):
+        return plain
+    canon_a, canon_b = canonicalize(spec, state_a), canonicalize(spec, state_b)
+    perms = match_weights(spec, canon_a, canon_b, max_sweeps=max_sweeps, seed=seed)
+    gauged = from_canonical(
+        spec, permute(spec, canon_b, perms), canonical_factors(spec, state_a, canon_a)
+    )
+    gauged = {k: v.to(state_b[k].dtype) for k, v in gauged.items()}
+    if _squared_distance(spec, state_a, gauged) < _squared_distance(spec, state_a, plain):
+        return gauged
+    return plain
 
 
 def rebasin_interpolate(
@@ -201,15 +321,18 @@ def rebasin_interpolate(
     state_b: Mapping[str, Tensor],
     alpha: float,
     *,
+    canonical: bool = True,
     max_sweeps: int = 100,
     seed: int = 0,
 ) -> StateDict:
     r"""Weight matching, then interpolation: :math:`(1-\alpha)\,\theta_A + \alpha\,\pi(\theta_B)`.
+
+    ``canonical``: as in :func:`align` (signs and scales matched too).
 
     Raises:
         SynthesisError: the state dicts do not fit ``spec``.
     """
     alpha = check_alpha(alpha)
     check_mergeable(spec, state_a, spec, state_b)
-    aligned = align(spec, state_a, state_b, max_sweeps=max_sweeps, seed=seed)
+    aligned = align(spec, state_a, state_b, canonical=canonical, max_sweeps=max_sweeps, seed=seed)
     return interpolate(spec, state_a, aligned, alpha)
