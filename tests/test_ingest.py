@@ -17,6 +17,8 @@ from weightspace.errors import (
     NonFiniteWeightsError,
     ShapeMismatchError,
     UnsupportedLayerError,
+    WeightDtypeError,
+    WeightspaceError,
 )
 from weightspace.graph import to_graph, to_state_dict
 from weightspace.ingest import from_module, load_checkpoint, save_checkpoint
@@ -273,3 +275,95 @@ def test_bad_files(tmp_path: Path, mlp: nn.Sequential) -> None:
         load_checkpoint(good, spec=tmp_path / "other.json")
     with pytest.raises(CheckpointError, match="no such file"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool, torch.complex64])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_non_float_weights_are_refused_naming_file_tensor_and_dtype(
+    tmp_path: Path, mlp: nn.Sequential, dtype: torch.dtype, suffix: str
+) -> None:
+    spec, state = from_module(mlp)
+    bad = {k: (v * 10).to(dtype) if k == "2.weight" else v for k, v in state.items()}
+    path = tmp_path / f"ints{suffix}"
+    if suffix == ".safetensors":
+        save_file(bad, path, {"weightspace_spec": spec.to_json()})
+        kwargs: dict = {}
+    else:
+        torch.save(bad, path)
+        kwargs = {"spec": spec}
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(
+        WeightDtypeError, match=rf"ints{suffix}: tensor '2.weight' has dtype {name}"
+    ):
+        load_checkpoint(path, **kwargs)
+    with pytest.raises(WeightDtypeError):  # the flag is about NaN, not about integers
+        load_checkpoint(path, allow_nonfinite=True, **kwargs)
+    with pytest.raises(WeightDtypeError, match="model: tensor '2.weight'"):
+        to_graph(spec, bad)
+
+
+def test_finite_for_refuses_nan_even_when_allowed(tmp_path: Path, mlp: nn.Sequential) -> None:
+    spec, state = from_module(mlp)
+    state["0.weight"][0, 0] = float("nan")
+    path = save_checkpoint(tmp_path / "nan.safetensors", spec, state)
+    assert load_checkpoint(path, allow_nonfinite=True)[0] == spec
+    with pytest.raises(NonFiniteWeightsError, match="nan.safetensors.*embedding needs finite"):
+        load_checkpoint(path, allow_nonfinite=True, finite_for="embedding")
+
+
+FACTORIES = """
+from torch import nn
+
+def good():
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2))
+
+def broken():
+    raise ValueError("no weights for\\nyou")
+
+def not_a_module():
+    return 42
+"""
+
+
+@pytest.fixture
+def factory_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlp: nn.Sequential):
+    """A module of model factories in a fresh working directory that is not on sys.path."""
+    import sys
+
+    name = f"wsfactories_{tmp_path.name}".replace("-", "_")
+    (tmp_path / f"{name}.py").write_text(FACTORIES)
+    (tmp_path / "bad_import.py").write_text("raise RuntimeError('import-time failure')\n")
+    torch.save(mlp.state_dict(), tmp_path / "m.pt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    yield name
+    sys.modules.pop(name, None)
+    sys.modules.pop("bad_import", None)
+
+
+def test_model_factory_from_the_working_directory(tmp_path: Path, factory_module: str) -> None:
+    import sys
+
+    path_before = list(sys.path)
+    spec, _ = load_checkpoint(tmp_path / "m.pt", model=f"{factory_module}:good")
+    assert spec.num_parameters == 47
+    assert sys.path == path_before  # the working directory was on the path for that import only
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("{m}:broken", r"model factory '{m}:broken' raised ValueError: no weights for you$"),
+        ("{m}:not_a_module", "returned a int, not an nn.Module"),
+        ("{m}:missing", "cannot be imported"),
+        ("bad_import:f", "cannot be imported .RuntimeError: import-time failure"),
+        ("no_colon", "must look like"),
+    ],
+)
+def test_model_factory_failures_are_one_line(
+    tmp_path: Path, factory_module: str, target: str, message: str
+) -> None:
+    target = target.format(m=factory_module)
+    with pytest.raises(WeightspaceError, match=message.format(m=factory_module)) as info:
+        load_checkpoint(tmp_path / "m.pt", model=target)
+    assert "\n" not in str(info.value)

@@ -16,6 +16,7 @@ __all__ = [
     "UnsupportedLayerError",
     "ShapeMismatchError",
     "NonFiniteWeightsError",
+    "WeightDtypeError",
     "MissingArchitectureError",
     "SymmetryError",
 ]
@@ -48,6 +49,10 @@ class ShapeMismatchError(WeightspaceError):
 
 class NonFiniteWeightsError(WeightspaceError):
     """A checkpoint holds NaN or Inf values."""
+
+
+class WeightDtypeError(WeightspaceError):
+    """A weight tensor is not floating point (integer, bool, complex or 8-bit float)."""
 
 
 class MissingArchitectureError(WeightspaceError):

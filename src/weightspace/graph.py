@@ -33,11 +33,21 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
-from weightspace.errors import NonFiniteWeightsError, ShapeMismatchError
+from weightspace.errors import NonFiniteWeightsError, ShapeMismatchError, WeightDtypeError
 from weightspace.layout import Layout, layout_of
+from weightspace.limits import Limits, default_limits
 from weightspace.spec import ACTIVATION_IDS, NetworkSpec
 
-__all__ = ["NeuralGraph", "to_graph", "to_state_dict", "batch_graphs", "check_state_dict"]
+__all__ = [
+    "NeuralGraph",
+    "to_graph",
+    "to_state_dict",
+    "batch_graphs",
+    "check_state_dict",
+    "check_graph_size",
+    "graph_size",
+    "WEIGHT_DTYPES",
+]
 
 EDGE_WEIGHT, EDGE_RESIDUAL = 0, 1
 
@@ -84,17 +94,52 @@ class NeuralGraph(Data):
             )
 
 
+#: Element types a weight may have; integers, booleans, complex and 8-bit floats are refused.
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_NONFINITE_HINT = "pass allow_nonfinite=True (CLI: --allow-nonfinite) to accept them"
+
+
+def graph_size(spec: NetworkSpec) -> tuple[int, int]:
+    """``(nodes, edges)`` of the neural graph of ``spec``, from its layout alone (no tensors).
+
+    .. math::
+        N = \\sum_g |g|, \\qquad
+        E = \\sum_{\\text{layers } s \\to t} |s|\\,|t| + \\sum_{\\text{residuals } s \\to t} |s|
+    """
+    layout = layout_of(spec)
+    edges = sum(layout.groups[k.source].size * layout.groups[k.target].size for k in layout.links)
+    edges += sum(layout.groups[skip].size for skip, _ in layout.residuals)
+    return layout.num_nodes, edges
+
+
+def check_graph_size(
+    spec: NetworkSpec, *, source: str = "model", limits: Limits | None = None
+) -> None:
+    """Raise :class:`~weightspace.limits.ResourceLimitError` if the parameters, nodes or edges
+    ``spec`` declares exceed ``limits`` (default: the process-wide limits). Allocates nothing."""
+    limits = limits or default_limits()
+    limits.check(source, "params", spec.num_parameters)
+    nodes, edges = graph_size(spec)
+    limits.check(source, "nodes", nodes)
+    limits.check(source, "edges", edges)
+
+
 def check_state_dict(
     spec: NetworkSpec,
     state_dict: Mapping[str, Tensor],
     *,
     source: str = "state dict",
     allow_nonfinite: bool = False,
+    nonfinite_hint: str = _NONFINITE_HINT,
 ) -> None:
-    """Raise if ``state_dict`` does not hold exactly the tensors ``spec`` needs, finite.
+    """Raise if ``state_dict`` does not hold exactly the tensors ``spec`` needs, real and finite.
+
+    Args:
+        nonfinite_hint: what the NaN/Inf error tells the user to do.
 
     Raises:
         ShapeMismatchError: a key is missing, unexpected, or has the wrong shape.
+        WeightDtypeError: a tensor is not floating point (integer, bool, complex, 8-bit float).
         NonFiniteWeightsError: a tensor holds NaN or Inf (unless ``allow_nonfinite``).
     """
     expected = spec.param_shapes()
@@ -117,10 +162,17 @@ def check_state_dict(
                 f"{source}: tensor {key!r} has shape {list(got)} but the architecture needs "
                 f"{list(shape)}"
             )
+        dtype = state_dict[key].dtype
+        if dtype not in WEIGHT_DTYPES:
+            raise WeightDtypeError(
+                f"{source}: tensor {key!r} has dtype {str(dtype).removeprefix('torch.')}; "
+                "weights must be float16, bfloat16, float32 or float64 (a quantised checkpoint "
+                "needs its scales: dequantise it, or convert it with .float() if the numbers are "
+                "the weights)"
+            )
         if not allow_nonfinite and not bool(torch.isfinite(state_dict[key]).all()):
             raise NonFiniteWeightsError(
-                f"{source}: tensor {key!r} holds NaN or Inf values; pass allow_nonfinite=True "
-                "(CLI: --allow-nonfinite) to accept them"
+                f"{source}: tensor {key!r} holds NaN or Inf values; {nonfinite_hint}"
             )
 
 
@@ -146,7 +198,12 @@ def to_graph(
         ``E`` = sum over layers of ``out * in_channels`` plus residual identity edges.
     """
     if check:
-        check_state_dict(spec, state_dict)
+        check_state_dict(
+            spec,
+            state_dict,
+            source="model",
+            nonfinite_hint="a neural graph (and an embedding) needs finite weights",
+        )
     layout = layout_of(spec)
     first = state_dict[f"{spec.layers[0].name}.weight"]
     dtype = dtype or (first.dtype if first.is_floating_point() else torch.get_default_dtype())

@@ -4,10 +4,12 @@
   modules with their own ``forward()`` work), folds every BatchNorm into the layer before it and
   returns the spec with the folded state dict.
 * :func:`load_checkpoint` reads a ``.safetensors`` file (never executes code) or a ``.pt``/``.pth``
-  file with ``torch.load(..., weights_only=True)`` (which refuses pickled code), and resolves its
-  architecture from a spec (JSON or object), a model factory ``package.module:function``, the
-  spec stored in the safetensors metadata, or — for a plain chain of Linear/Conv layers — an
-  activation name.
+  file with ``torch.load(..., weights_only=True)`` (which refuses pickled code) through
+  :mod:`weightspace.checkpoint_files`, which checks the :mod:`weightspace.limits` against what
+  the file declares before reading tensors; it resolves the architecture from a spec (JSON or
+  object), a model factory ``package.module:function``, the spec stored in the safetensors
+  metadata, or — for a plain chain of Linear/Conv layers — an activation name, and checks the
+  neural graph's node and edge counts against the limits before anything builds it.
 * :func:`save_checkpoint` writes a safetensors file with the spec in its metadata, atomically.
 
 Every failure raises a :class:`~weightspace.errors.WeightspaceError` that names the file, the
@@ -26,8 +28,8 @@ import importlib
 import json
 import operator
 import os
-import pickle
 import re
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weightspace.checkpoint_files import CHECKPOINT_SUFFIXES, read_tensors
 from weightspace.errors import (
     CheckpointError,
     MissingArchitectureError,
@@ -44,7 +47,14 @@ from weightspace.errors import (
     UnsupportedLayerError,
     WeightspaceError,
 )
-from weightspace.graph import NeuralGraph, check_state_dict, to_graph
+from weightspace.graph import (
+    NeuralGraph,
+    check_graph_size,
+    check_state_dict,
+    graph_size,
+    to_graph,
+)
+from weightspace.limits import Limits
 from weightspace.spec import ACTIVATIONS, NetworkSpec, Op
 
 __all__ = [
@@ -60,7 +70,6 @@ __all__ = [
 ]
 
 SPEC_METADATA_KEY = "weightspace_spec"
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 _ACTIVATION_MODULES: dict[type, str] = {
     nn.ReLU: "relu",
@@ -521,66 +530,6 @@ def _natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read a checkpoint's tensors and (safetensors) metadata without executing code."""
-    if not path.exists():
-        raise CheckpointError(path, "no such file")
-    if path.is_dir():
-        raise CheckpointError(path, "is a directory, not a checkpoint file")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(path, "the file is empty")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            tensors: dict[str, Tensor] = {}
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                for key in handle.keys():
-                    tensors[key] = handle.get_tensor(key)
-        except Exception as exc:
-            raise CheckpointError(
-                path, f"not a valid safetensors file (truncated or corrupted?): {exc}"
-            ) from None
-        return tensors, dict(metadata)
-    if path.suffix not in CHECKPOINT_SUFFIXES:
-        raise CheckpointError(
-            path, f"unknown checkpoint type {path.suffix!r}; expected one of {CHECKPOINT_SUFFIXES}"
-        )
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0])
-        detail = detail.split(" Please use")[0]  # never advise allow-listing untrusted globals
-        raise CheckpointError(
-            path,
-            "refused: the file is a pickle that would import or run code "
-            f"(torch.load with weights_only=True rejected it: {detail.strip()}). weightspace "
-            "never unpickles arbitrary code; re-save the weights as safetensors in a trusted "
-            "environment",
-        ) from None
-    except Exception as exc:
-        raise CheckpointError(
-            path, f"not a readable PyTorch checkpoint (truncated or corrupted?): {exc}"
-        ) from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(path, f"holds a {type(obj).__name__}, not a state dict of tensors")
-    tensors = {}
-    for key, value in obj.items():
-        if not isinstance(value, Tensor):
-            raise CheckpointError(path, f"entry {key!r} is a {type(value).__name__}, not a tensor")
-        tensors[str(key)] = value
-    if tensors and all(k.startswith("module.") for k in tensors):  # DataParallel wrapping
-        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
-    return tensors, {}
-
-
 def load_spec(spec: NetworkSpec | str | Path) -> NetworkSpec:
     """A spec object, a JSON string, or a path to a JSON file → :class:`NetworkSpec`."""
     if isinstance(spec, NetworkSpec):
@@ -599,14 +548,32 @@ def load_spec(spec: NetworkSpec | str | Path) -> NetworkSpec:
 
 
 def _model_factory(target: str) -> nn.Module:
+    """Import ``package.module:function`` (the working directory on the path for this import
+    only, after the installed packages, so it cannot shadow them) and call it; a failure
+    anywhere is one :class:`WeightspaceError`."""
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise WeightspaceError(f"model factory {target!r} must look like 'package.module:function'")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise WeightspaceError(f"model factory {target!r} cannot be imported: {exc}") from None
-    model = factory()
+    except Exception as exc:  # the user's module may fail to import in any way
+        raise WeightspaceError(
+            f"model factory {target!r} cannot be imported ({type(exc).__name__}: {exc})"
+        ) from None
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+    try:
+        model = factory()
+    except Exception as exc:  # the user's factory may fail in any way
+        message = " ".join(str(exc).split())[:300]
+        raise WeightspaceError(
+            f"model factory {target!r} raised {type(exc).__name__}: {message}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise WeightspaceError(
             f"model factory {target!r} returned a {type(model).__name__}, not an nn.Module"
@@ -732,6 +699,8 @@ def load_checkpoint(
     spec: NetworkSpec | str | Path | None = None,
     model: str | nn.Module | None = None,
     allow_nonfinite: bool = False,
+    finite_for: str | None = None,
+    limits: Limits | None = None,
 ) -> tuple[NetworkSpec, dict[str, Tensor]]:
     """Read a checkpoint file and resolve its architecture.
 
@@ -744,35 +713,47 @@ def load_checkpoint(
         model: an ``nn.Module`` or a factory ``"package.module:function"`` building one; the
             state dict is loaded into it and traced (BatchNorm folded).
         allow_nonfinite: accept NaN/Inf weights instead of raising.
+        finite_for: what the caller will do that needs finite weights (``"embedding"``,
+            ``"merging"``): NaN/Inf weights are then refused even with ``allow_nonfinite``, and
+            the error says why.
+        limits: resource limits checked before anything large is allocated (default: the
+            process-wide :func:`weightspace.limits.default_limits`).
 
     The architecture comes from, in order: ``spec``, ``model``, the spec stored in the
     safetensors metadata, ``activation``.
 
     Raises:
         CheckpointError, MissingArchitectureError, ShapeMismatchError, NonFiniteWeightsError,
-        UnsupportedLayerError, SpecError: each naming the file.
+        WeightDtypeError, UnsupportedLayerError, SpecError, ResourceLimitError: each naming the
+        file.
     """
     path = Path(path)
-    tensors, metadata = _read_tensors(path)
+    source = str(path)
+    resolved: NetworkSpec | None = None
+    if spec is not None:  # a given architecture is checked against the limits before reading
+        try:
+            resolved = load_spec(spec)
+        except SpecError as exc:
+            raise _naming(exc, source) from None
+        check_graph_size(resolved, source=source, limits=limits)
+    tensors, metadata = read_tensors(path, limits)
     if not tensors:
         raise CheckpointError(path, "holds no tensors")
-    source = str(path)
     try:
-        if spec is not None:
-            resolved = load_spec(spec)
+        if resolved is not None:
             state = tensors
         elif model is not None:
             module = _model_factory(model) if isinstance(model, str) else model
             try:
                 module.load_state_dict(tensors, strict=True)
-            except RuntimeError as exc:
+            except Exception as exc:
                 message = " ".join(str(exc).split())
                 raise CheckpointError(
                     path, f"does not fit the model {type(module).__name__}: {message[:600]}"
                 ) from None
             resolved, state = from_module(module)
         elif SPEC_METADATA_KEY in metadata:
-            resolved = NetworkSpec.from_json(metadata[SPEC_METADATA_KEY])
+            resolved = _stored_spec(path, metadata[SPEC_METADATA_KEY])
             state = tensors
         elif activation is not None:
             resolved, state = spec_from_activation(tensors, activation, source=source)
@@ -782,11 +763,40 @@ def load_checkpoint(
                 "--activation NAME (a plain Sequential chain of Linear/Conv layers), "
                 "--spec SPEC.json, or --model package.module:factory"
             )
+        check_graph_size(resolved, source=source, limits=limits)
     except (SpecError, UnsupportedLayerError) as exc:
-        message = str(exc)
-        raise type(exc)(message if message.startswith(source) else f"{source}: {message}") from None
-    check_state_dict(resolved, state, source=source, allow_nonfinite=allow_nonfinite)
+        raise _naming(exc, source) from None
+    if finite_for is not None:
+        hint = (
+            f"{finite_for} needs finite weights, so this file is refused even with "
+            "--allow-nonfinite (`weightspace inspect --allow-nonfinite` reads it)"
+        )
+        check_state_dict(resolved, state, source=source, nonfinite_hint=hint)
+    else:
+        check_state_dict(resolved, state, source=source, allow_nonfinite=allow_nonfinite)
     return resolved, dict(state)
+
+
+def _naming(exc: WeightspaceError, source: str) -> WeightspaceError:
+    """``exc`` again, its message starting with ``source``."""
+    message = str(exc)
+    return type(exc)(message if message.startswith(source) else f"{source}: {message}")
+
+
+def _stored_spec(path: Path, text: str) -> NetworkSpec:
+    """The spec in a safetensors file's metadata: untrusted JSON, so any failure to build a
+    valid spec from it is one :class:`SpecError` naming the file."""
+    try:
+        stored = NetworkSpec.from_json(text)
+        graph_size(stored)  # its layout must be computable too
+        return stored
+    except WeightspaceError:
+        raise
+    except Exception as exc:
+        raise SpecError(
+            f"{path}: the spec stored in its metadata is malformed ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]})"
+        ) from None
 
 
 def load_graph(path: str | Path, **kwargs: Any) -> NeuralGraph:

@@ -71,7 +71,11 @@ class Limits:
                 "archive_bytes": "decompressed archive size (bytes)",
             }[quantity]
             raise ResourceLimitError(
-                source, label, value, limit, f"raise it with {flag} or {env} if you trust the file"
+                source,
+                label,
+                value,
+                limit,
+                f"if you trust the file, raise it with `weightspace {flag} N COMMAND ...` or {env}",
             )
 
     def with_overrides(self, **overrides: int | None) -> Limits:
@@ -79,7 +83,8 @@ class Limits:
         return replace(self, **{k: int(v) for k, v in overrides.items() if v is not None})
 
 
-def _from_environment() -> Limits:
+def limits_from_environment() -> Limits:
+    """The built-in defaults, overridden by the ``WEIGHTSPACE_MAX_*`` environment variables."""
     values: dict[str, int] = {}
     for field in ("max_params", "max_nodes", "max_edges", "max_archive_bytes"):
         raw = os.environ.get("WEIGHTSPACE_" + field.upper())
@@ -88,9 +93,12 @@ def _from_environment() -> Limits:
         try:
             values[field] = int(raw.replace("_", ""))
         except ValueError:
+            values[field] = -1
+        if values[field] < 0:
             raise WeightspaceError(
-                f"environment variable WEIGHTSPACE_{field.upper()}={raw!r} is not an integer"
-            ) from None
+                f"environment variable WEIGHTSPACE_{field.upper()}={raw!r} is not a "
+                "non-negative integer (0 disables the limit)"
+            )
     return Limits(**values)
 
 
@@ -101,7 +109,7 @@ def default_limits() -> Limits:
     """The process-wide limits (environment variables over the built-in defaults)."""
     global _default
     if _default is None:
-        _default = _from_environment()
+        _default = limits_from_environment()
     return _default
 
 

@@ -42,6 +42,9 @@ from weightspace.baselines.base import BaselineError
 
 __all__ = ["HEAD_KINDS", "default_grid", "make_head", "tuned_regressor"]
 
+#: Fewer training models than this: no early stopping (its validation split would be too small).
+MIN_EARLY_STOPPING = 300
+
 #: The head kinds :func:`tuned_regressor` knows.
 HEAD_KINDS: tuple[str, ...] = ("gbt", "mlp")
 
@@ -126,6 +129,11 @@ def tuned_regressor(
             f"tuned_regressor: expected X (n, F) and y (n,), got {features.shape} and "
             f"{target.shape}"
         )
+    fixed = dict(fixed or {})
+    if target.shape[0] < MIN_EARLY_STOPPING:
+        # A validation split of a few dozen models is noise, and sklearn refuses one with
+        # fewer than two: small training sets train to max_iter instead.
+        fixed.setdefault("early_stopping", False)
     base = make_head(kind, seed, fixed)
     grid = {k: list(v) for k, v in (default_grid(kind) if grid is None else grid).items()}
     labels = None if groups is None else np.asarray(groups)

@@ -29,6 +29,7 @@ def _register() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``weightspace`` console script."""
     from rich.console import Console
+    from rich.markup import escape
 
     from weightspace.errors import WeightspaceError
 
@@ -36,8 +37,20 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv)  # standalone mode: Typer handles usage errors and --help itself
     except WeightspaceError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(1)
     except OSError as exc:  # unreadable paths, full disks: a message, not a traceback
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
+        sys.exit(1)
+    except MemoryError:
+        Console(stderr=True).print(
+            "[bold red]error:[/] out of memory; lower --max-params / --max-edges to refuse such "
+            "models up front, or use a machine with more memory",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(1)

@@ -29,17 +29,34 @@ ModelFactory = Annotated[
 ]
 AllowNonfinite = Annotated[
     bool,
-    typer.Option("--allow-nonfinite", help="Accept NaN/Inf weights instead of refusing the file."),
+    typer.Option(
+        "--allow-nonfinite",
+        help="Accept NaN/Inf weights instead of refusing the file (commands that embed or merge "
+        "weights still refuse them, saying why).",
+    ),
 ]
 
 
 def architecture_kwargs(
-    activation: str | None, spec: Path | None, model: str | None, allow_nonfinite: bool = False
+    activation: str | None,
+    spec: Path | None,
+    model: str | None,
+    allow_nonfinite: bool = False,
+    finite_for: str | None = None,
 ) -> dict:
-    """The keyword arguments of :func:`weightspace.ingest.load_checkpoint` for these options."""
-    return {
+    """The keyword arguments of :func:`weightspace.ingest.load_checkpoint` for these options.
+
+    Args:
+        finite_for: for commands whose work needs finite weights (``"embedding"``,
+            ``"merging"``): NaN/Inf weights are refused at load time, even with
+            ``--allow-nonfinite``, by an error that names the file and says why.
+    """
+    kwargs: dict = {
         "activation": activation,
         "spec": spec,
         "model": model,
         "allow_nonfinite": allow_nonfinite,
     }
+    if finite_for is not None:
+        kwargs["finite_for"] = finite_for
+    return kwargs
