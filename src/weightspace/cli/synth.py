@@ -41,6 +41,56 @@ def _checkpoint_task(path: Path) -> str | None:
     return metadata.get("task")
 
 
+#: ``merge --out`` suffixes and the format each names.
+OUTPUT_FORMATS = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch"}
+
+
+def _output_format(out: Path) -> str:
+    """The format ``out``'s suffix names; refuses any other suffix before any work."""
+    from weightspace.synthesis import SynthesisError
+
+    chosen = OUTPUT_FORMATS.get(out.suffix.lower())
+    if chosen is None:
+        raise SynthesisError(
+            f"{out}: unknown output type {out.suffix or '(no suffix)'!r}; use .safetensors "
+            "(weights with the architecture in the metadata) or .pt/.pth (a plain state dict "
+            "for torch.load, its architecture written beside it as .spec.json)"
+        )
+    if out.is_dir():
+        raise SynthesisError(f"{out}: is a directory; --out names the file to write")
+    return chosen
+
+
+def spec_sidecar(path: Path) -> Path:
+    """Where ``merge --out x.pt`` writes the architecture: ``x.spec.json``."""
+    return path.with_suffix(".spec.json")
+
+
+def save_merged(path: Path, spec: Any, state_dict: dict, metadata: dict[str, str]) -> list[Path]:
+    """Write a merged model in the format ``path``'s suffix names; returns the files written.
+
+    ``.safetensors``: :func:`~weightspace.ingest.save_checkpoint` (spec and ``metadata`` in the
+    header). ``.pt``/``.pth``: a plain state dict with ``torch.save``, which
+    ``torch.load(weights_only=True)`` reads back, and the spec beside it (:func:`spec_sidecar`)
+    for ``--spec``; a ``.pt`` has no room for metadata. Both are written atomically.
+    """
+    import torch
+
+    from weightspace.atomic import atomic_write
+    from weightspace.graph import check_state_dict
+    from weightspace.ingest import save_checkpoint
+
+    if _output_format(path) == "safetensors":
+        return [save_checkpoint(path, spec, state_dict, metadata)]
+    check_state_dict(spec, state_dict, source=str(path), allow_nonfinite=True)
+    plain = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    sidecar = spec_sidecar(path)
+    text = spec.to_json()
+    atomic_write(path, lambda tmp: torch.save(plain, tmp))
+    atomic_write(sidecar, lambda tmp: tmp.write_text(text + "\n"))
+    return [path, sidecar]
+
+
 def _synthesizer(encoder: Path | None, needed: bool) -> Any:
     if encoder is None:
         if needed:
@@ -59,7 +109,14 @@ def _synthesizer(encoder: Path | None, needed: bool) -> Any:
 def merge_command(
     model_a: Annotated[Path, typer.Argument(help="First checkpoint (alpha = 0).")],
     model_b: Annotated[Path, typer.Argument(help="Second checkpoint (alpha = 1).")],
-    out: Annotated[Path, typer.Option("--out", help="The merged .safetensors file to write.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="The merged checkpoint: .safetensors (architecture in the metadata) or .pt/.pth "
+            "(a plain state dict; the architecture goes beside it as NAME.spec.json).",
+        ),
+    ],
     encoder: EncoderDir = None,
     method: Annotated[
         str,
@@ -88,11 +145,12 @@ def merge_command(
     allow_nonfinite: AllowNonfinite = False,
 ) -> None:
     """Merge two checkpoints of one architecture and task into one checkpoint (with its spec)."""
-    from weightspace.ingest import load_checkpoint, load_spec, save_checkpoint
+    from weightspace.ingest import load_checkpoint, load_spec
     from weightspace.synthesis.merge import get_merge_method, merge
 
+    _output_format(out)  # an unknown suffix fails before any work
     chosen = get_merge_method(method)  # unknown methods fail before any file is read
-    kwargs = architecture_kwargs(activation, spec, model, allow_nonfinite)
+    kwargs = architecture_kwargs(activation, spec, model, allow_nonfinite, "merging")
     spec_a, state_a = load_checkpoint(model_a, **kwargs)
     spec_b, state_b = load_checkpoint(model_b, **kwargs)
     synthesizer = _synthesizer(encoder, chosen.needs_synthesizer)
@@ -117,9 +175,14 @@ def merge_command(
     task = _checkpoint_task(model_a)
     if task is not None:
         meta["task"] = task
-    save_checkpoint(out, result.spec, result.state_dict, meta)
+    written = save_merged(out, result.spec, result.state_dict, meta)
     note = "" if chosen.same_spec else f" (a wider ensemble architecture: {result.spec.summary()})"
     typer.echo(f"wrote {out}: {method} merge at alpha={alpha:g}{note}")
+    if len(written) > 1:
+        typer.echo(
+            f"its architecture is in {written[1]}: read it back with --spec {written[1]}",
+            err=True,
+        )
 
 
 @app.command("sample")
@@ -143,16 +206,23 @@ def sample_command(
     bandwidth: Annotated[
         float,
         typer.Option(
-            "--bandwidth", min=0.0, help="Kernel width in units of the pool's embedding spread."
+            "--bandwidth",
+            help="Kernel width in units of the pool's embedding spread: finite, >= 0 (0 decodes "
+            "the pool's own embeddings).",
         ),
     ] = 0.5,
     seed: Annotated[int, typer.Option("--seed", help="Seeds anchors and noise.")] = 0,
 ) -> None:
     """Draw embeddings near high-accuracy zoo models (Gaussian KDE), decode them and write the
     checkpoints (plus samples.json)."""
-    from weightspace.synthesis.sample import sample_models, write_samples
+    from weightspace.synthesis.sample import check_sampling_options, sample_models, write_samples
     from weightspace.zoo import Zoo
 
+    check_sampling_options(n, bandwidth, min_accuracy)  # bad options fail before any work
+    if out.exists() and not out.is_dir():
+        from weightspace.synthesis import SynthesisError
+
+        raise SynthesisError(f"{out}: exists and is not a directory; --out names a directory")
     synthesizer = _synthesizer(encoder, True)
     samples = sample_models(
         synthesizer,
@@ -166,6 +236,13 @@ def sample_command(
     )
     paths = write_samples(samples, out)
     typer.echo(f"wrote {len(paths)} sampled checkpoints to {out}")
+    refused = len(samples) - len(paths)
+    if refused:
+        typer.echo(
+            f"{refused} samples decoded to NaN/Inf weights and were not written (listed in "
+            f"{out / 'samples.json'} with file null); lower --bandwidth",
+            err=True,
+        )
 
 
 @app.command("train-decoder")

@@ -90,15 +90,27 @@ def import_(
     mapping: list[str] | None = typer.Option(
         None, "--map", help="Rename a column: NEW=OLD, e.g. test_accuracy=acc (repeatable)."
     ),
+    skip_bad_rows: bool = typer.Option(
+        False,
+        "--skip-bad-rows",
+        help="Import the good rows and list the bad ones (also in the zoo's manifest.json, "
+        "'failed'), instead of refusing the whole table.",
+    ),
 ) -> None:
-    """Turn your own sweep (checkpoint files + metrics table) into a zoo."""
+    """Turn your own sweep (checkpoint files + metrics table) into a zoo.
+
+    Every row is checked before anything is written: accuracies in [0, 1], whole epochs >= 0,
+    files inside --checkpoints, no file twice, readable checkpoints.
+    Bad rows are listed with their line and nothing is written, unless --skip-bad-rows.
+    """
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from weightspace.zoo.importer import import_zoo, parse_mapping
 
     console = Console(stderr=True)
-    zoo, failed = import_zoo(
+    zoo, skipped = import_zoo(
         checkpoints,
         metrics,
         out,
@@ -106,16 +118,20 @@ def import_(
         spec=spec,
         model=model,
         rename=parse_mapping(mapping),
+        skip_bad_rows=skip_bad_rows,
         console=console,
     )
-    console.print(f"[green]imported[/] {len(zoo)} checkpoints into {out}")
-    if failed:
-        table = Table(title=f"{len(failed)} rows not imported (also in {out}/manifest.json)")
-        table.add_column("row", justify="right")
-        table.add_column("file")
+    console.print(Text.assemble(("imported", "green"), f" {len(zoo)} checkpoints into {out}"))
+    if skipped:
+        table = Table(
+            title=Text(f"{len(skipped)} bad rows skipped (listed in {out}/manifest.json, 'failed')")
+        )
+        table.add_column("line" if skipped[0]["line"] is not None else "row", justify="right")
+        table.add_column("file", overflow="fold")
         table.add_column("problem", overflow="fold")
-        for item in failed:
-            table.add_row(str(item["row"]), item["file"], item["problem"])
+        for item in skipped:
+            where = item["line"] if item["line"] is not None else item["row"] + 1
+            table.add_row(str(where), Text(item["file"]), Text(item["problem"]))
         console.print(table)
 
 

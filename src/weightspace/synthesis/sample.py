@@ -15,6 +15,8 @@ trades novelty for accuracy: ``h = 0`` decodes the pool's own embeddings (recons
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +31,13 @@ from weightspace.spec import NetworkSpec
 from weightspace.synthesis.common import StateDict, SynthesisError
 from weightspace.synthesis.decoder import Synthesizer, spec_key
 
-__all__ = ["SampledModel", "sample_pool", "sample_models", "write_samples"]
+__all__ = [
+    "SampledModel",
+    "check_sampling_options",
+    "sample_pool",
+    "sample_models",
+    "write_samples",
+]
 
 #: Without ``min_accuracy``, the pool is the models at or above this quantile of test accuracy.
 DEFAULT_POOL_QUANTILE = 0.75
@@ -54,6 +62,31 @@ class SampledModel:
     anchor: str
     z: Tensor
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def check_sampling_options(n: int, bandwidth: float, min_accuracy: float | None = None) -> None:
+    """Refuse options that cannot give a finite sample, before any work.
+
+    ``bandwidth`` must be finite and :math:`\\ge 0` (``0`` decodes the pool's own embeddings),
+    ``n`` at least 1, ``min_accuracy`` (when given) a finite number in ``[0, 1]``.
+
+    Raises:
+        SynthesisError: naming the option, its value and what it must be.
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise SynthesisError(f"--n must be a whole number >= 1, got {n!r}")
+    real = isinstance(bandwidth, numbers.Real) and not isinstance(bandwidth, bool)
+    if not real or not math.isfinite(bandwidth) or bandwidth < 0:
+        raise SynthesisError(
+            f"--bandwidth must be a finite number >= 0 (the kernel width in units of the pool's "
+            f"spread, e.g. 0.5), got {bandwidth!r}"
+        )
+    if min_accuracy is not None and not (
+        isinstance(min_accuracy, numbers.Real)
+        and math.isfinite(min_accuracy)
+        and 0 <= min_accuracy <= 1
+    ):
+        raise SynthesisError(f"--min-accuracy must be a number in [0, 1], got {min_accuracy!r}")
 
 
 def sample_pool(
@@ -126,10 +159,7 @@ def sample_models(
     Raises:
         SynthesisError: an empty pool, or no pool model of an architecture the decoder knows.
     """
-    if n < 1:
-        raise SynthesisError(f"--n must be at least 1, got {n}")
-    if bandwidth < 0:
-        raise SynthesisError(f"bandwidth must be >= 0, got {bandwidth}")
+    check_sampling_options(n, bandwidth, min_accuracy)
     pool = sample_pool(zoo, task=task, arch=arch, min_accuracy=min_accuracy, runs=runs)
     specs = {cid: zoo.spec(cid) for cid in pool["checkpoint_id"]}
     decodable = [synthesizer.decoder.supports(specs[c]) for c in pool["checkpoint_id"]]
@@ -155,6 +185,11 @@ def sample_models(
     anchors = torch.randint(len(ids), (n,), generator=generator)
     noise = torch.randn(n, z_pool.shape[1], generator=generator)
     z = z_pool[anchors] + bandwidth * spread[anchors] * noise  # (n, d)
+    if not torch.isfinite(z).all():
+        raise SynthesisError(
+            f"embeddings drawn with --bandwidth {bandwidth:g} hold Inf or NaN (the pool's largest "
+            f"spread is {float(spread.abs().max()):.3g}); use a smaller --bandwidth"
+        )
     samples: list[SampledModel | None] = [None] * n
     by_spec: dict[str, list[int]] = {}
     for j, i in enumerate(anchors.tolist()):
@@ -175,28 +210,58 @@ def sample_models(
     return [s for s in samples if s is not None]
 
 
+def _finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def _strict_json(value: Any, **kwargs: Any) -> str:
+    return json.dumps(_finite_json(value), allow_nan=False, default=str, **kwargs)
+
+
 def write_samples(
     samples: Sequence[SampledModel], out: str | os.PathLike[str], *, prefix: str = "sample"
 ) -> list[Path]:
     """Write each sample as ``OUT/{prefix}-{i:04d}.safetensors`` (spec in the metadata) and a
-    ``OUT/samples.json`` index (file, task, anchor, bandwidth)."""
+    ``OUT/samples.json`` index (file, task, anchor, bandwidth), both strict JSON.
+
+    A sample whose weights hold NaN or Inf is never written: its ``samples.json`` entry has
+    ``"file": null`` and a ``"refused"`` reason. Returns the written paths.
+
+    Raises:
+        SynthesisError: every sample holds NaN or Inf (then nothing is written).
+    """
+    from weightspace.atomic import atomic_write
     from weightspace.ingest import save_checkpoint
 
+    finite = [all(bool(torch.isfinite(v).all()) for v in s.state_dict.values()) for s in samples]
+    if samples and not any(finite):
+        raise SynthesisError(
+            f"all {len(samples)} decoded samples hold NaN or Inf weights; nothing was written "
+            f"to {out} (lower --bandwidth, or retrain the decoder)"
+        )
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     paths, index = [], []
-    for i, sample in enumerate(samples):
+    for i, (sample, ok) in enumerate(zip(samples, finite, strict=True)):
+        entry = {"task": sample.task, "anchor": sample.anchor, **sample.info}
+        if not ok:
+            index.append({"file": None, "refused": "decoded weights hold NaN or Inf", **entry})
+            continue
         path = root / f"{prefix}-{i:04d}.safetensors"
         meta = {
-            "weightspace_synthesis": json.dumps(
-                {"kind": "sample", "task": sample.task, "anchor": sample.anchor, **sample.info}
-            ),
+            "weightspace_synthesis": _strict_json({"kind": "sample", **entry}),
             "task": sample.task,
         }
         save_checkpoint(path, sample.spec, sample.state_dict, meta)
         paths.append(path)
-        index.append(
-            {"file": path.name, "task": sample.task, "anchor": sample.anchor, **sample.info}
-        )
-    (root / "samples.json").write_text(json.dumps(index, indent=2) + "\n")
+        index.append({"file": path.name, **entry})
+    text = _strict_json(index, indent=2) + "\n"
+    atomic_write(root / "samples.json", lambda tmp: tmp.write_text(text))
     return paths

@@ -6,24 +6,43 @@ activation, for sweeps that mix them) are used when present, and every other col
 metadata. ``rename={"test_accuracy": "acc"}`` (CLI: ``--map test_accuracy=acc``) renames a column
 before anything else.
 
-Each checkpoint is read with :func:`weightspace.ingest.load_checkpoint` (``--activation``,
-``--spec`` or ``--model`` tell it the architecture) and stored in spec form. Rows whose file is
-missing or unreadable are returned, written to the manifest's ``failed`` list and printed by the
-CLI — never silently dropped.
+Nothing is written until every row has passed: the table's cells
+(:mod:`weightspace.zoo.metrics_table`: accuracies in [0, 1], whole epochs, files inside the
+checkpoint directory, no file twice) and then its checkpoint, read with
+:func:`weightspace.ingest.load_checkpoint` (``--activation``, ``--spec`` or ``--model`` tell it the
+architecture). Any bad row is a :class:`~weightspace.zoo.metrics_table.MetricsTableError` listing
+every one with its line, unless ``skip_bad_rows``: then the rest is imported and the bad rows
+are returned and written to the manifest's ``failed`` list. The zoo is assembled in a temporary
+directory beside ``out`` and renamed into place, so ``out`` either is the whole zoo or is left as
+it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import re
+import secrets
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
+from weightspace.atomic import TEMP_MARK
 from weightspace.errors import WeightspaceError
+from weightspace.zoo.metrics_table import (
+    REQUIRED_COLUMNS,
+    BadRow,
+    MetricsTableError,
+    ValidRow,
+    read_metrics_table,
+    validate_rows,
+)
 from weightspace.zoo.store import (
     MANIFEST,
     TABLE,
@@ -36,9 +55,14 @@ from weightspace.zoo.store import (
     write_table,
 )
 
-__all__ = ["import_zoo", "parse_mapping", "read_metrics_table"]
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "MetricsTableError",
+    "import_zoo",
+    "parse_mapping",
+    "read_metrics_table",
+]
 
-REQUIRED_COLUMNS = ("file", "test_accuracy")
 #: Columns the zoo table defines itself; user columns of these names are kept as ``user_<name>``.
 RESERVED_COLUMNS = (
     "checkpoint_id",
@@ -48,7 +72,11 @@ RESERVED_COLUMNS = (
     "shard",
     "weights_form",
     "num_params",
+    "source_row",
+    "source_line",
 )
+#: Columns of the table that become the zoo's own columns instead of metadata.
+CONSUMED_COLUMNS = ("run", "epoch", "task")
 SHARD_SIZE = 256
 
 
@@ -63,45 +91,59 @@ def parse_mapping(items: list[str] | None) -> dict[str, str]:
     return mapping
 
 
-def read_metrics_table(path: str | Path, rename: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Read the sweep's table, apply ``rename`` (new → old) and check the required columns."""
-    path = Path(path)
-    if not path.exists():
-        raise ZooError(f"{path}: metrics table not found")
-    try:
-        if path.suffix == ".csv":
-            table = pd.read_csv(path)
-        elif path.suffix in (".parquet", ".pq"):
-            table = pd.read_parquet(path)
-        else:
-            raise ZooError(f"{path}: unknown table type {path.suffix!r}; use .csv or .parquet")
-    except ZooError:
-        raise
-    except Exception as exc:
-        raise ZooError(f"{path}: unreadable table ({exc})") from None
-    rename = dict(rename or {})
-    missing_sources = [old for old in rename.values() if old not in table.columns]
-    if missing_sources:
-        raise ZooError(
-            f"{path}: --map names columns {missing_sources} that the table lacks; it has "
-            f"{list(table.columns)}"
-        )
-    table = table.rename(columns={old: new for new, old in rename.items()})
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise ZooError(
-            f"{path}: missing required columns {missing}; it has {list(table.columns)} "
-            "(rename with --map test_accuracy=YOUR_COLUMN)"
-        )
-    return table
-
-
-def _checkpoint_id(file: str, used: set[str], row: int) -> str:
-    stem = re.sub(r"\.(safetensors|pt|pth|bin|ckpt)$", "", file)
+def _checkpoint_id(file: str, checkpoints: Path, used: set[str], row: int) -> str:
+    """A unique id from the file's path relative to ``checkpoints`` (``run1/e3.pt`` →
+    ``run1_e3``)."""
+    root = checkpoints.absolute()
+    relative = os.path.relpath(os.path.normpath(os.path.join(root, file)), root)
+    stem = re.sub(r"\.(safetensors|pt|pth|bin|ckpt)$", "", relative)
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_") or f"row{row}"
     candidate = base if base not in used else f"{base}-row{row}"
     used.add(candidate)
     return candidate
+
+
+def _check_out(out: Path) -> None:
+    """``out`` must be new, or an empty directory (it is replaced by the finished zoo)."""
+    if (out / MANIFEST).exists():
+        raise ZooError(f"{out}: already holds a zoo; choose a new --out")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ZooError(f"{out}: exists and is not a directory; choose a new --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise ZooError(f"{out}: exists and is not empty; choose a new --out")
+
+
+def _write_directory(out: Path, fill: Callable[[Path], None]) -> None:
+    """Call ``fill(tmp)`` on a new directory beside ``out``, then rename it to ``out``.
+
+    On any failure the temporary directory, and any parent directory this call created, are
+    removed: ``out`` and its surroundings are left as they were.
+    """
+    out = out.absolute()
+    created: list[Path] = []
+    for parent in reversed(out.parents):
+        if not parent.exists():
+            parent.mkdir()
+            created.append(parent)
+    tmp = None
+    try:
+        while tmp is None:
+            candidate = out.parent / f".{out.name}{TEMP_MARK}{secrets.token_hex(4)}"
+            with contextlib.suppress(FileExistsError):
+                candidate.mkdir()
+                tmp = candidate
+        fill(tmp)
+        try:
+            os.replace(tmp, out)  # replaces an empty directory, refuses a filled one
+        except OSError as exc:
+            raise ZooError(f"{out}: could not move the new zoo into place ({exc})") from None
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for parent in reversed(created):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
 
 
 def import_zoo(
@@ -113,59 +155,89 @@ def import_zoo(
     spec: str | Path | None = None,
     model: str | None = None,
     rename: Mapping[str, str] | None = None,
+    skip_bad_rows: bool = False,
     show_progress: bool = True,
     console: Any = None,
 ) -> tuple[Zoo, list[dict[str, Any]]]:
-    """Import a sweep into a new zoo at ``out``; returns the zoo and the failed rows.
+    """Import a sweep into a new zoo at ``out``; returns the zoo and the skipped rows.
 
-    Each failed row is ``{"row", "file", "problem"}`` (``row`` is 0-based in the table).
+    Each skipped row is ``{"row", "line", "file", "problem"}`` (``row`` 0-based among the data
+    rows, ``line`` the CSV line with the header as line 1, ``None`` for parquet); it is empty
+    unless ``skip_bad_rows``.
 
     Raises:
-        ZooError: the table is unreadable or lacks columns, ``out`` already holds a zoo, or no
-            row at all could be imported.
+        MetricsTableError: some rows are bad (every one listed) and ``skip_bad_rows`` is off.
+        ZooError: the table is unreadable or lacks columns, ``out`` already holds a zoo or is not
+            empty, or no row at all could be imported. In every case nothing was written.
     """
     from weightspace.ingest import load_checkpoint
 
     checkpoints, out = Path(checkpoints), Path(out)
     if not checkpoints.is_dir():
         raise ZooError(f"{checkpoints}: checkpoint directory not found")
-    if (out / MANIFEST).exists():
-        raise ZooError(f"{out}: already holds a zoo; choose a new --out")
+    _check_out(out)
     table = read_metrics_table(metrics, rename)
-    has_activation_column = "activation" in table.columns
-    failed: list[dict[str, Any]] = []
-    accepted: list[tuple[int, str, Any, dict[str, torch.Tensor]]] = []
+    valid, bad = validate_rows(table, checkpoints)
+    accepted: list[tuple[ValidRow, str, Any, dict[str, torch.Tensor]]] = []
     used: set[str] = set()
 
     from weightspace.zoo.generate import _progress
 
     with _progress(show_progress, console) as progress:
-        bar = progress.add_task("import", total=len(table))
-        for row, record in enumerate(table.itertuples(index=False)):
-            file = str(record.file)
-            row_activation = activation
-            if has_activation_column and pd.notna(record.activation):
-                row_activation = str(record.activation)
+        bar = progress.add_task("import", total=len(valid))
+        for row in valid:
             try:
                 resolved, state = load_checkpoint(
-                    checkpoints / file, activation=row_activation, spec=spec, model=model
+                    row.path, activation=row.activation or activation, spec=spec, model=model
                 )
             except WeightspaceError as exc:
-                failed.append({"row": row, "file": file, "problem": str(exc)})
+                bad.append(BadRow(row.row, row.line, row.file, str(exc)))
             except Exception as exc:  # a user's factory or file can fail in any way
-                failed.append({"row": row, "file": file, "problem": f"{type(exc).__name__}: {exc}"})
+                bad.append(BadRow(row.row, row.line, row.file, f"{type(exc).__name__}: {exc}"))
             else:
-                accepted.append((row, _checkpoint_id(file, used, row), resolved, state))
+                accepted.append(
+                    (row, _checkpoint_id(row.file, checkpoints, used, row.row), resolved, state)
+                )
             progress.update(bar, advance=1)
+    bad.sort(key=lambda b: b.row)
+    if bad and not skip_bad_rows:
+        raise MetricsTableError(table.path, bad)
     if not accepted:
-        shown = "; ".join(f"{f['file']}: {f['problem']}" for f in failed[:5])
+        shown = "; ".join(f"{b.where}{b.named}: {b.problem}" for b in bad[:5])
         raise ZooError(f"none of the {len(table)} rows of {metrics} could be imported: {shown}")
+    skipped = [b.to_dict() for b in bad]
+    manifest = {
+        "kind": "imported",
+        "complete": True,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": {
+            "checkpoints": str(checkpoints.resolve()),
+            "metrics": str(Path(metrics).resolve()),
+            "activation": activation,
+            "spec": None if spec is None else str(spec),
+            "model": model,
+            "map": dict(rename or {}),
+            "skip_bad_rows": skip_bad_rows,
+        },
+        "versions": library_versions(),
+        "failed": skipped,
+        "skipped": [],
+    }
+    _write_directory(out, lambda tmp: _write_zoo(tmp, table, accepted, manifest))
+    return Zoo.open(out), skipped
 
-    by_spec: dict[str, list[tuple[int, str, dict[str, torch.Tensor]]]] = {}
+
+def _write_zoo(
+    root: Path,
+    table: Any,
+    accepted: list[tuple[ValidRow, str, Any, dict[str, torch.Tensor]]],
+    manifest: dict[str, Any],
+) -> None:
+    """Shards (one architecture each), the checkpoint table and the manifest, into ``root``."""
+    by_spec: dict[str, list[tuple[ValidRow, str, dict[str, torch.Tensor]]]] = {}
     for row, checkpoint_id, resolved, state in accepted:
         by_spec.setdefault(resolved.to_json(), []).append((row, checkpoint_id, state))
-    out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     shard_index = 0
     for spec_json, items in by_spec.items():
         summary = _spec_summary(spec_json)
@@ -175,41 +247,44 @@ def import_zoo(
             chunk = items[start : start + SHARD_SIZE]
             tensors = {f"{cid}/{k}": v for _, cid, state in chunk for k, v in state.items()}
             write_shard(
-                out / shard,
+                root / shard,
                 tensors,
                 {"format": "weightspace-zoo", "spec": spec_json, "weights_form": "spec"},
             )
             for row, checkpoint_id, state in chunk:
-                rows.append(
-                    _imported_row(
-                        table.iloc[row], row, checkpoint_id, spec_json, summary, shard, state
-                    )
-                )
-    result = pd.DataFrame(rows).sort_values("source_row", kind="stable").reset_index(drop=True)
-    result["epoch"] = result["epoch"].astype("Int64")
-    write_table(out / TABLE, result)
-    write_manifest(
-        out,
-        {
-            "kind": "imported",
-            "complete": True,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "config": {
-                "checkpoints": str(checkpoints.resolve()),
-                "metrics": str(Path(metrics).resolve()),
-                "activation": activation,
-                "spec": None if spec is None else str(spec),
-                "model": model,
-                "map": dict(rename or {}),
-            },
-            "versions": library_versions(),
-            "failed": failed,
-            "skipped": [],
-            "num_runs": int(result["run_id"].nunique()),
-            "num_checkpoints": len(result),
-        },
-    )
-    return Zoo.open(out), failed
+                records.append(_imported_row(row, checkpoint_id, spec_json, summary, shard, state))
+    records.sort(key=lambda r: r["source_row"])
+    core = pd.DataFrame(records)
+    core["epoch"] = core["epoch"].astype("Int64")
+    core["source_line"] = core["source_line"].astype("Int64")
+    rows = sorted((row for row, *_ in accepted), key=lambda r: r.row)
+    metadata = table.typed([row.row for row in rows])
+    for column in metadata.columns:
+        if column.lower().endswith("accuracy"):  # the validated values, NaN where empty
+            metadata[column] = [row.accuracies.get(column, math.nan) for row in rows]
+    result = pd.concat([core, _metadata_columns(metadata, core)], axis=1)
+    write_table(root / TABLE, result)
+    manifest = {
+        **manifest,
+        "num_runs": int(result["run_id"].nunique()),
+        "num_checkpoints": len(result),
+    }
+    write_manifest(root, manifest)
+
+
+def _metadata_columns(metadata: pd.DataFrame, core: pd.DataFrame) -> pd.DataFrame:
+    """The user's other columns (reserved names become ``user_<name>``)."""
+    kept: dict[str, pd.Series] = {}
+    taken = set(core.columns)
+    for column in metadata.columns:
+        if column in CONSUMED_COLUMNS or column == "test_accuracy":
+            continue
+        name = str(column)
+        while name in taken or name in RESERVED_COLUMNS:
+            name = f"user_{name}"
+        taken.add(name)
+        kept[name] = metadata[column]
+    return pd.DataFrame(kept, index=core.index)
 
 
 def _spec_summary(spec_json: str) -> str:
@@ -219,32 +294,24 @@ def _spec_summary(spec_json: str) -> str:
 
 
 def _imported_row(
-    source: pd.Series,
-    row: int,
+    row: ValidRow,
     checkpoint_id: str,
     spec_json: str,
     summary: str,
     shard: str,
     state: Mapping[str, torch.Tensor],
 ) -> dict[str, Any]:
-    record: dict[str, Any] = {
+    return {
         "checkpoint_id": checkpoint_id,
-        "run_id": str(source["run"])
-        if "run" in source and pd.notna(source["run"])
-        else checkpoint_id,
-        "epoch": int(source["epoch"]) if "epoch" in source and pd.notna(source["epoch"]) else None,
-        "task": str(source["task"]) if "task" in source and pd.notna(source["task"]) else "unknown",
+        "run_id": row.run if row.run is not None else checkpoint_id,
+        "epoch": row.epoch,
+        "task": row.task if row.task is not None else "unknown",
         "arch": summary,
         "spec": spec_json,
         "shard": shard,
         "weights_form": "spec",
         "num_params": int(sum(v.numel() for v in state.values())),
-        "source_row": row,
+        "test_accuracy": row.test_accuracy,
+        "source_row": row.row,
+        "source_line": row.line,
     }
-    for column, value in source.items():
-        if column in ("run", "epoch", "task"):
-            continue
-        name = f"user_{column}" if column in RESERVED_COLUMNS else str(column)
-        record[name] = value
-    record["test_accuracy"] = float(source["test_accuracy"])
-    return record
