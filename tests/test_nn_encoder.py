@@ -173,7 +173,7 @@ def test_unsupported_models_are_refused() -> None:
     with pytest.raises(EncoderError, match="max_edge_features"):
         encoder.embed([make_model("cnn2d", "relu", dtype=torch.float32)])
     with pytest.raises(EncoderError, match="NeuralGraph, a SpecModule"):
-        encoder.embed([torch.nn.Linear(2, 2)])
+        encoder.embed([object()])  # nn.Modules are accepted (traced) since issue 17
     spec = mlp_spec([3, 2])
     with pytest.raises(WeightspaceError):
         encoder.embed([(spec, {"0.weight": torch.zeros(2, 3)})])  # missing bias

@@ -1,3 +1,6 @@
+"""``python -m weightspace``: the command-line interface."""
+
 from weightspace.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

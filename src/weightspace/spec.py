@@ -291,10 +291,38 @@ class NetworkSpec:
         return {"format_version": SPEC_FORMAT_VERSION, "ops": [op.to_dict() for op in self.ops]}
 
     def to_json(self) -> str:
+        """The spec as compact JSON: the one spec format every weightspace tool reads and writes.
+
+        It is stored in a safetensors file's metadata under ``weightspace_spec`` (by
+        ``weightspace convert`` and :func:`weightspace.ingest.save_checkpoint`), printed as the
+        ``spec`` member of ``weightspace inspect --json``, and read back by ``--spec FILE``
+        (which accepts either that whole ``inspect --json`` output or the bare object)::
+
+            {"format_version": 1,
+             "ops": [{"name": "x", "kind": "input", "inputs": [], "attrs": {"shape": [64]}},
+                     {"name": "0", "kind": "linear", "inputs": ["x"],
+                      "attrs": {"in_features": 64, "out_features": 32, "bias": true}},
+                     {"name": "1", "kind": "activation", "inputs": ["0"],
+                      "attrs": {"function": "relu"}},
+                     {"name": "2", "kind": "linear", "inputs": ["1"],
+                      "attrs": {"in_features": 32, "out_features": 10, "bias": true}}]}
+
+        ``ops`` is in topological order, starting with the single ``input`` op; each op lists the
+        ops it reads in ``inputs``; the kinds and their ``attrs`` are tabled in this module's
+        docstring. A parametrised op's ``name`` is its state-dict prefix (``"0"`` reads
+        ``0.weight`` and ``0.bias``); the last op is the output. (This example is
+        ``mlp_spec([64, 32, 10]).to_json()``, indented.)
+        """
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NetworkSpec:
+        if (
+            isinstance(data, Mapping)
+            and "ops" not in data
+            and isinstance(data.get("spec"), Mapping)
+        ):
+            data = data["spec"]  # the whole `weightspace inspect --json` output
         if not isinstance(data, Mapping) or "ops" not in data:
             raise SpecError("a spec must be a JSON object with an 'ops' list")
         version = int(data.get("format_version", SPEC_FORMAT_VERSION))

@@ -29,6 +29,20 @@ def _limit_option(name: str, what: str) -> Any:
     )
 
 
+def version_line() -> str:
+    """``weightspace X.Y.Z``: the installed distribution's version (``importlib.metadata``)."""
+    import weightspace
+
+    return f"weightspace {weightspace.__version__}"
+
+
+def print_version(value: bool) -> None:
+    """The eager ``--version`` option: print :func:`version_line` and exit."""
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     max_params: Annotated[int | None, _limit_option("params", "parameters")] = None,
@@ -37,6 +51,15 @@ def _root(
     max_archive_bytes: Annotated[
         int | None, _limit_option("archive-bytes", "decompressed bytes in a .pt archive")
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=print_version,
+            help="Print the installed weightspace version and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Symmetry-aware embeddings of neural-network checkpoints."""
     from weightspace.limits import limits_from_environment, set_default_limits

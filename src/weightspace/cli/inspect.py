@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from weightspace.cli.app import app
+from weightspace.cli.convert import SPEC_FORMAT_HELP
 from weightspace.cli.options import (
     Activation,
     AllowNonfinite,
@@ -40,7 +41,15 @@ def describe(path: Path, **kwargs) -> dict:
     }
 
 
-@app.command()
+_HELP = (
+    "Print a checkpoint's architecture (layers, shapes, activations, parameter count) and the "
+    "size of its neural graph (nodes, edges).\n\n"
+    "With --json, the output's 'spec' member is the architecture in the spec format below; save "
+    "the whole output and give it back to any command as --spec FILE."
+)
+
+
+@app.command(help=_HELP, epilog=SPEC_FORMAT_HELP)
 def inspect(
     file: Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, .pt or .pth.")],
     activation: Activation = None,
@@ -49,8 +58,7 @@ def inspect(
     allow_nonfinite: AllowNonfinite = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Print a checkpoint's architecture (layers, shapes, activations, parameter count) and the
-    size of its neural graph (nodes, edges)."""
+    """Print one checkpoint's architecture and graph size (see ``_HELP``)."""
     info = describe(file, **architecture_kwargs(activation, spec, model, allow_nonfinite))
     if as_json:
         typer.echo(json.dumps(info, indent=2))

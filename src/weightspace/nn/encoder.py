@@ -41,7 +41,7 @@ from torch_geometric.utils import scatter
 from weightspace.atomic import atomic_write_bytes
 from weightspace.errors import WeightspaceError
 from weightspace.graph import NeuralGraph, to_graph, to_state_dict
-from weightspace.module import SpecModule
+from weightspace.models import ModelInput, ModelInputError, as_spec_and_state
 from weightspace.nn.batch import GraphBank, GraphBatch
 from weightspace.nn.features import EdgeEmbedding, NodeEmbedding, ScalarFeatures
 from weightspace.nn.layers import DensePlan, EdgeNodeConv, degree_inverses, dense_plan
@@ -61,9 +61,10 @@ WEIGHTS_FILE = "encoder.safetensors"
 CONFIG_FILE = "config.json"
 _FORMAT_NAME = "weightspace-encoder"
 
-#: What :meth:`Encoder.embed` accepts per model: a graph, a ``(spec, state_dict)`` pair, or a
-#: :class:`~weightspace.module.SpecModule` (other modules: ``weightspace.ingest.from_module``).
-ModelLike = NeuralGraph | tuple[NetworkSpec, Mapping[str, Tensor]] | SpecModule
+#: What :meth:`Encoder.embed` accepts per model: a checkpoint path, an ``nn.Module`` (traced),
+#: a graph, a ``(spec, state_dict)`` pair or a :class:`~weightspace.module.SpecModule`; all are
+#: normalised by :func:`weightspace.models.as_spec_and_state`.
+ModelLike = ModelInput
 
 
 class EncoderError(WeightspaceError):
@@ -309,9 +310,17 @@ class Encoder(nn.Module):
         """Canonicalise (if configured) and convert models to graphs in the encoder's dtype.
 
         Raises:
-            EncoderError: a model is neither a graph nor a ``(spec, state_dict)`` pair, or has
-                an edge wider than the encoder accepts.
+            EncoderError: a model is of no accepted form (see :data:`ModelLike`), ``models`` is
+                one model instead of a collection, or a model has an edge wider than the encoder
+                accepts.
         """
+        if isinstance(models, str | os.PathLike | nn.Module | NeuralGraph) or (
+            isinstance(models, tuple) and len(models) == 2 and isinstance(models[0], NetworkSpec)
+        ):
+            raise EncoderError(
+                f"expected a collection of models, got one {type(models).__name__}; wrap it in a "
+                "list: embed([model])"
+            )
         graphs = []
         for i, model in enumerate(models):
             graphs.append(prepare_graph(model, self.config, index=i))
@@ -375,6 +384,12 @@ class Encoder(nn.Module):
     ) -> np.ndarray:
         """Embeddings ``(n, dim)`` of the models, in input order (float32 or the encoder's
         float64).
+
+        Each model may be a checkpoint path (its spec stored in the file, see
+        ``weightspace convert``), an ``nn.Module`` (traced with :func:`weightspace.from_module`;
+        give ``(module, example_input)`` when its first layer is a convolution feeding a
+        flatten), a ``(NetworkSpec, state_dict)`` pair, a :class:`~weightspace.NeuralGraph` or a
+        :class:`~weightspace.SpecModule`: :func:`weightspace.models.as_spec_and_state`.
 
         ``compile=True`` runs batches through ``torch.compile`` (see :meth:`forward`): the first
         batch of each architecture pays the compilation (seconds to a minute), later ones run
@@ -592,20 +607,12 @@ def prepare_graph(model: ModelLike, config: EncoderConfig, *, index: int = 0) ->
         spec = model.spec
         state = to_state_dict(model) if config.canonicalize else None
         graph = model
-    elif isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], NetworkSpec):
-        spec, state = model[0], dict(model[1])
-        graph = None
-    elif isinstance(model, SpecModule):
-        spec = model.spec
-        state = {k: v.detach() for k, v in model.state_dict().items()}
-        graph = None
     else:
-        raise EncoderError(
-            f"model #{index}: expected a NeuralGraph, a SpecModule or a (NetworkSpec, state_dict) "
-            f"pair, got "
-            f"{type(model).__name__}; load files with weightspace.ingest.load_checkpoint and "
-            "modules with weightspace.ingest.from_module first"
-        )
+        try:
+            spec, state = as_spec_and_state(model, index=index)
+        except ModelInputError as exc:
+            raise EncoderError(str(exc)) from None
+        graph = None
     if config.canonicalize:
         from weightspace.symmetry import canonicalize
 
