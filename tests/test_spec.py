@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from weightspace.errors import SpecError
 from weightspace.layout import layout_of
-from weightspace.spec import NetworkSpec, Op, mlp_spec
+from weightspace.module import apply_activation
+from weightspace.spec import (
+    ACTIVATIONS,
+    ODD_ACTIVATIONS,
+    POSITIVELY_HOMOGENEOUS_ACTIVATIONS,
+    NetworkSpec,
+    Op,
+    mlp_spec,
+)
 
 
 def test_json_round_trip_is_exact() -> None:
@@ -101,3 +110,16 @@ def test_residual_ties_groups_and_input_ties_block_permutation() -> None:
         Op("c", "linear", ("s",), {"in_features": 4, "out_features": 2}),
     )
     assert layout_of(NetworkSpec(skip_from_input)).permutable_tie_sets() == []
+
+
+def test_activation_property_tables_agree_with_the_functions() -> None:
+    """The odd / positively homogeneous tables (one place, in spec.py) match what the functions do."""
+    z = torch.linspace(-3, 3, 61, dtype=torch.float64)
+    for name in ACTIVATIONS:
+        attrs = {"function": name, "w0": 30.0}
+        odd = torch.allclose(apply_activation(-z, attrs), -apply_activation(z, attrs))
+        homogeneous = torch.allclose(
+            apply_activation(2.5 * z, attrs), 2.5 * apply_activation(z, attrs)
+        )
+        assert odd == (name in ODD_ACTIVATIONS), name
+        assert homogeneous == (name in POSITIVELY_HOMOGENEOUS_ACTIVATIONS), name

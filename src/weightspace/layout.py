@@ -17,7 +17,8 @@ The symmetry group acting on a spec is read off this layout:
   groups, unless it contains input or output neurons;
 * a group that is not tied may be rescaled neuron-wise by ``c > 0`` when everything applied to
   it before the next layer is positively homogeneous (ReLU, LeakyReLU, identity, pooling);
-* it may be sign-flipped when everything applied to it is odd (tanh, identity, average pooling).
+* it may be sign-flipped when everything applied to it is odd (tanh, sine, identity, average
+  pooling).
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from weightspace.errors import SpecError, UnsupportedLayerError
-from weightspace.spec import NetworkSpec
+from weightspace.spec import (
+    ODD_ACTIVATIONS,
+    POSITIVELY_HOMOGENEOUS_ACTIVATIONS,
+    NetworkSpec,
+)
 
 __all__ = ["NeuronGroup", "LayerLink", "Layout", "layout_of"]
 
-_POSITIVELY_HOMOGENEOUS = frozenset({"identity", "relu", "leaky_relu"})
-_ODD = frozenset({"identity", "tanh"})
+_POSITIVELY_HOMOGENEOUS = POSITIVELY_HOMOGENEOUS_ACTIVATIONS
+_ODD = ODD_ACTIVATIONS
 
 ROLE_INPUT, ROLE_HIDDEN, ROLE_OUTPUT = 0, 1, 2
 

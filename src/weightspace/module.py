@@ -35,6 +35,8 @@ def apply_activation(x: Tensor, attrs: Mapping) -> Tensor:
         return F.silu(x)
     if fn == "sigmoid":
         return torch.sigmoid(x)
+    if fn == "sine":  # SIREN: sin(w0 x), w0 recorded in the spec
+        return torch.sin(float(attrs["w0"]) * x)
     raise ValueError(f"unknown activation {fn!r}")
 
 

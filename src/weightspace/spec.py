@@ -1,4 +1,4 @@
-"""``NetworkSpec``: the architecture of a network, separate from its weights.
+r"""``NetworkSpec``: the architecture of a network, separate from its weights.
 
 A spec is a small dataflow program in static single assignment form: a tuple of :class:`Op`
 records, each naming the ops whose outputs it reads. It is what a ``torch.fx`` trace reduces to
@@ -14,7 +14,8 @@ Op kinds and their ``attrs``:
 ``conv1d``      ``in_channels``, ``out_channels``, ``kernel_size``, ``stride``, ``padding``,
 ``conv2d``      ``dilation`` (tuples, one entry per spatial dim), ``bias``.
 ``activation``  ``function`` (one of :data:`ACTIVATIONS`), ``negative_slope`` (leaky_relu),
-                ``approximate`` (gelu).
+                ``approximate`` (gelu), ``w0`` (sine: :math:`\sin(w_0 x)`; when absent it is
+                filled in as SIREN does: 30 after the first layer, 1 elsewhere).
 ``add``         none: the elementwise sum of its inputs (a residual connection).
 ``pool``        ``mode`` (``avg``/``max``), ``dims`` (1/2), ``kernel_size``, ``stride``,
                 ``padding``.
@@ -30,6 +31,7 @@ spec plus ``{f"{op.name}.weight": ..., f"{op.name}.bias": ...}`` is a complete m
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +47,11 @@ __all__ = [
     "Op",
     "NetworkSpec",
     "mlp_spec",
+    "siren_spec",
+    "ODD_ACTIVATIONS",
+    "POSITIVELY_HOMOGENEOUS_ACTIVATIONS",
+    "SIREN_FIRST_W0",
+    "SIREN_HIDDEN_W0",
 ]
 
 SPEC_FORMAT_VERSION = 1
@@ -58,8 +65,17 @@ ACTIVATIONS: tuple[str, ...] = (
     "gelu",
     "silu",
     "sigmoid",
+    "sine",  # appended last: ids of the others (and trained encoders' tables) stay as they were
 )
 ACTIVATION_IDS: dict[str, int] = {name: i for i, name in enumerate(ACTIVATIONS)}
+#: Activations with :math:`\sigma(-z) = -\sigma(z)`: their neurons admit sign flips.
+ODD_ACTIVATIONS: frozenset[str] = frozenset({"identity", "tanh", "sine"})
+#: Activations with :math:`\sigma(cz) = c\,\sigma(z)` for :math:`c > 0`: their neurons admit
+#: positive rescaling (sine does not: :math:`\sin(w_0 c z) \ne c \sin(w_0 z)`).
+POSITIVELY_HOMOGENEOUS_ACTIVATIONS: frozenset[str] = frozenset({"identity", "relu", "leaky_relu"})
+#: SIREN's (Sitzmann et al. 2020) frequency scale after the first layer, and elsewhere.
+SIREN_FIRST_W0 = 30.0
+SIREN_HIDDEN_W0 = 1.0
 
 PARAMETRISED_KINDS: frozenset[str] = frozenset({"linear", "conv1d", "conv2d"})
 OP_KINDS: frozenset[str] = PARAMETRISED_KINDS | {
@@ -172,7 +188,7 @@ class NetworkSpec:
     ops: tuple[Op, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ops", tuple(self.ops))
+        object.__setattr__(self, "ops", _with_sine_defaults(tuple(self.ops)))
         self.validate()
 
     # ------------------------------------------------------------------ queries
@@ -271,6 +287,8 @@ class NetworkSpec:
                     raise SpecError(
                         f"op {op.name!r}: unknown activation {fn!r}; valid: {list(ACTIVATIONS)}"
                     )
+                if fn == "sine":
+                    _check_w0(op)
             if op.is_parametrised:
                 required = (
                     ("in_features", "out_features")
@@ -340,6 +358,65 @@ class NetworkSpec:
         except json.JSONDecodeError as exc:
             raise SpecError(f"spec is not valid JSON: {exc}") from None
         return cls.from_dict(data)
+
+
+def _check_w0(op: Op) -> None:
+    """A sine's ``w0`` must be a finite positive number."""
+    w0 = op.attrs.get("w0")
+    ok = isinstance(w0, int | float) and not isinstance(w0, bool)
+    if not ok or not math.isfinite(float(w0)) or float(w0) <= 0:
+        raise SpecError(
+            f"op {op.name!r}: sine activation has w0={w0!r}; it must be a finite positive number "
+            f"(SIREN uses {SIREN_FIRST_W0:g} after the first layer, {SIREN_HIDDEN_W0:g} elsewhere)"
+        )
+
+
+def _with_sine_defaults(ops: tuple[Op, ...]) -> tuple[Op, ...]:
+    """Record SIREN's default ``w0`` on sine activations that lack one.
+
+    A sine reading (through non-parametrised ops) the output of the first parametrised layer gets
+    :data:`SIREN_FIRST_W0`, any other :data:`SIREN_HIDDEN_W0`. The value is stored in the op, so
+    the spec's JSON always says which ``w0`` it computes with.
+    """
+    if not any(op.kind == "activation" and op.attrs.get("function") == "sine" for op in ops):
+        return ops
+    depth: dict[str, int] = {}  # op name -> number of parametrised layers before (and at) it
+    result = []
+    for op in ops:
+        before = max((depth.get(name, 0) for name in op.inputs), default=0)
+        depth[op.name] = before + (1 if op.kind in PARAMETRISED_KINDS else 0)
+        if op.kind == "activation" and op.attrs.get("function") == "sine" and "w0" not in op.attrs:
+            w0 = SIREN_FIRST_W0 if before == 1 else SIREN_HIDDEN_W0
+            op = Op(op.name, op.kind, op.inputs, {**op.attrs, "w0": w0})
+        result.append(op)
+    return tuple(result)
+
+
+def siren_spec(
+    sizes: list[int] | tuple[int, ...],
+    *,
+    first_w0: float = SIREN_FIRST_W0,
+    hidden_w0: float = SIREN_HIDDEN_W0,
+) -> NetworkSpec:
+    r"""The spec of a SIREN: ``Linear, sin(w0 ·), …, Linear`` (no activation after the last).
+
+    Layer :math:`l` computes :math:`h_l = \sin(w_{0,l}\,(W_l h_{l-1} + b_l))`, with
+    :math:`w_{0,1}` = ``first_w0`` and :math:`w_{0,l}` = ``hidden_w0`` after. An INR takes
+    coordinates (``sizes[0]``, e.g. 2 for an image) and returns intensities (``sizes[-1]``).
+    """
+    spec = mlp_spec(sizes, "sine")
+    ops, seen = [], 0
+    for op in spec.ops:
+        if op.kind == "activation":
+            seen += 1
+            op = Op(
+                op.name,
+                op.kind,
+                op.inputs,
+                {**op.attrs, "w0": first_w0 if seen == 1 else hidden_w0},
+            )
+        ops.append(op)
+    return NetworkSpec(tuple(ops))
 
 
 def mlp_spec(

@@ -44,7 +44,7 @@ from weightspace.errors import SymmetryError
 from weightspace.graph import NeuralGraph, check_state_dict, to_graph, to_state_dict
 from weightspace.layout import ROLE_INPUT, Layout, layout_of
 from weightspace.module import SpecModule, to_module
-from weightspace.spec import NetworkSpec
+from weightspace.spec import POSITIVELY_HOMOGENEOUS_ACTIVATIONS, NetworkSpec
 
 __all__ = [
     "SYMMETRIES",
@@ -225,10 +225,7 @@ def rescale(
     allowed = set(layout.scalable_groups())
     for group, scale in scales.items():
         if group not in allowed:
-            raise SymmetryError(
-                f"group {group} does not admit positive rescaling (it must be hidden, untied and "
-                f"only see ReLU/LeakyReLU/identity); scalable groups: {sorted(allowed)}"
-            )
+            raise SymmetryError(_not_scalable(layout, group, allowed))
         scale = _check_factor(scale, layout.groups[group].size, f"group {group}")
         if not bool((scale > 0).all()):
             raise SymmetryError(f"group {group}: rescaling factors must be positive")
@@ -236,13 +233,37 @@ def rescale(
     return state
 
 
+def _not_scalable(layout: Layout, group: int, allowed: set[int]) -> str:
+    """Why ``group`` may not be rescaled, naming the activation that forbids it if one does."""
+    where = f"group {group}"
+    if 0 <= group < len(layout.groups):
+        g = layout.groups[group]
+        where += f" (written by {g.producer!r})"
+        blocking = sorted(g.activations - POSITIVELY_HOMOGENEOUS_ACTIVATIONS)
+        if "sine" in blocking:
+            return (
+                f"{where} feeds a sine activation: sin(w0·c·z) ≠ c·sin(w0·z), so a positive "
+                "rescaling changes the function; sine neurons admit sign flips and "
+                f"permutations only. Scalable groups: {sorted(allowed)}"
+            )
+        if blocking:
+            return (
+                f"{where} feeds {blocking}, which is not positively homogeneous, so a positive "
+                f"rescaling changes the function; scalable groups: {sorted(allowed)}"
+            )
+    return (
+        f"{where} does not admit positive rescaling (it must be hidden, untied and only see "
+        f"ReLU/LeakyReLU/identity); scalable groups: {sorted(allowed)}"
+    )
+
+
 def flip_signs(
     spec: NetworkSpec, state_dict: Mapping[str, Tensor], signs: Mapping[int, Tensor]
 ) -> StateDict:
     r"""Flip neurons of odd groups: :math:`s \in \{-1, +1\}^n`, rows and bias × s, columns × s.
 
-    Since :math:`\sigma(-z) = -\sigma(z)` for tanh, identity and average pooling, the function is
-    kept.
+    Since :math:`\sigma(-z) = -\sigma(z)` for tanh, sine (:math:`\sin(-w_0 z) = -\sin(w_0 z)`),
+    identity and average pooling, the function is kept.
 
     Args:
         signs: group index (one of ``layout_of(spec).sign_flippable_groups()``) → ``(size,)``
@@ -258,7 +279,7 @@ def flip_signs(
         if group not in allowed:
             raise SymmetryError(
                 f"group {group} does not admit sign flips (it must be hidden, untied and only "
-                f"see tanh/identity/average pooling); flippable groups: {sorted(allowed)}"
+                f"see tanh/sine/identity/average pooling); flippable groups: {sorted(allowed)}"
             )
         sign = _check_factor(sign, layout.groups[group].size, f"group {group}")
         if not bool((sign.abs() == 1).all()):

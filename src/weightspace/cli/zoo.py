@@ -75,11 +75,34 @@ def generate(
 
 @zoo_app.command("import")
 def import_(
-    checkpoints: Path = typer.Option(..., "--checkpoints", help="Directory of checkpoint files."),
-    metrics: Path = typer.Option(
-        ..., "--metrics", help="Table (.csv/.parquet) with columns file, test_accuracy, …"
+    source: Path | None = typer.Argument(
+        None, help="With --format: the published release's directory (e.g. cifar10/)."
+    ),
+    checkpoints: Path | None = typer.Option(
+        None, "--checkpoints", help="Directory of checkpoint files (your own sweep)."
+    ),
+    metrics: Path | None = typer.Option(
+        None, "--metrics", help="Table (.csv/.parquet) with columns file, test_accuracy, …"
     ),
     out: Path = typer.Option(..., "--out", help="New zoo directory."),
+    release_format: str | None = typer.Option(
+        None,
+        "--format",
+        help="Import a published release instead of your own sweep: small-cnn-zoo "
+        "(Unterthiner et al. 2020: weights.npy, metrics.csv.gz, layout.csv).",
+    ),
+    split_file: Path | None = typer.Option(
+        None,
+        "--split-file",
+        help="small-cnn-zoo: the published shuffle order (NFN's *_split.csv), so train/val/test "
+        "match the published figures.",
+    ),
+    all_steps: bool = typer.Option(
+        False, "--all-steps", help="small-cnn-zoo: keep every checkpoint, not only step 86."
+    ),
+    drop_nonfinite: bool = typer.Option(
+        False, "--drop-nonfinite", help="small-cnn-zoo: leave out NaN/Inf rows instead of failing."
+    ),
     activation: str | None = typer.Option(
         None, "--activation", help="Activation between layers of plain Sequential checkpoints."
     ),
@@ -97,7 +120,8 @@ def import_(
         "'failed'), instead of refusing the whole table.",
     ),
 ) -> None:
-    """Turn your own sweep (checkpoint files + metrics table) into a zoo.
+    """Turn your own sweep (checkpoint files + metrics table), or a published release
+    (--format small-cnn-zoo SOURCE), into a zoo.
 
     Every row is checked before anything is written: accuracies in [0, 1], whole epochs >= 0,
     files inside --checkpoints, no file twice, readable checkpoints.
@@ -107,9 +131,50 @@ def import_(
     from rich.table import Table
     from rich.text import Text
 
+    from weightspace.errors import WeightspaceError
     from weightspace.zoo.importer import import_zoo, parse_mapping
 
     console = Console(stderr=True)
+    if release_format is not None:
+        if source is None or checkpoints is not None or metrics is not None:
+            raise WeightspaceError(
+                "--format takes the release directory as SOURCE, without --checkpoints/--metrics"
+            )
+        if spec is not None or model is not None or mapping or skip_bad_rows:
+            raise WeightspaceError(
+                "--spec, --model, --map and --skip-bad-rows apply to your own sweep, not to "
+                "--format (the release's layout gives the architecture)"
+            )
+        from weightspace.zoo.formats import import_release
+
+        options: dict = {"split_file": split_file, "drop_nonfinite": drop_nonfinite}
+        if all_steps:
+            options["final_step"] = None
+        if activation is not None:
+            options["activation"] = activation
+        zoo = import_release(release_format, source, out, **options)
+        splits = zoo.manifest.get("splits", {})
+        console.print(
+            Text.assemble(
+                ("imported", "green"),
+                f" {len(zoo)} checkpoints of {release_format} into {out} ("
+                + ", ".join(f"{k} {v}" for k, v in splits.items())
+                + (
+                    ""
+                    if zoo.manifest.get("published_split")
+                    else "; no --split-file: not the published split"
+                )
+                + ")",
+            )
+        )
+        return
+    if source is not None or checkpoints is None or metrics is None:
+        raise WeightspaceError(
+            "zoo import needs --checkpoints DIR --metrics TABLE (your own sweep), or "
+            "--format NAME SOURCE (a published release)"
+        )
+    if split_file is not None or all_steps or drop_nonfinite:
+        raise WeightspaceError("--split-file, --all-steps and --drop-nonfinite need --format")
     zoo, skipped = import_zoo(
         checkpoints,
         metrics,

@@ -158,6 +158,21 @@ class NodeEmbedding(nn.Module):
         ):
             nn.init.normal_(table.weight, std=0.5)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # Activations are appended to ACTIVATIONS (sine came last); an encoder saved before that
+        # has fewer rows. Keep its rows and this module's fresh rows for the newer activations.
+        key = f"{prefix}activation.weight"
+        saved = state_dict.get(key)
+        current = self.activation.weight
+        if (
+            saved is not None
+            and saved.dim() == 2
+            and saved.shape[1] == current.shape[1]
+            and saved.shape[0] < current.shape[0]
+        ):
+            state_dict[key] = torch.cat([saved, current.detach()[saved.shape[0] :].to(saved)])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(
         self,
         bias: Tensor,

@@ -1,0 +1,40 @@
+"""Readers for published model-zoo releases: ``weightspace zoo import --format NAME SOURCE``.
+
+One module per release format. Each exposes ``import_release(source, out, **options) -> Zoo``,
+which checks the whole release before writing anything and then assembles the zoo in a temporary
+directory beside ``out`` and renames it into place (nothing half-written).
+
+=================  ===========================================================================
+``small-cnn-zoo``  Unterthiner et al. 2020, "Predicting Neural Network Accuracy from Weights"
+                   (CIFAR10-GS, SVHN-GS, MNIST-GS, Fashion-MNIST-GS): :mod:`.small_cnn_zoo`.
+=================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from weightspace.errors import WeightspaceError
+from weightspace.zoo.formats.common import ReleaseError
+
+__all__ = ["FORMATS", "ReleaseError", "import_release"]
+
+#: Format name → ``module:function`` of its importer (loaded on use).
+FORMATS: dict[str, str] = {
+    "small-cnn-zoo": "weightspace.zoo.formats.small_cnn_zoo:import_release",
+}
+
+
+def _importer(name: str) -> Callable[..., Any]:
+    import importlib
+
+    if name not in FORMATS:
+        raise WeightspaceError(f"unknown zoo format {name!r}; known formats: {sorted(FORMATS)}")
+    module, _, function = FORMATS[name].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def import_release(name: str, source: Any, out: Any, **options: Any) -> Any:
+    """Import the release at ``source`` in format ``name`` into a new zoo at ``out``."""
+    return _importer(name)(source, out, **options)
