@@ -387,17 +387,28 @@ def test_cli_build_add_search(tmp_path: Path, checkpoints, capsys) -> None:
         *map(str, checkpoints[:4]),
     )
     assert code == 0, err
+    # an importable encoder is never recorded: later commands must name it again
     code, out, err = run_cli(capsys, "index", "add", index_dir, *map(str, checkpoints[2:]))
+    assert code == 1 and "pass --encoder" in err and "Traceback" not in err
+    with_encoder = ("--encoder", encoder)
+    code, out, err = run_cli(
+        capsys, "index", "add", index_dir, *map(str, checkpoints[2:]), *with_encoder
+    )
     assert code == 0, err
     assert "2 added" in out and "2 already stored" in out
-    code, out, err = run_cli(capsys, "search", index_dir, str(checkpoints[1]), "-k", "3", "--json")
+    code, out, err = run_cli(
+        capsys, "search", index_dir, str(checkpoints[1]), "-k", "3", "--json", *with_encoder
+    )
     assert code == 0, err
     hits = json.loads(out)
     code, out, err = run_cli(capsys, "index", "info", index_dir)
     info = json.loads(out)
     assert code == 0 and info["count"] == 6 and info["fingerprint"] == "stand-in-quantiles-v1"
+    assert info["encoder"] is None and info["integrity"]["status"] == "ok"
     assert len(hits) == 3 and hits[0]["path"] == str(checkpoints[1])
-    code, out, err = run_cli(capsys, "search", index_dir, str(checkpoints[1]), "-k", "2")
+    code, out, err = run_cli(
+        capsys, "search", index_dir, str(checkpoints[1]), "-k", "2", *with_encoder
+    )
     assert code == 0 and "m1.safetensors" in out
     # errors are one line, no traceback
     code, out, err = run_cli(capsys, "search", str(tmp_path / "nope"), str(checkpoints[1]))

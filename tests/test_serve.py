@@ -296,3 +296,144 @@ def test_server_sees_models_added_by_another_writer(tmp_path: Path, zoo_files: l
             time.sleep(0.5)
         assert body["hits"][0]["path"] == str(zoo_files[4])
         assert np.isclose(body["hits"][0]["score"], 1.0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ hardening
+class GatedEmbedder(StandInEmbedder):
+    """Blocks in ``embed`` until released; counts how many embeddings run at once."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.entered = threading.Semaphore(0)
+
+    def embed(self, graphs: list) -> np.ndarray:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.entered.release()
+        try:
+            self.gate.wait(30)
+            return super().embed(graphs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_embeddings_are_bounded_and_excess_uploads_get_429(
+    tmp_path: Path, zoo_files: list[Path]
+) -> None:
+    from weightspace.serve import ServerSettings
+
+    index, _ = ModelIndex.build(tmp_path / "idx", iter_inputs(zoo_files), StandInEmbedder())
+    embedder = GatedEmbedder()
+    settings = ServerSettings(max_concurrent_embeddings=2, max_queued_uploads=3)
+    payload = zoo_files[1].read_bytes()
+    with (
+        running_server(create_app(index, embedder, settings=settings)) as url,
+        ThreadPoolExecutor(5) as pool,
+    ):
+
+        def post() -> httpx.Response:
+            with httpx.Client(base_url=url, timeout=60) as http:
+                return http.post("/search", files=upload(payload))
+
+        admitted = [pool.submit(post) for _ in range(5)]  # 2 embedding + 3 waiting
+        for _ in range(2):
+            assert embedder.entered.acquire(timeout=30)
+        deadline = time.monotonic() + 10
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while True:  # the three others are admitted and wait for a slot
+                refused = http.post("/search", files=upload(payload))
+                if refused.status_code == 429 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert refused.status_code == 429, refused.text
+            assert "busy" in refused.json()["detail"]
+            assert http.get("/health").status_code == 200  # other endpoints are not queued
+        embedder.gate.set()
+        statuses = [future.result().status_code for future in admitted]
+    assert statuses == [200] * 5
+    assert embedder.most == 2
+
+
+def test_per_model_caps_are_413_before_the_graph(tmp_path: Path, zoo_files: list[Path]) -> None:
+    from weightspace.limits import Limits
+    from weightspace.serve import ServerSettings
+
+    index, _ = ModelIndex.build(tmp_path / "idx", iter_inputs(zoo_files), StandInEmbedder())
+    payload = zoo_files[0].read_bytes()  # 6 -> 8 -> 3: 83 parameters, 17 nodes, 72 edges
+    cases = {
+        Limits(max_params=80): "parameter count 83",
+        Limits(max_nodes=16): "node count 17",
+        Limits(max_edges=71): "edge count 72",
+    }
+    loaded: list[Path] = []
+
+    def never(path: Path, spec: str | None) -> object:  # refused before any tensor is read
+        loaded.append(path)
+        raise AssertionError("the loader ran")
+
+    for limits, message in cases.items():
+        settings = ServerSettings(limits=limits)
+        app = create_app(index, StandInEmbedder(), loader=never, settings=settings)
+        with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+            response = http.post("/search", files=upload(payload, "big.safetensors"))
+            assert response.status_code == 413, response.text
+            assert message in response.json()["detail"] and "big.safetensors" in response.text
+    assert loaded == []
+    app = create_app(index, StandInEmbedder(), settings=ServerSettings(limits=Limits(max_edges=72)))
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        assert http.post("/search", files=upload(payload)).status_code == 200
+
+
+def test_huge_model_id_is_404(client: httpx.Client) -> None:
+    response = client.get("/models/99999999999999999999999")
+    assert response.status_code == 404 and "no model" in response.json()["detail"]
+    assert client.get("/models/-1").status_code == 404
+
+
+def test_health_reads_the_index_on_disk(tmp_path: Path, zoo_files: list[Path]) -> None:
+    import sqlite3
+
+    index, _ = ModelIndex.build(tmp_path / "idx", iter_inputs(zoo_files[:2]), StandInEmbedder())
+    with (
+        running_server(create_app(index, StandInEmbedder())) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        assert http.get("/health").json()["models"] == 2
+        ModelIndex.open(tmp_path / "idx").add(iter_inputs(zoo_files[2:]), StandInEmbedder())
+        assert http.get("/health").json()["models"] == 5  # at once, not after the next search
+        with sqlite3.connect(tmp_path / "idx" / "meta.sqlite") as connection:
+            connection.execute("UPDATE models SET metrics = '{broken' WHERE id = 3")
+        response = http.post("/search", files=upload(zoo_files[3].read_bytes()), data={"k": "5"})
+        assert response.status_code == 503 and "catalog row 3" in response.json()["detail"]
+        assert http.get("/models/3").status_code == 503
+        with sqlite3.connect(tmp_path / "idx" / "meta.sqlite") as connection:
+            connection.execute("DROP TABLE models")
+        response = http.get("/health")
+        assert response.status_code == 503 and "models" in response.json()["detail"]
+        response = http.post("/search", files=upload(zoo_files[3].read_bytes()))
+        assert response.status_code == 503 and response.json()["detail"]
+
+
+def test_header_length_that_starts_like_a_pickle_is_safetensors(client: httpx.Client) -> None:
+    """A header of 640 bytes starts with 80 02, pickle protocol 2's magic: still safetensors."""
+    from safetensors.torch import save
+
+    from weightspace.serve import check_safetensors_header
+
+    _, spec = plain_safetensors()
+    generator = torch.Generator().manual_seed(5)
+    shapes = {"0.weight": (8, 6), "0.bias": (8,), "2.weight": (3, 8), "2.bias": (3,)}
+    tensors = {name: torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+    for pad in range(700):  # metadata padding that makes the header 640 (0x280) bytes long
+        data = save(tensors, metadata={"pad": "x" * pad})
+        if data[:2] == b"\x80\x02":
+            break
+    assert data[:2] == b"\x80\x02"
+    check_safetensors_header(data, "q.safetensors")  # no error
+    response = client.post("/search", files=upload(data), data={"spec": spec})
+    assert response.status_code == 200, response.text

@@ -3,8 +3,10 @@
 An index is a directory::
 
     INDEX/
-      meta.sqlite              manifest (format version, encoder fingerprint, dim, kind, recall,
-                               generation) and one row per model (path, content hash, spec, metrics)
+      meta.sqlite              manifest (format version, encoder directory and fingerprint, dim,
+                               kind, recall, generation, checksum of the vector file), one row per
+                               model (path, content hash, spec, metrics, embedding) and one row per
+                               committed batch (its checksums)
       vectors-<generation>.faiss   the FAISS index of the committed generation
       write.lock               held by the one process allowed to write
 
@@ -19,7 +21,14 @@ name (temporary file, fsync, rename), then commits the SQLite rows and the new g
 in one transaction; only then is the previous FAISS file removed. A writer killed at any point
 leaves the previously committed index loadable: SQLite rolls back the unfinished transaction and
 the manifest still names the previous FAISS file. A model whose content hash (spec plus tensors)
-is already stored is not stored again.
+is already stored is not stored again. Checksums of the vector file and of every batch are
+checked on open and by :func:`weightspace.index_integrity.verify_index`
+(:mod:`weightspace.index_integrity`).
+
+No code from data: an index records its encoder as a directory path and a fingerprint only.
+:meth:`ModelIndex.load_encoder` reads that directory with ``weightspace.nn.Encoder.load``
+(safetensors weights, JSON config) and checks the fingerprint; nothing an index names is ever
+imported. Importable ``module:attr`` encoders come only from the caller (the command line).
 
 The index talks to encoders through the small :class:`Embedder` protocol and to checkpoint files
 through a :data:`ModelLoader`, so anything with ``embed(graphs)`` and ``fingerprint`` can be
@@ -46,12 +55,24 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from weightspace.errors import WeightspaceError
+from weightspace.errors import CheckpointError, WeightspaceError
+from weightspace.index_integrity import (
+    IndexCorruptError,
+    IndexFormatError,
+    check_catalog,
+    check_file,
+    file_digest,
+    rows_digest,
+    validate_manifest,
+    vectors_digest,
+)
+from weightspace.limits import Limits
 
 __all__ = [
     "INDEX_FORMAT_VERSION",
     "DEFAULT_APPROXIMATE_THRESHOLD",
     "IndexFormatError",
+    "IndexCorruptError",
     "EncoderMismatchError",
     "IndexBusyError",
     "Embedder",
@@ -67,11 +88,16 @@ __all__ = [
     "iter_zoo",
     "iter_inputs",
     "load_embedder",
+    "load_encoder_directory",
+    "load_source",
     "parse_filters",
 ]
 
-#: Version of the on-disk layout; an index of another version is refused.
-INDEX_FORMAT_VERSION = 1
+#: Version of the on-disk layout written; 2 added embeddings in the catalog and checksums.
+INDEX_FORMAT_VERSION = 2
+#: Versions this code opens; a version-1 index is searchable but has no checksums and cannot be
+#: extended until ``weightspace index repair`` upgrades it.
+READABLE_FORMAT_VERSIONS = (1, 2)
 #: Stored vectors from which ``kind="auto"`` uses an approximate (IVF) index; below it search is
 #: exact. Exact inner-product search over 20k vectors of dim 128 takes about 1 ms on one core.
 DEFAULT_APPROXIMATE_THRESHOLD = 20_000
@@ -93,10 +119,6 @@ _PARALLEL_QUERIES = 16  # smaller query batches are searched on one OpenMP threa
 
 
 # ---------------------------------------------------------------------------------- errors
-class IndexFormatError(WeightspaceError):
-    """A path is not a weightspace index, or one of another format version, or corrupted."""
-
-
 class EncoderMismatchError(WeightspaceError):
     """An index was built with another encoder than the one used to query or extend it."""
 
@@ -232,13 +254,17 @@ def _torch_uint8() -> Any:
 
 
 # ---------------------------------------------------------------------------------- inputs
-def load_model_file(path: Path, spec_json: str | None = None, **load_kwargs: Any) -> LoadedModel:
+def load_model_file(
+    path: Path, spec_json: str | None = None, *, limits: Limits | None = None, **load_kwargs: Any
+) -> LoadedModel:
     """Load one checkpoint file through ``weightspace.ingest`` and build its neural graph.
 
     Args:
         path: a safetensors file or a ``torch.save`` file (read with ``weights_only=True``).
         spec_json: the architecture as JSON text, for files that do not carry their own. Only
             ever parsed as JSON, never taken as a path (it may come from an HTTP client).
+        limits: parameter, node and edge bounds checked before anything large is allocated
+            (default: :func:`weightspace.limits.default_limits`).
         load_kwargs: more keyword arguments of :func:`weightspace.ingest.load_checkpoint`
             (``activation``, ``spec``, ``model``, ``allow_nonfinite``), from the CLI.
 
@@ -257,7 +283,8 @@ def load_model_file(path: Path, spec_json: str | None = None, **load_kwargs: Any
         except WeightspaceError as exc:
             raise type(exc)(f"{path}: the given spec: {exc}") from None
     load_kwargs = {key: value for key, value in load_kwargs.items() if value is not None}
-    spec, state_dict = load_checkpoint(path, **load_kwargs)
+    # load_checkpoint checks parameters, nodes and edges against ``limits`` before allocating
+    spec, state_dict = load_checkpoint(path, limits=limits, **load_kwargs)
     graph = to_graph(spec, state_dict, check=False)  # load_checkpoint checked it
     return LoadedModel(
         path=str(path),
@@ -284,23 +311,43 @@ def iter_zoo(directory: Path) -> Iterator[LoadedModel]:
     from weightspace.zoo import Zoo
 
     zoo = Zoo.open(directory)
-    table = zoo.table
-    for row in table.to_dict(orient="records"):
-        model_id = row["id"]
-        spec = zoo.spec(model_id)
-        metrics = {
-            str(key): scalar
-            for key, value in row.items()
-            if not str(key).startswith("spec") and (scalar := _json_scalar(value)) is not None
-        }
-        yield LoadedModel(
-            path=f"{directory}#{model_id}",
-            spec_json=spec.to_json(),
-            spec_summary=spec.summary(),
-            tensors=zoo.state_dict(model_id),
-            graph=zoo.graph(model_id),
-            metrics=metrics,
-        )
+    for row in zoo.table.to_dict(orient="records"):
+        yield _zoo_model(zoo, directory, row)
+
+
+def _zoo_model(zoo: Any, directory: Path, row: Mapping[str, Any]) -> LoadedModel:
+    """One zoo row (the table's ``checkpoint_id`` column names it) as a :class:`LoadedModel`."""
+    from weightspace.graph import to_graph
+
+    model_id = str(row["checkpoint_id"])
+    spec = zoo.spec(model_id)
+    state_dict = zoo.state_dict(model_id)
+    metrics = {
+        str(key): scalar
+        for key, value in row.items()
+        if not str(key).startswith("spec") and (scalar := _json_scalar(value)) is not None
+    }
+    return LoadedModel(
+        path=f"{directory}#{model_id}",
+        spec_json=spec.to_json(),
+        spec_summary=spec.summary(),
+        tensors=state_dict,
+        graph=to_graph(spec, state_dict),
+        metrics=metrics,
+    )
+
+
+def load_source(
+    path: str, spec_json: str | None = None, *, loader: ModelLoader = load_model_file
+) -> LoadedModel:
+    """Reload a stored model from its source: ``ZOO_DIR#ID`` (a zoo row) or a checkpoint file."""
+    directory, sep, checkpoint_id = path.rpartition("#")
+    if sep and _is_zoo(Path(directory)):
+        from weightspace.zoo import Zoo
+
+        zoo = Zoo.open(directory)
+        return _zoo_model(zoo, Path(directory), zoo.row(checkpoint_id).to_dict())
+    return loader(Path(path), spec_json or None)
 
 
 def _is_zoo(directory: Path) -> bool:
@@ -319,20 +366,14 @@ def iter_inputs(
     :data:`weightspace.ingest.CHECKPOINT_SUFFIXES`, in sorted order. A missing path raises
     :class:`~weightspace.errors.CheckpointError` before anything is loaded.
     """
-    from weightspace.errors import CheckpointError
     from weightspace.ingest import CHECKPOINT_SUFFIXES
 
-    paths = [Path(p).resolve() for p in inputs]  # stored paths must mean the same anywhere
-    for path in paths:
-        if not path.exists():
-            raise CheckpointError(path, "no such file or directory")
+    paths = [_resolve_input(Path(p)) for p in inputs]  # stored paths must mean the same anywhere
     for path in paths:
         if path.is_dir() and _is_zoo(path):
             yield from iter_zoo(path)
         elif path.is_dir():
-            files = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES
-            )
+            files = sorted(p for p in _walk_files(path) if p.suffix in CHECKPOINT_SUFFIXES)
             if not files:
                 raise CheckpointError(
                     path,
@@ -345,15 +386,47 @@ def iter_inputs(
             yield loader(path, spec_json)
 
 
-def load_embedder(reference: str | Path) -> Any:
-    """Load an encoder from a directory (``weightspace.nn.Encoder.load``) or ``module:attr``.
+def _resolve_input(path: Path) -> Path:
+    """``path`` made absolute with its symlinks resolved; a loop or a missing path is refused."""
+    try:
+        resolved = path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a symlink loop as RuntimeError
+        raise CheckpointError(path, "symlink loop; point at a real file or directory") from None
+    except FileNotFoundError:
+        raise CheckpointError(path, "no such file or directory") from None
+    except OSError as exc:
+        problem = "symlink loop" if "loop" in str(exc).lower() else exc.strerror or str(exc)
+        raise CheckpointError(path, problem) from None
+    return resolved
 
-    ``module:attr`` names an importable object with ``embed`` and ``fingerprint``, or a
-    zero-argument callable returning one (for baselines and third-party encoders).
+
+def _walk_files(directory: Path) -> Iterator[Path]:
+    """Regular files under ``directory``, following no directory symlink (so no loop)."""
+    for root, _dirs, files in os.walk(directory, followlinks=False):
+        for name in files:
+            candidate = Path(root) / name
+            try:
+                if candidate.is_file():  # False for a dangling link or a link loop
+                    yield candidate
+            except OSError:
+                continue
+
+
+_IMPORT_REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def load_embedder(reference: str | Path) -> Any:
+    """Load an encoder the user named: a directory (``weightspace.nn.Encoder.load``) or
+    ``module:attr``.
+
+    Only for references typed by the user (``--encoder``). ``module:attr`` names an importable
+    object with ``embed`` and ``fingerprint``, or a zero-argument callable returning one (for
+    baselines and third-party encoders); importing it runs its code, so a reference read from an
+    index goes through :func:`load_encoder_directory` instead.
     """
     text = str(reference)
     path = Path(text)
-    if not path.exists() and re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", text):
+    if not path.exists() and _IMPORT_REFERENCE.fullmatch(text):
         module_name, attr = text.split(":")
         try:
             target = getattr(importlib.import_module(module_name), attr)
@@ -369,11 +442,41 @@ def load_embedder(reference: str | Path) -> Any:
             f"encoder {text!r}: no such directory; give the output of `weightspace train` or "
             f"an importable 'module:attr'"
         )
-    try:
-        from weightspace.nn import Encoder
-    except ImportError as exc:  # pragma: no cover - only before weightspace.nn exists
-        raise WeightspaceError(f"cannot load encoder {text!r}: {exc}") from None
-    return Encoder.load(path)
+    return load_encoder_directory(path)
+
+
+def load_encoder_directory(directory: str | Path) -> Any:
+    """An encoder directory written by ``weightspace train``, read with
+    ``weightspace.nn.Encoder.load`` (safetensors weights and a JSON config; nothing imported)."""
+    from weightspace.nn.encoder import Encoder
+
+    return Encoder.load(Path(directory))
+
+
+def encoder_from_manifest(path: Path, manifest: Mapping[str, Any]) -> Any:
+    """The encoder directory an index's manifest records, loaded and checked against its
+    fingerprint; nothing is imported (see :meth:`ModelIndex.load_encoder`)."""
+    reference = manifest.get("encoder")
+    if reference is None:
+        raise WeightspaceError(
+            f"{path}: records no encoder directory (it was built with an importable encoder); "
+            f"pass --encoder"
+        )
+    if not isinstance(reference, str) or _IMPORT_REFERENCE.fullmatch(reference):
+        raise WeightspaceError(
+            f"{path}: records its encoder as the Python import {str(reference)!r}; weightspace "
+            f"never imports code named by an index: pass --encoder (the encoder directory, or "
+            f"that import if you trust it)"
+        )
+    embedder = load_encoder_directory(reference)
+    fingerprint = embedder_fingerprint(embedder)
+    if fingerprint != manifest.get("fingerprint"):
+        raise EncoderMismatchError(
+            f"{path}: built with encoder {str(manifest.get('fingerprint'))[:16]!r}, but "
+            f"{reference!r} now holds encoder {fingerprint[:16]!r}; pass the original with "
+            f"--encoder"
+        )
+    return embedder
 
 
 def embedder_fingerprint(embedder: Any) -> str:
@@ -672,10 +775,19 @@ class VectorStore:
             ),
             target_recall=float(state.get("target_recall", DEFAULT_TARGET_RECALL)),
         )
-        store.index = _faiss().read_index(str(path))
+        faiss = _faiss()
+        store.index = faiss.read_index(str(path))
         if store.index.d != dim:
             raise IndexFormatError(f"{path}: FAISS index has dim {store.index.d}, manifest {dim}")
-        store.active_kind = str(state.get("active_kind", "flat"))
+        # the kind is read off the FAISS object, not trusted from the manifest
+        if isinstance(store.index, faiss.IndexFlat):
+            store.active_kind = "flat"
+        elif isinstance(store.index, faiss.IndexHNSW):
+            store.active_kind = "hnsw"
+        elif faiss.try_extract_index_ivf(store.index) is not None:
+            store.active_kind = "ivf"
+        else:
+            raise IndexFormatError(f"{path}: unexpected FAISS index {type(store.index).__name__}")
         parameter = state.get("search_parameter")
         store.search_parameter = None if parameter is None else int(parameter)
         recall = state.get("recall_at_10")
@@ -695,9 +807,19 @@ CREATE TABLE models (
     spec_summary TEXT NOT NULL,
     spec_json TEXT NOT NULL,
     metrics TEXT NOT NULL,
-    added_at TEXT NOT NULL
+    added_at TEXT NOT NULL,
+    embedding BLOB
+);
+CREATE TABLE batches (
+    generation INTEGER PRIMARY KEY,
+    first_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    vectors_digest TEXT NOT NULL,
+    rows_digest TEXT NOT NULL,
+    committed_at TEXT NOT NULL
 );
 """
+_RECORD_COLUMNS = "id, path, content_hash, spec_summary, spec_json, metrics, added_at"
 
 
 def parse_filters(filters: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -729,6 +851,23 @@ def parse_filters(filters: Iterable[str] | Mapping[str, Any] | None) -> dict[str
                     value = decoded
         parsed[key] = value
     return parsed
+
+
+@contextlib.contextmanager
+def _catalog_errors(meta: Path) -> Iterator[None]:
+    """Turn SQLite failures (a damaged file, a dropped table, a busy lock) into one-line errors."""
+    try:
+        yield
+    except (sqlite3.Error, UnicodeDecodeError) as exc:  # text that is not UTF-8 too
+        text = " ".join(str(exc).split())
+        if "locked" in text or "busy" in text:
+            raise IndexBusyError(
+                f"{meta}: the catalog is locked by another process ({text})"
+            ) from None
+        raise IndexCorruptError(
+            f"{meta}: the catalog is damaged ({text}); check it with `weightspace index info "
+            f"--verify`, then rebuild the index"
+        ) from None
 
 
 def _connect(meta: Path) -> sqlite3.Connection:
@@ -776,9 +915,22 @@ class ModelIndex:
 
     @property
     def encoder(self) -> str | None:
-        """Where the encoder came from (a directory or ``module:attr``), if recorded."""
+        """The encoder directory recorded at build time, if any (never imported: see
+        :meth:`load_encoder`)."""
         value = self.manifest.get("encoder")
         return None if value is None else str(value)
+
+    def load_encoder(self) -> Any:
+        """The recorded encoder directory, loaded with ``weightspace.nn.Encoder.load`` and
+        checked against the index's fingerprint.
+
+        Raises:
+            WeightspaceError: the index records no encoder directory, or (indexes built before
+                format 2) an importable ``module:attr``, which is never imported: pass
+                ``--encoder``.
+            EncoderMismatchError: the directory holds another encoder now.
+        """
+        return encoder_from_manifest(self.path, self.manifest)
 
     @property
     def generation(self) -> int:
@@ -793,14 +945,28 @@ class ModelIndex:
             f"kind={self.store.active_kind!r}, fingerprint={self.fingerprint[:12]!r})"
         )
 
+    @property
+    def format_version(self) -> int:
+        return int(self.manifest["format_version"])
+
     def info(self) -> dict[str, Any]:
         """The manifest plus the live count, for ``/health`` and the CLI."""
         return {**self.manifest, "count": len(self), "path": str(self.path)}
 
+    def check_catalog(self) -> None:
+        """Cheap catalog check beyond :meth:`open`'s (:func:`~weightspace.index_integrity.
+        check_catalog`): SQLite's ``quick_check`` and JSON in every row's metrics and spec."""
+        check_catalog(self)
+
     # -------------------------------------------------------------- opening
     @classmethod
     def open(cls, path: str | Path) -> ModelIndex:
-        """Open a committed index; refuse other format versions and inconsistent files."""
+        """Open a committed index; refuse other format versions, damaged or inconsistent files.
+
+        Checks on every open (cheap): the catalog's tables and row count against the manifest,
+        the vector file against its recorded checksum (:func:`~weightspace.index_integrity.
+        check_file`, quick mode), and the FAISS vector count.
+        """
         path = Path(path)
         meta = path / _META_FILE
         if not path.is_dir() or not meta.is_file():
@@ -812,49 +978,82 @@ class ModelIndex:
             manifest = cls._read_manifest(path)
             vectors = path / f"vectors-{manifest['generation']}.faiss"
             try:
+                if manifest["format_version"] >= 2:
+                    check_file(
+                        vectors,
+                        manifest["vectors_checksum"],
+                        repair_hint=f"run `weightspace index repair {path}`",
+                    )
                 store = VectorStore.load(vectors, int(manifest["dim"]), manifest["store"])
-            except RuntimeError as exc:
-                if vectors.exists():
-                    raise IndexFormatError(
-                        f"{vectors}: cannot read the FAISS index ({exc}); rebuild the index"
-                    ) from None
-                time.sleep(0.05)  # a writer committed a newer generation meanwhile: re-read
-                continue
+            except (IndexCorruptError, RuntimeError) as exc:
+                if not vectors.exists():
+                    time.sleep(0.05)  # a writer committed a newer generation meanwhile: re-read
+                    continue
+                if isinstance(exc, IndexCorruptError):
+                    raise
+                raise IndexCorruptError(
+                    f"{vectors}: cannot read the FAISS index ({str(exc).splitlines()[0][:200]}); "
+                    f"run `weightspace index repair {path}`"
+                ) from None
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise IndexCorruptError(
+                    f"{meta}: the manifest's store settings are damaged ({exc}); run "
+                    f"`weightspace index repair {path}`"
+                ) from None
             if len(store) != int(manifest["count"]):
-                raise IndexFormatError(
+                raise IndexCorruptError(
                     f"{vectors}: holds {len(store)} vectors but {meta} lists "
-                    f"{manifest['count']} models; rebuild the index"
+                    f"{manifest['count']} models; run `weightspace index repair {path}`"
                 )
             return cls(path, manifest, store)
         raise IndexFormatError(
-            f"{path}: the vectors file of the committed generation is missing; rebuild the index"
+            f"{path}: the vectors file of the committed generation is missing; run "
+            f"`weightspace index repair {path}`"
         )
 
     @staticmethod
     def _read_manifest(path: Path) -> dict[str, Any]:
+        """The manifest, checked against the catalog in one read transaction: the tables exist,
+        the rows and (format 2) the committed batches add up to the manifest's count."""
         meta = path / _META_FILE
         try:
             connection = _connect(meta)
             try:
+                connection.execute("BEGIN")  # one snapshot: a writer commits all or nothing
+                tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+                if "manifest" not in tables:
+                    raise IndexFormatError(
+                        f"{meta}: not a weightspace index database (no manifest table); an "
+                        f"interrupted first build leaves this behind: run `weightspace index "
+                        f"build --overwrite` again"
+                    )
                 rows = connection.execute("SELECT key, value FROM manifest").fetchall()
+                counts = None
+                if "models" in tables:
+                    counts = connection.execute("SELECT count(*) FROM models").fetchone()[0]
+                batched = None
+                if "batches" in tables:
+                    batched = connection.execute(
+                        "SELECT coalesce(sum(count), 0) FROM batches"
+                    ).fetchone()[0]
+                connection.commit()
             finally:
                 connection.close()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise IndexFormatError(
-                f"{meta}: not a weightspace index database ({exc}); an interrupted first build "
-                f"leaves this behind: run `weightspace index build --overwrite` again"
+                f"{meta}: not a weightspace index database, or a damaged one "
+                f"({' '.join(str(exc).split())}); rebuild it with `weightspace index build "
+                f"--overwrite`"
             ) from None
-        manifest = {key: json.loads(value) for key, value in rows}
-        version = manifest.get("format_version")
-        if version != INDEX_FORMAT_VERSION:
-            raise IndexFormatError(
-                f"{path}: index format version {version}, but this weightspace reads version "
-                f"{INDEX_FORMAT_VERSION}; rebuild it with `weightspace index build --overwrite`"
-            )
-        for key in ("fingerprint", "dim", "generation", "count", "store"):
-            if key not in manifest:
-                raise IndexFormatError(f"{meta}: manifest lacks {key!r}; rebuild the index")
-        return manifest
+        return validate_manifest(
+            path,
+            rows,
+            tables,
+            models=counts,
+            batched=batched,
+            readable=READABLE_FORMAT_VERSIONS,
+            current=INDEX_FORMAT_VERSION,
+        )
 
     def _connection(self) -> sqlite3.Connection:
         """A read-only connection owned by the calling thread."""
@@ -876,9 +1075,9 @@ class ModelIndex:
         fingerprint = embedder_fingerprint(embedder)
         if fingerprint != self.fingerprint:
             raise EncoderMismatchError(
-                f"{self.path}: built with encoder {self.fingerprint[:16]} "
-                f"({self.encoder or 'unknown source'}), but the given encoder is "
-                f"{fingerprint[:16]}; query with the same encoder or rebuild the index"
+                f"{self.path}: built with encoder {self.fingerprint[:16]!r} "
+                f"({self.encoder or 'unknown source'!r}), but the given encoder is "
+                f"{fingerprint[:16]!r}; query with the same encoder or rebuild the index"
             )
 
     # -------------------------------------------------------------- building
@@ -900,10 +1099,18 @@ class ModelIndex:
         """Embed ``models`` and store them as a new index at ``path``.
 
         An existing index at ``path`` is replaced only with ``overwrite=True``, and only when the
-        new one is committed: a build that fails or is killed leaves it as it was.
+        new one is committed: a build that fails or is killed leaves it as it was. ``encoder`` is
+        the encoder's directory, recorded so that later commands can load it without
+        ``--encoder``; an importable ``module:attr`` is refused here (an index never names code).
         """
         fingerprint = embedder_fingerprint(embedder)
         path = Path(path)
+        if encoder is not None:
+            if _IMPORT_REFERENCE.fullmatch(str(encoder)) or not Path(encoder).is_dir():
+                raise WeightspaceError(
+                    f"{path}: an index records only an encoder directory, not {str(encoder)!r}"
+                )
+            encoder = str(Path(encoder).resolve())
         if not overwrite and _existing_generation(path) is not None:  # fail before embedding
             raise WeightspaceError(
                 f"{path}: an index already exists; use `index add` to extend it or "
@@ -935,6 +1142,7 @@ class ModelIndex:
                 manifest,
                 store,
                 records,
+                vectors,
                 first_id=0,
                 reset=True,
                 on_progress=on_progress,
@@ -958,7 +1166,7 @@ class ModelIndex:
         """Embed and store ``models`` not stored yet (by content hash); commit atomically."""
         self.check_embedder(embedder)
         with _write_lock(self.path, lock_timeout):
-            self._reload_locked()
+            self._reload_for_writing()
             records, vectors, report = _embed_all(
                 models,
                 embedder,
@@ -986,7 +1194,7 @@ class ModelIndex:
         if len(records) != len(vectors):
             raise ValueError(f"got {len(vectors)} vectors but {len(records)} records")
         with _write_lock(self.path, lock_timeout):
-            self._reload_locked()
+            self._reload_for_writing()
             known = self._hash_to_id()
             report = AddReport()
             keep: list[int] = []
@@ -1023,6 +1231,7 @@ class ModelIndex:
                 self.manifest,
                 self.store,
                 rows,
+                vectors,
                 first_id=first_id,
                 reset=False,
                 on_progress=on_progress,
@@ -1039,11 +1248,37 @@ class ModelIndex:
         fresh = ModelIndex.open(self.path)
         self.manifest, self.store = fresh.manifest, fresh.store
 
-    def refresh(self) -> bool:
-        """Reload if another process committed a newer generation; return whether it did."""
+    def _reload_for_writing(self) -> None:
+        """Reload under the write lock; refuse to extend an old-format or damaged catalog."""
+        self._reload_locked()
+        if self.format_version < INDEX_FORMAT_VERSION:
+            raise IndexFormatError(
+                f"{self.path}: index format {self.format_version} has no checksums and cannot be "
+                f"extended; upgrade it with `weightspace index repair {self.path}` (re-embeds "
+                f"from the source files) or rebuild it"
+            )
+        self.check_catalog()
+
+    def refresh(self, *, strict: bool = False) -> bool:
+        """Reload if another process committed a newer generation; return whether it did.
+
+        Reads the manifest and the catalog's counts from disk. ``strict``: a damaged index on
+        disk raises :class:`IndexFormatError` (else the loaded state is kept), and the vector
+        file is checked against its checksum even when unchanged.
+        """
         try:
             manifest = self._read_manifest(self.path)
+            vectors = self.path / f"vectors-{self.generation}.faiss"
+            if strict and manifest["generation"] == self.generation and self.format_version >= 2:
+                try:
+                    check_file(vectors, manifest["vectors_checksum"], repair_hint="repair it")
+                except IndexCorruptError:
+                    if vectors.exists():
+                        raise
+                    manifest = self._read_manifest(self.path)  # a writer committed meanwhile
         except IndexFormatError:
+            if strict:
+                raise
             return False
         if manifest["generation"] == self.generation:
             return False
@@ -1052,38 +1287,34 @@ class ModelIndex:
         return True
 
     def _hash_to_id(self) -> dict[str, int]:
-        connection = _connect(self.path / _META_FILE)
-        try:
-            return dict(connection.execute("SELECT content_hash, id FROM models").fetchall())
-        finally:
-            connection.close()
+        with _catalog_errors(self.path / _META_FILE):
+            connection = _connect(self.path / _META_FILE)
+            try:
+                return dict(connection.execute("SELECT content_hash, id FROM models").fetchall())
+            finally:
+                connection.close()
+
+    def query_catalog(self, sql: str, values: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a read-only catalog query on this thread's connection; SQLite errors become
+        one-line :class:`IndexCorruptError` (or :class:`IndexBusyError`)."""
+        with _catalog_errors(self.path / _META_FILE):
+            return self._connection().execute(sql, values).fetchall()
 
     # -------------------------------------------------------------- reading
     def get(self, model_id: int) -> ModelRecord | None:
-        """The stored metadata of one model, or ``None``."""
-        row = (
-            self._connection()
-            .execute(
-                "SELECT id, path, content_hash, spec_summary, spec_json, metrics, added_at "
-                "FROM models WHERE id = ?",
-                (int(model_id),),
-            )
-            .fetchone()
-        )
-        return None if row is None else _record(row)
+        """The stored metadata of one model, or ``None`` (also for ids no SQLite integer holds)."""
+        model_id = int(model_id)
+        if not 0 <= model_id < 2**63:
+            return None
+        rows = self.query_catalog(f"SELECT {_RECORD_COLUMNS} FROM models WHERE id = ?", (model_id,))
+        return _record(rows[0], self.path) if rows else None
 
     def find_hash(self, digest: str) -> ModelRecord | None:
         """The stored model with this content hash, or ``None``."""
-        row = (
-            self._connection()
-            .execute(
-                "SELECT id, path, content_hash, spec_summary, spec_json, metrics, added_at "
-                "FROM models WHERE content_hash = ?",
-                (digest,),
-            )
-            .fetchone()
+        rows = self.query_catalog(
+            f"SELECT {_RECORD_COLUMNS} FROM models WHERE content_hash = ?", (str(digest),)
         )
-        return None if row is None else _record(row)
+        return _record(rows[0], self.path) if rows else None
 
     def _allowed_rows(self, filters: Mapping[str, Any]) -> np.ndarray:
         clauses, values = [], []
@@ -1094,7 +1325,7 @@ class ModelIndex:
                 clauses.append(f"json_extract(metrics, '$.\"{key}\"') = ?")
             values.append(value)
         query = "SELECT id FROM models WHERE " + " AND ".join(clauses)
-        ids = [row[0] for row in self._connection().execute(query, values)]
+        ids = [row[0] for row in self.query_catalog(query, values)]
         return np.asarray([i for i in ids if i < len(self.store)], dtype=np.int64)
 
     def search(
@@ -1129,12 +1360,10 @@ class ModelIndex:
         records: dict[int, ModelRecord] = {}
         if ids:
             placeholders = ",".join("?" * len(ids))
-            for row in self._connection().execute(
-                "SELECT id, path, content_hash, spec_summary, spec_json, metrics, added_at "
-                f"FROM models WHERE id IN ({placeholders})",
-                ids,
+            for row in self.query_catalog(
+                f"SELECT {_RECORD_COLUMNS} FROM models WHERE id IN ({placeholders})", ids
             ):
-                records[row[0]] = _record(row)
+                records[row[0]] = _record(row, self.path)
         results: list[list[SearchHit]] = []
         for score_row, id_row in zip(scores, rows, strict=True):
             hits = []
@@ -1160,14 +1389,26 @@ class ModelIndex:
 
 
 # ---------------------------------------------------------------------------------- writing
-def _record(row: Sequence[Any]) -> ModelRecord:
+def _record(row: Sequence[Any], index_path: Path) -> ModelRecord:
+    """A catalog row as a :class:`ModelRecord`; a damaged row is an :class:`IndexCorruptError`."""
+    try:
+        metrics = json.loads(row[5])
+        if not isinstance(metrics, dict):
+            raise ValueError("not a JSON object")
+        if not all(isinstance(v, str) for v in (row[1], row[2], row[3], row[4], row[6])):
+            raise ValueError("a text column holds another type")
+    except (TypeError, ValueError) as exc:
+        raise IndexCorruptError(
+            f"{index_path / _META_FILE}: catalog row {row[0]} is damaged ({exc}); check the "
+            f"index with `weightspace index info --verify` and rebuild it"
+        ) from None
     return ModelRecord(
         id=int(row[0]),
         path=row[1],
         content_hash=row[2],
         spec_summary=row[3],
         spec_json=row[4],
-        metrics=json.loads(row[5]),
+        metrics=metrics,
         added_at=row[6],
     )
 
@@ -1282,7 +1523,7 @@ def _existing_generation(path: Path) -> int | None:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
         finally:
             connection.close()
-    except sqlite3.DatabaseError:
+    except (sqlite3.DatabaseError, UnicodeDecodeError):
         return 0
     if "manifest" not in tables:
         return None  # an interrupted first build committed nothing
@@ -1301,16 +1542,19 @@ def _commit(
     manifest: Mapping[str, Any],
     store: VectorStore,
     rows: Sequence[Mapping[str, Any]],
+    vectors: np.ndarray,
     *,
     first_id: int,
     reset: bool,
     on_progress: ProgressCallback | None,
     chunk: int = 10_000,
 ) -> None:
-    """Write the new generation's FAISS file, then its rows and manifest in one transaction.
+    """Write the new generation's FAISS file, then its rows, its batch checksums and the
+    manifest (with the file's checksum) in one transaction.
 
-    The caller holds the write lock. Killed before the COMMIT, the previous generation stays the
-    committed one and its FAISS file is untouched.
+    ``vectors`` ``(len(rows), dim)`` are the rows' unit vectors, stored in the catalog too (so
+    ``index repair`` can rebuild the FAISS file). The caller holds the write lock. Killed before
+    the COMMIT, the previous generation stays the committed one and its FAISS file is untouched.
     """
     generation = max([*_generations_on_disk(path), 0]) + 1
     vectors_file = path / f"vectors-{generation}.faiss"
@@ -1318,61 +1562,86 @@ def _commit(
     store.save(temporary)
     with open(temporary, "rb") as handle:
         os.fsync(handle.fileno())
+    checksum = file_digest(temporary)
     os.replace(temporary, vectors_file)
     _fsync_directory(path)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(vectors) != len(rows):
+        raise ValueError(f"got {len(vectors)} vectors for {len(rows)} rows")
 
-    connection = sqlite3.connect(path / _META_FILE, timeout=30, isolation_level=None)
-    try:
-        connection.execute("PRAGMA synchronous=FULL")
-        connection.execute("BEGIN IMMEDIATE")
+    # a damaged catalog (a mangled schema, a dropped table) fails here as one line
+    with _catalog_errors(path / _META_FILE):
+        connection = sqlite3.connect(path / _META_FILE, timeout=30, isolation_level=None)
         try:
-            if reset:
-                connection.execute("DROP TABLE IF EXISTS manifest")
-                connection.execute("DROP TABLE IF EXISTS models")
-                for statement in _SCHEMA.strip().split(";"):
-                    if statement.strip():
-                        connection.execute(statement)
-            stamp = _now()
-            for start in range(0, len(rows), chunk):
-                connection.executemany(
-                    "INSERT INTO models (id, path, content_hash, spec_summary, spec_json, "
-                    "metrics, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                if reset:
+                    for table in ("manifest", "models", "batches"):
+                        connection.execute(f"DROP TABLE IF EXISTS {table}")
+                    for statement in _SCHEMA.strip().split(";"):
+                        if statement.strip():
+                            connection.execute(statement)
+                stamp = _now()
+                catalog = [
+                    (
+                        first_id + offset,
+                        row["path"],
+                        row["content_hash"],
+                        row["spec_summary"],
+                        row["spec_json"],
+                        json.dumps(row["metrics"], sort_keys=True),
+                        str(row.get("added_at") or stamp),
+                    )
+                    for offset, row in enumerate(rows)
+                ]
+                for start in range(0, len(rows), chunk):
+                    connection.executemany(
+                        f"INSERT INTO models ({_RECORD_COLUMNS}, embedding) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (*values, vectors[start + offset].tobytes())
+                            for offset, values in enumerate(catalog[start : start + chunk])
+                        ],
+                    )
+                    if on_progress is not None:
+                        on_progress("write", min(start + chunk, len(rows)), len(rows))
+                if rows:
+                    connection.execute(
+                        "INSERT INTO batches (generation, first_id, count, vectors_digest, "
+                        "rows_digest, committed_at) VALUES (?, ?, ?, ?, ?, ?)",
                         (
-                            first_id + start + offset,
-                            row["path"],
-                            row["content_hash"],
-                            row["spec_summary"],
-                            row["spec_json"],
-                            json.dumps(row["metrics"], sort_keys=True),
+                            generation,
+                            first_id,
+                            len(rows),
+                            vectors_digest(vectors),
+                            rows_digest(catalog),
                             stamp,
-                        )
-                        for offset, row in enumerate(rows[start : start + chunk])
-                    ],
+                        ),
+                    )
+                new_manifest = {
+                    **manifest,
+                    "format_version": INDEX_FORMAT_VERSION,
+                    "generation": generation,
+                    "count": len(store),
+                    "store": store.state(),
+                    "vectors_checksum": checksum,
+                    "updated_at": stamp,
+                    "faiss_version": _faiss().__version__,
+                }
+                connection.executemany(
+                    "INSERT OR REPLACE INTO manifest (key, value) VALUES (?, ?)",
+                    [(key, json.dumps(value)) for key, value in new_manifest.items()],
                 )
-                if on_progress is not None:
-                    on_progress("write", min(start + chunk, len(rows)), len(rows))
-            new_manifest = {
-                **manifest,
-                "format_version": INDEX_FORMAT_VERSION,
-                "generation": generation,
-                "count": len(store),
-                "store": store.state(),
-                "updated_at": stamp,
-                "faiss_version": _faiss().__version__,
-            }
-            connection.executemany(
-                "INSERT OR REPLACE INTO manifest (key, value) VALUES (?, ?)",
-                [(key, json.dumps(value)) for key, value in new_manifest.items()],
-            )
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            with contextlib.suppress(OSError):
-                vectors_file.unlink()
-            raise
-    finally:
-        connection.close()
+                connection.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+                with contextlib.suppress(OSError):
+                    vectors_file.unlink()
+                raise
+        finally:
+            connection.close()
     for old in _generations_on_disk(path):
         if old != generation:
             with contextlib.suppress(OSError):

@@ -8,24 +8,38 @@ Endpoints (OpenAPI docs at ``/docs``):
 * ``POST /predict`` — the same upload; returns the predicted test accuracy, from the encoder's
   accuracy head, or else the mean stored accuracy of the nearest neighbours.
 * ``GET /models/{id}`` — a stored model's metadata and spec.
-* ``GET /health`` — liveness plus the index's size, encoder fingerprint and recall.
+* ``GET /health`` — liveness plus the index's size (read from disk), encoder fingerprint and
+  recall; 503 with a JSON body when the index on disk is damaged.
 
 Only safetensors is accepted over HTTP: the header is checked before anything is parsed, and a
 pickle (``torch.save``) upload is refused, never unpickled. Bodies above ``max_upload_bytes`` are
 refused with 413 as soon as the limit is crossed. Bad uploads are 4xx answers that say what is
 wrong; the server keeps answering. Endpoints are synchronous and run in the server's thread
-pool: FAISS search is thread-safe, each thread has its own SQLite connection, and at most
-``max_concurrent_embeddings`` uploads are loaded and embedded at once.
+pool: FAISS search is thread-safe, each thread has its own SQLite connection.
+
+Memory is bounded in three steps (:class:`ServerSettings`): uploads are loaded and embedded only
+on a pool of ``max_concurrent_embeddings`` threads; at most ``max_queued_uploads`` more wait for
+one, and further uploads get 429 before their body is read; and a model over the
+parameter, node or edge caps (:class:`weightspace.limits.Limits`) gets 413 before its graph is
+built (parameters are counted from the safetensors header, before any tensor is read). A damaged
+index gets 503 with a JSON body.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import math
+import os
 import re
+import shutil
 import struct
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +57,8 @@ from weightspace.errors import (
     WeightspaceError,
 )
 from weightspace.index import (
+    IndexBusyError,
+    IndexFormatError,
     LoadedModel,
     ModelIndex,
     ModelLoader,
@@ -51,13 +67,59 @@ from weightspace.index import (
     load_model_file,
     parse_filters,
 )
+from weightspace.limits import Limits, ResourceLimitError, default_limits
 
-__all__ = ["create_app", "check_safetensors_header", "DEFAULT_MAX_UPLOAD_BYTES"]
+__all__ = [
+    "create_app",
+    "check_safetensors_header",
+    "declared_parameters",
+    "ServerSettings",
+    "SERVER_MAX_EDGES",
+    "server_limits",
+    "DEFAULT_MAX_UPLOAD_BYTES",
+]
 
 #: Default upload limit: 64 MiB, far above any zoo model.
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 2**20
 _MAX_K = 1000
 _REFRESH_SECONDS = 2.0
+_UPLOAD_PATHS = frozenset({"/search", "/predict"})
+#: The server's default cap on an uploaded model's graph edges. One embedding with the default
+#: encoder configuration holds about 740 bytes per edge at its peak (measured with
+#: benchmarks/bench_serve_memory.py: a 1M-edge MLP raised the server from 0.42 to 1.16 GiB), so
+#: two embedding slots at this cap stay under 4 GB. ``WEIGHTSPACE_MAX_EDGES`` or ``--max-edges``
+#: replace it.
+SERVER_MAX_EDGES = 2_000_000
+
+
+def server_limits() -> Limits:
+    """:func:`weightspace.limits.default_limits`, with the edge cap lowered to
+    :data:`SERVER_MAX_EDGES` unless ``WEIGHTSPACE_MAX_EDGES`` sets it."""
+    limits = default_limits()
+    if "WEIGHTSPACE_MAX_EDGES" in os.environ:
+        return limits
+    return limits.with_overrides(
+        max_edges=min(limits.max_edges or SERVER_MAX_EDGES, SERVER_MAX_EDGES)
+    )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What bounds the server's memory (``weightspace serve`` options).
+
+    Peak memory is about the idle server plus ``max_concurrent_embeddings`` times what one
+    embedding of a model at the caps takes (the encoder's edge states dominate: about 700 bytes
+    per edge with the default encoder configuration); queued uploads are spooled to disk.
+    """
+
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # larger bodies get 413
+    max_concurrent_embeddings: int = 2  # uploads loaded and embedded at once
+    max_queued_uploads: int = 32  # uploads waiting for a slot (spooled to disk); beyond, 429
+    limits: Limits = field(default_factory=server_limits)  # per-model caps; above, 413
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent_embeddings < 1 or self.max_queued_uploads < 0:
+            raise ValueError("max_concurrent_embeddings must be >= 1, max_queued_uploads >= 0")
 
 
 class UploadError(WeightspaceError):
@@ -73,9 +135,12 @@ def check_safetensors_header(data: bytes, filename: str) -> None:
 
     A safetensors file is an 8-byte little-endian header length ``n``, then ``n`` bytes of JSON
     describing the tensors, then their raw bytes. Pickles and zip archives (``torch.save``) are
-    named as such, so the client knows to convert them.
+    named as such, so the client knows to convert them. A header length can itself begin with
+    pickle's or zip's magic bytes (640 is ``80 02 00 ..``), so the magic only counts when the
+    bytes after it are no safetensors header.
     """
-    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:2] == b"PK":
+    looks_like_pickle = data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+    if (looks_like_pickle or data[:2] == b"PK") and not _has_json_header(data):
         raise UploadError(
             f"{filename}: looks like a torch.save/pickle file; only safetensors is accepted over "
             f"HTTP (convert with safetensors.torch.save_file)",
@@ -98,9 +163,66 @@ def check_safetensors_header(data: bytes, filename: str) -> None:
         raise UploadError(f"{filename}: corrupted safetensors header ({exc})") from None
 
 
+def _has_json_header(data: bytes) -> bool:
+    if len(data) < 10:
+        return False
+    (length,) = struct.unpack("<Q", data[:8])
+    return 2 <= length and 8 + length <= len(data) and data[8:9] == b"{"
+
+
+def declared_parameters(header: bytes) -> int:
+    """Parameters a safetensors header declares: the sum over tensors of the product of their
+    shapes, read before any tensor is (``__metadata__`` skipped; malformed entries count 0)."""
+    try:
+        entries = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return 0
+    total = 0
+    for name, entry in entries.items() if isinstance(entries, dict) else ():
+        shape = entry.get("shape") if isinstance(entry, dict) and name != "__metadata__" else None
+        if isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape):
+            total += math.prod(shape)
+    return total
+
+
+def _check_declared_graph(filename: str, spec: str | None, header: bytes, limits: Limits) -> None:
+    """Refuse (413) a model whose declared architecture (the ``spec`` field, else the spec in
+    the safetensors metadata) exceeds the node or edge caps, before any tensor is read. An
+    unreadable spec is left to the loader, which names the problem."""
+    from weightspace.graph import check_graph_size
+    from weightspace.ingest import SPEC_METADATA_KEY
+    from weightspace.spec import NetworkSpec
+
+    text = spec
+    if text is None:
+        try:
+            metadata = json.loads(header).get("__metadata__") or {}
+            text = metadata.get(SPEC_METADATA_KEY) if isinstance(metadata, dict) else None
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            return
+    if not isinstance(text, str):
+        return
+    try:
+        declared = NetworkSpec.from_json(text)
+    except (WeightspaceError, ValueError, TypeError, KeyError):
+        return
+    try:
+        check_graph_size(declared, source=filename, limits=limits)
+    except ResourceLimitError:
+        raise
+    except (WeightspaceError, ValueError, TypeError, KeyError):
+        return
+
+
 def _status_of(exc: WeightspaceError) -> int:
     if isinstance(exc, UploadError):
         return exc.status
+    if isinstance(exc, ResourceLimitError):
+        return 413
+    if isinstance(exc, IndexBusyError):
+        return 503
+    if isinstance(exc, IndexFormatError):
+        return 503
     if isinstance(exc, CheckpointError):
         return 400
     if isinstance(
@@ -157,13 +279,55 @@ class _UploadLimit:
         await self.app(scope, limited_receive, send)
 
 
+@dataclass(frozen=True)
+class _Embedded:
+    """What an embedding thread hands back for one upload."""
+
+    filename: str
+    spec_summary: str
+    content_hash: str
+    vector: np.ndarray  # (1, dim), unit norm
+    predicted_accuracy: float | None
+
+
+class _Admission:
+    """ASGI middleware answering 429 to uploads beyond ``capacity`` in progress, before their
+    body is read (so waiting uploads cost neither memory nor disk)."""
+
+    def __init__(self, app: Any, capacity: int) -> None:
+        self.app = app
+        self.capacity = capacity
+        self.in_progress = 0  # only touched on the event loop thread
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") not in _UPLOAD_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_progress >= self.capacity:
+            detail = (
+                f"server busy: {self.in_progress} uploads are being embedded or waiting; "
+                f"retry later"
+            )
+            response = JSONResponse(
+                {"detail": detail}, status_code=429, headers={"Retry-After": "1"}
+            )
+            await response(scope, receive, send)
+            return
+        self.in_progress += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_progress -= 1
+
+
 def create_app(
     index: ModelIndex,
     embedder: Any,
     *,
-    loader: ModelLoader = load_model_file,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-    max_concurrent_embeddings: int = 4,
+    loader: ModelLoader | None = None,
+    max_upload_bytes: int | None = None,
+    max_concurrent_embeddings: int | None = None,
+    settings: ServerSettings | None = None,
 ) -> Any:
     """The FastAPI application serving ``index``, queried through ``embedder``.
 
@@ -172,15 +336,35 @@ def create_app(
             commits to it.
         embedder: the encoder that built the index (its fingerprint is checked here).
         loader: turns an uploaded file (and optional spec JSON) into a
-            :class:`~weightspace.index.LoadedModel`.
-        max_upload_bytes: larger request bodies get 413.
-        max_concurrent_embeddings: uploads loaded and embedded at once (bounds memory).
+            :class:`~weightspace.index.LoadedModel` (default:
+            :func:`~weightspace.index.load_model_file` with the settings' caps).
+        max_upload_bytes, max_concurrent_embeddings: override those of ``settings``.
+        settings: upload size, concurrency, queue and per-model caps (:class:`ServerSettings`).
 
     Returns:
-        An ASGI application for uvicorn: the FastAPI app (at ``.app``) behind the upload limit.
+        An ASGI application for uvicorn: the FastAPI app (at ``.app.app``) behind the upload
+        limit and the admission control.
     """
+    settings = settings or ServerSettings()
+    overrides = {
+        "max_upload_bytes": max_upload_bytes,
+        "max_concurrent_embeddings": max_concurrent_embeddings,
+    }
+    settings = dataclasses.replace(
+        settings, **{key: value for key, value in overrides.items() if value is not None}
+    )
+    max_upload_bytes = settings.max_upload_bytes
+    limits = settings.limits
+    if loader is None:
+        loader = functools.partial(load_model_file, limits=limits)
     index.check_embedder(embedder)
-    embedding_slots = threading.BoundedSemaphore(max_concurrent_embeddings)
+    # Uploads are loaded and embedded on this pool's threads only: at most N at once, and the
+    # memory malloc keeps per thread after an embedding is bounded by N threads, not by the
+    # request thread pool's 40 (measured: 8 request threads, 2 at a time, 1M-edge models:
+    # 2.5 GB peak; the same work on 2 dedicated threads: 1.8 GB).
+    embedding_pool = ThreadPoolExecutor(
+        settings.max_concurrent_embeddings, thread_name_prefix="weightspace-embed"
+    )
     refresh_lock = threading.Lock()
     last_refresh = [time.monotonic()]
 
@@ -195,6 +379,14 @@ def create_app(
     async def _user_error(_request: Request, exc: WeightspaceError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=_status_of(exc))
 
+    @application.exception_handler(Exception)
+    async def _server_error(_request: Request, exc: Exception) -> JSONResponse:
+        # a bug, not bad input: still a JSON body, never a traceback sent to the client
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}); see the server log"},
+            status_code=500,
+        )
+
     def maybe_refresh() -> None:
         now = time.monotonic()
         if now - last_refresh[0] < _REFRESH_SECONDS or not refresh_lock.acquire(blocking=False):
@@ -207,15 +399,22 @@ def create_app(
 
     def load_upload(file: UploadFile, spec: str | None) -> LoadedModel:
         filename = _safe_name(file.filename)
-        data = file.file.read()
-        check_safetensors_header(data, filename)
+        head = file.file.read(8)
+        if len(head) == 8:  # the header, then its declared parameter count, before any tensor
+            (length,) = struct.unpack("<Q", head)
+            head += file.file.read(min(length, max_upload_bytes))
+        check_safetensors_header(head + file.file.read(2), filename)
+        limits.check(filename, "params", declared_parameters(head[8:]))
         if spec is not None and not spec.strip():
             spec = None
         if spec is not None and not spec.lstrip().startswith("{"):
             raise UploadError(f"{filename}: the 'spec' field must be a NetworkSpec JSON object")
+        _check_declared_graph(filename, spec, head[8:], limits)
         with tempfile.TemporaryDirectory(prefix="weightspace-upload-") as folder:
             path = Path(folder) / (Path(filename).stem + ".safetensors")
-            path.write_bytes(data)
+            with open(path, "wb") as target:  # copied in chunks: the body is never held whole
+                file.file.seek(0)
+                shutil.copyfileobj(file.file, target, 2**20)
             try:
                 loaded = loader(path, spec)
             except WeightspaceError as exc:
@@ -231,11 +430,28 @@ def create_app(
             graph=loaded.graph,
         )
 
-    def embed_upload(file: UploadFile, spec: str | None) -> tuple[LoadedModel, np.ndarray]:
-        with embedding_slots:
-            loaded = load_upload(file, spec)
-            vector = embed_models(embedder, [loaded.graph], source=loaded.path)
-        return loaded, vector
+    def process_upload(file: UploadFile, spec: str | None, with_head: bool) -> _Embedded:
+        """On an embedding thread: load, embed, hash and (``with_head``) predict; only the small
+        results leave it, so the model's tensors and graph are freed there."""
+        loaded = load_upload(file, spec)
+        vector = embed_models(embedder, [loaded.graph], source=loaded.path)
+        prediction = None
+        head = getattr(embedder, "predict_accuracy", None)
+        if with_head and callable(head):
+            try:
+                prediction = float(np.asarray(head([loaded.graph]), dtype=np.float64).ravel()[0])
+            except WeightspaceError:
+                prediction = None  # an encoder trained without an accuracy head says so
+        return _Embedded(
+            filename=loaded.path,
+            spec_summary=loaded.spec_summary,
+            content_hash=content_hash(loaded.spec_json, loaded.tensors),
+            vector=vector,
+            predicted_accuracy=prediction,
+        )
+
+    def embed_upload(file: UploadFile, spec: str | None, *, with_head: bool = False) -> _Embedded:
+        return embedding_pool.submit(process_upload, file, spec, with_head).result()
 
     def check_k(k: int) -> None:
         if not 1 <= k <= _MAX_K:
@@ -243,7 +459,11 @@ def create_app(
 
     @application.get("/health")
     def health() -> dict[str, Any]:
-        """Liveness, index size, encoder fingerprint and the approximate index's recall."""
+        """Liveness, index size as committed on disk, encoder fingerprint and the approximate
+        index's recall; 503 when the index on disk is damaged."""
+        with refresh_lock:  # reads the manifest and catalog counts; reloads a new generation
+            index.refresh(strict=True)
+            last_refresh[0] = time.monotonic()
         store = index.store
         return {
             "status": "ok",
@@ -254,6 +474,9 @@ def create_app(
             "recall_at_10": store.recall_at_10,
             "format_version": index.manifest.get("format_version"),
             "max_upload_bytes": max_upload_bytes,
+            "max_concurrent_embeddings": settings.max_concurrent_embeddings,
+            "max_queued_uploads": settings.max_queued_uploads,
+            "limits": dataclasses.asdict(limits),
         }
 
     @application.get("/models/{model_id}")
@@ -281,15 +504,14 @@ def create_app(
         check_k(k)
         filters = parse_filters(filter)
         maybe_refresh()
-        loaded, vector = embed_upload(file, spec)
-        [hits] = index.search(vector, k, filters=filters)
-        digest = content_hash(loaded.spec_json, loaded.tensors)
-        stored = index.find_hash(digest)
+        embedded = embed_upload(file, spec)
+        [hits] = index.search(embedded.vector, k, filters=filters)
+        stored = index.find_hash(embedded.content_hash)
         return {
             "query": {
-                "filename": loaded.path,
-                "arch_summary": loaded.spec_summary,
-                "content_hash": digest,
+                "filename": embedded.filename,
+                "arch_summary": embedded.spec_summary,
+                "content_hash": embedded.content_hash,
                 "stored_as": None if stored is None else stored.id,
             },
             "hits": [hit.to_dict() for hit in hits],
@@ -310,18 +532,13 @@ def create_app(
         """
         check_k(k)
         maybe_refresh()
-        loaded, vector = embed_upload(file, spec)
-        head = getattr(embedder, "predict_accuracy", None)
-        if callable(head):
-            try:
-                with embedding_slots:
-                    prediction = np.asarray(head([loaded.graph]), dtype=np.float64)
-            except WeightspaceError:
-                prediction = None  # an encoder trained without an accuracy head says so
-            if prediction is not None:
-                value = float(prediction.reshape(-1)[0])
-                return {"predicted_test_accuracy": value, "method": "encoder accuracy head"}
-        [hits] = index.search(vector, k)
+        embedded = embed_upload(file, spec, with_head=True)
+        if embedded.predicted_accuracy is not None:
+            return {
+                "predicted_test_accuracy": embedded.predicted_accuracy,
+                "method": "encoder accuracy head",
+            }
+        [hits] = index.search(embedded.vector, k)
         known = [h for h in hits if isinstance(h.record.metrics.get("test_accuracy"), int | float)]
         if not known:
             raise HTTPException(
@@ -337,4 +554,6 @@ def create_app(
             "neighbours": [h.record.id for h in known],
         }
 
-    return _UploadLimit(application, max_upload_bytes)
+    application.router.on_shutdown.append(lambda: embedding_pool.shutdown(wait=False))
+    capacity = settings.max_concurrent_embeddings + settings.max_queued_uploads
+    return _UploadLimit(_Admission(application, capacity), max_upload_bytes)

@@ -1,4 +1,8 @@
-"""``weightspace index build|add``, ``weightspace search`` and ``weightspace serve``."""
+"""``weightspace index build|add|info|repair``, ``weightspace search`` and ``weightspace serve``.
+
+Without ``--encoder``, commands load the encoder directory the index records (never code an
+index names) and check its fingerprint.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +39,9 @@ BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Models embe
 def _loader(activation: str | None, spec: Path | None, model: str | None, allow: bool) -> Any:
     from weightspace.index import load_model_file
 
-    return functools.partial(load_model_file, **architecture_kwargs(activation, spec, model, allow))
+    return functools.partial(
+        load_model_file, **architecture_kwargs(activation, spec, model, allow, "embedding")
+    )
 
 
 def _progress_printer() -> Any:
@@ -106,7 +112,8 @@ def build(
     if kind not in ("auto", "flat", "ivf", "hnsw"):
         raise typer.BadParameter(f"unknown kind {kind!r}; use auto, flat, ivf or hnsw")
     embedder = load_embedder(encoder)
-    encoder_ref = str(Path(encoder).resolve()) if Path(encoder).exists() else encoder
+    # only a directory is recorded; an importable 'module:attr' must be given again each time
+    encoder_ref = str(Path(encoder).resolve()) if Path(encoder).is_dir() else None
     models = iter_inputs(inputs, loader=_loader(activation, spec, model, allow_nonfinite))
     index, report = ModelIndex.build(
         out,
@@ -147,22 +154,70 @@ def add(
 
 
 @index_app.command("info")
-def info(index_path: IndexPath) -> None:
-    """Print an index's manifest: size, encoder, FAISS kind and measured recall, as JSON."""
+def info(
+    index_path: IndexPath,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Check every checksum: the whole vector file, every batch's vectors, stored "
+            "embeddings and catalog rows (reads everything).",
+        ),
+    ] = False,
+) -> None:
+    """Print an index's manifest (size, encoder, FAISS kind, measured recall) and its integrity
+    as JSON; exit 1 naming the damaged file if a check fails."""
     from weightspace.index import ModelIndex
+    from weightspace.index_integrity import verify_index
 
-    typer.echo(json.dumps(ModelIndex.open(index_path).info(), indent=2))
+    index = ModelIndex.open(index_path)  # quick checks: catalog counts, vector file checksum
+    if verify:
+        integrity = verify_index(index)
+    else:
+        index.check_catalog()
+        integrity = {
+            "status": "ok" if index.format_version >= 2 else "no checksums (format 1)",
+            "checked": "quick",
+        }
+    typer.echo(json.dumps({**index.info(), "integrity": integrity}, indent=2))
+
+
+@index_app.command("repair")
+def repair(
+    index_path: IndexPath,
+    encoder: Annotated[
+        str | None,
+        typer.Option(
+            "--encoder",
+            help="Encoder for models that must be re-embedded from their source files (default: "
+            "the encoder directory the index records).",
+        ),
+    ] = None,
+    batch_size: BatchSize = 64,
+) -> None:
+    """Rebuild an index's vectors from the embeddings its catalog stores (or, where it lacks
+    them or they fail their checksum, from the source files) and record fresh checksums."""
+    from weightspace.index import ModelIndex, load_embedder
+    from weightspace.index_integrity import repair_index, verify_index
+
+    embedder = load_embedder(encoder) if encoder else None
+    counts = repair_index(index_path, embedder=embedder, batch_size=batch_size)
+    verify_index(ModelIndex.open(index_path))
+    typer.echo(
+        f"repaired {index_path}: {counts['models']} models, {counts['from_catalog']} from the "
+        f"catalog's stored embeddings, {counts['re_embedded']} re-embedded from their sources; "
+        f"verified"
+    )
 
 
 def _index_embedder(index: Any, encoder: str | None) -> Any:
-    """The encoder recorded in the index (or ``encoder``), checked against its fingerprint."""
-    from weightspace.errors import WeightspaceError
+    """``--encoder`` if given (a directory or an importable 'module:attr' the user typed), else
+    the encoder directory the index records; checked against the index's fingerprint."""
     from weightspace.index import load_embedder
 
-    reference = encoder or index.encoder
-    if reference is None:
-        raise WeightspaceError(f"{index.path}: records no encoder; give one with --encoder")
-    embedder = load_embedder(reference)
+    if encoder is None:
+        return index.load_encoder()
+    embedder = load_embedder(encoder)
     index.check_embedder(embedder)
     return embedder
 
@@ -239,15 +294,54 @@ def serve(
     max_upload_mb: Annotated[
         float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload.")
     ] = 64.0,
+    max_concurrent_embeddings: Annotated[
+        int,
+        typer.Option(
+            "--max-concurrent-embeddings",
+            min=1,
+            help="Uploads loaded and embedded at once; peak memory grows with it.",
+        ),
+    ] = 2,
+    max_queued_uploads: Annotated[
+        int,
+        typer.Option(
+            "--max-queued-uploads",
+            min=0,
+            help="Uploads waiting for an embedding slot; more get 429 before being read.",
+        ),
+    ] = 32,
+    max_params: Annotated[
+        int | None,
+        typer.Option("--max-params", min=0, help="Parameters per uploaded model (0: no cap)."),
+    ] = None,
+    max_nodes: Annotated[
+        int | None,
+        typer.Option("--max-nodes", min=0, help="Neural-graph nodes per uploaded model."),
+    ] = None,
+    max_edges: Annotated[
+        int | None,
+        typer.Option(
+            "--max-edges", min=0, help="Neural-graph edges per uploaded model (default 2M)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the index over HTTP: POST /search, POST /predict, GET /models/{id}, GET /health;
-    OpenAPI docs at /docs."""
+    OpenAPI docs at /docs. Caps default to weightspace.limits (WEIGHTSPACE_MAX_* variables),
+    edges to 2M (about 1.5 GB per embedding with the default encoder)."""
     import uvicorn
 
     from weightspace.index import ModelIndex
-    from weightspace.serve import create_app
+    from weightspace.serve import ServerSettings, create_app, server_limits
 
     index = ModelIndex.open(index_path)
     embedder = _index_embedder(index, encoder)
-    application = create_app(index, embedder, max_upload_bytes=int(max_upload_mb * 2**20))
-    uvicorn.run(application, host=host, port=port, log_level="info")
+    settings = ServerSettings(
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        max_concurrent_embeddings=max_concurrent_embeddings,
+        max_queued_uploads=max_queued_uploads,
+        limits=server_limits().with_overrides(
+            max_params=max_params, max_nodes=max_nodes, max_edges=max_edges
+        ),
+    )
+    application = create_app(index, embedder, settings=settings)
+    uvicorn.run(application, host=host, port=port, log_level="warning")
