@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -70,14 +71,18 @@ def _config(zoo: Path, out: Path, **kwargs) -> TrainConfig:
     return TrainConfig(**{**defaults, **kwargs})
 
 
-def test_split_is_by_run_and_deterministic() -> None:
+def test_split_is_by_run_and_deterministic(tmp_path) -> None:
+    import weightspace.evaluate.splits
+
+    assert split_runs is weightspace.evaluate.splits.split_runs  # the package's one splitter
     runs = [f"run{i}" for i in range(20) for _ in range(3)]
     a = split_runs(runs, 0.2, 0.2, seed=1)
     assert a == split_runs(runs, 0.2, 0.2, seed=1)
     assert sorted(a["train"] + a["val"] + a["test"]) == sorted(set(runs))
     assert len(a["val"]) == 4 and len(a["test"]) == 4
+    two_runs = make_synthetic_zoo(tmp_path / "zoo", runs=2, epochs=2)
     with pytest.raises(TrainError, match="at least 3"):
-        split_runs(["a", "a", "b"], 0.2, 0.2, seed=0)
+        train(_config(two_runs, tmp_path / "enc"))
 
 
 def test_training_lowers_the_loss_and_beats_an_untrained_encoder(zoo, tmp_path) -> None:
@@ -145,6 +150,28 @@ def test_training_is_deterministic_and_resumable(zoo, tmp_path, monkeypatch) -> 
     other = _config(zoo, tmp_path / "b", epochs=3, objective="contrastive", seed=1)
     with pytest.raises(TrainError, match="another configuration"):
         train(other)
+
+
+def test_same_config_and_seed_give_identical_weights_without_a_time_limit(zoo, tmp_path) -> None:
+    """Epochs bound a run: no time limit is needed for it to end, and its weights depend only on
+    the config and seed (one thread), so the same command gives the same figures on any load."""
+    assert TrainConfig().time_limit == 0  # the safety cap is off by default
+
+    def run(out: str, seed: int = 0):
+        config = _config(zoo, tmp_path / out, epochs=3, objective="both", max_checkpoints=60)
+        return train(replace(config, seed=seed))
+
+    first, second, other_seed = run("a"), run("b"), run("c", seed=1)
+    assert first.epochs_run == second.epochs_run == 3 and first.stopped_by == "epochs"
+    weights, again = first.encoder.state_dict(), second.encoder.state_dict()
+    assert weights.keys() == again.keys()
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    drop = ("seconds",)  # the only wall-clock column of the log
+    assert [{k: v for k, v in r.items() if k not in drop} for r in first.log] == [
+        {k: v for k, v in r.items() if k not in drop} for r in second.log
+    ]
+    changed = other_seed.encoder.state_dict()
+    assert not all(torch.equal(weights[k], changed[k]) for k in weights)
 
 
 def test_missing_labels_are_reported(tmp_path) -> None:
@@ -284,6 +311,9 @@ def test_time_limit_ends_the_epoch_in_progress(zoo, tmp_path) -> None:
     # The limit is checked before each step: the first epoch stops before its first step.
     assert row["step"] == 0 < len(_train_checkpoints(tmp_path / "enc", zoo))
     assert pd.read_csv(tmp_path / "enc" / "log.csv")["partial"].tolist() == [1.0]
+    assert result.stopped_by == "time-limit"
+    with pytest.raises(TrainError, match="time_limit"):
+        _config(zoo, tmp_path / "x", time_limit=-1.0)
 
 
 def _train_checkpoints(encoder_dir: Path, zoo: Path) -> list[str]:

@@ -10,17 +10,22 @@
    generalisation gap by MSE, task by cross-entropy) on both views, and the function loss: the
    KL divergence from each checkpoint's own output distribution on fixed probe inputs of its
    task (:func:`function_targets`, computed once) to the function head's prediction.
-4. AdamW with linear warm-up and cosine decay; after each epoch, validation metrics (Kendall tau
-   of predicted test accuracy, view retrieval top-1, ...) decide early stopping.
+4. AdamW with linear warm-up and cosine decay over ``epochs``; after each epoch, validation
+   metrics (Kendall tau of predicted test accuracy, view retrieval top-1, ...) decide early
+   stopping.
 5. ``ENCODER_DIR`` gets the best weights (``encoder.safetensors``), their config
    (``config.json``), this run's :class:`TrainConfig` (``train_config.json``), the log
    (``log.csv``), the run split (``splits.json``) and the zoo's fingerprint
    (``zoo_fingerprint.json``). ``checkpoint.pt`` is written every epoch; running the same
    command again resumes from it, and gives the same result as an uninterrupted run.
 
-Everything is deterministic given ``seed``: the encoder's initialisation, the split, the batch
-order and the augmentations (each epoch draws from its own generator seeded by
-``(seed, epoch)``).
+Training is bounded by epochs (and early stopping), never by the clock: a run's figures depend
+only on its config and seed, not on the machine's load. Everything is deterministic given
+``seed``: the encoder's initialisation, the split, the batch order and the augmentations (each
+epoch draws from its own generator seeded by ``(seed, epoch)``); on one CPU thread two runs give
+identical weights. ``time_limit`` is only a safety cap (off by default): a run that hits it is
+cut short with its schedule unfinished, logged ``partial``, and says so in
+:attr:`TrainResult.stopped_by`.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from weightspace.errors import WeightspaceError
+from weightspace.evaluate.splits import split_runs
 from weightspace.nn.augment import AugmentConfig, augment
 from weightspace.nn.batch import GraphBank
 from weightspace.nn.encoder import Encoder, EncoderConfig, prepare_graph
@@ -52,7 +58,7 @@ __all__ = [
     "TrainError",
     "MissingLabelError",
     "train",
-    "split_runs",
+    "split_runs",  # re-exported: the package's one run splitter (weightspace.evaluate.splits)
     "zoo_fingerprint",
     "nt_xent",
     "FunctionTargets",
@@ -130,8 +136,9 @@ class TrainConfig:
     seed: int = 0  # seeds initialisation, split, batch order and augmentations
     device: str = "cpu"  # cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0: leave torch's default)
-    time_limit: float = 0.0  # stop after this many seconds of training (0: off); the epoch in
-    #   progress ends early, is validated and logged with partial = 1
+    time_limit: float = 0.0  # safety cap only (0: none): stop after this many seconds of
+    #   training; the epoch in progress ends early, is validated and logged with partial = 1. A
+    #   capped run's figures depend on the machine's speed; bound runs by epochs instead
     splits: dict[str, list[str]] | None = None  # explicit run ids per train/val/test (overrides
     #   the seeded split; `bench` uses it for held-out architectures and tasks)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # view augmentations
@@ -153,6 +160,8 @@ class TrainConfig:
             raise TrainError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.epochs < 1 or self.batch_size < 2:
             raise TrainError("epochs must be >= 1 and batch_size >= 2")
+        if self.time_limit < 0 or self.patience < 1:
+            raise TrainError("time_limit must be >= 0 seconds (0: none) and patience >= 1")
         if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
             raise TrainError("val_fraction must be in (0, 1) and test_fraction in [0, 1)")
         if not 0 <= self.finetune_probability <= 1 or self.finetune_steps < 1:
@@ -184,6 +193,8 @@ class TrainResult:
     seconds: float  # wall time of the training loop (this invocation)
     log: list[dict[str, float]]  # one row per epoch (also in log.csv)
     out: Path  # the encoder directory
+    stopped_by: str = "epochs"  # epochs | early-stopping | time-limit (the safety cap: the
+    #   figures of such a run depend on the machine's speed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,28 +218,6 @@ def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:
 
 
 SPLITS = ("train", "val", "test")
-
-
-def split_runs(
-    run_ids: list[str], val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, list[str]]:
-    """Assign whole runs to ``train`` / ``val`` / ``test`` (sorted, then shuffled by ``seed``)."""
-    runs = sorted(set(run_ids))
-    if len(runs) < 3:
-        raise TrainError(
-            f"the zoo has {len(runs)} training run(s); splitting by run needs at least 3 "
-            "(generate a larger zoo)"
-        )
-    order = np.random.default_rng(seed).permutation(len(runs))
-    shuffled = [runs[i] for i in order]
-    n_val = max(1, round(val_fraction * len(runs)))
-    n_test = round(test_fraction * len(runs))
-    n_test = min(n_test, len(runs) - n_val - 1)
-    return {
-        "val": sorted(shuffled[:n_val]),
-        "test": sorted(shuffled[n_val : n_val + n_test]),
-        "train": sorted(shuffled[n_val + n_test :]),
-    }
 
 
 def zoo_fingerprint(zoo: Any) -> str:
@@ -486,12 +475,15 @@ def _load_data(
         table = table[table["run_id"].astype(str).isin(set().union(*splits.values()))]
         table = table.reset_index(drop=True)
     else:
-        splits = split_runs(
-            [str(r) for r in table["run_id"]],
-            config.val_fraction,
-            config.test_fraction,
-            config.seed,
-        )
+        try:
+            splits = split_runs(
+                [str(r) for r in table["run_id"]],
+                config.val_fraction,
+                config.test_fraction,
+                config.seed,
+            )
+        except WeightspaceError as exc:
+            raise TrainError(f"{config.zoo}: {exc}") from None
     if config.max_checkpoints and len(table) > config.max_checkpoints:
         # Keep whole runs, in a seeded order, until the budget is reached (split proportions stay).
         rng = np.random.default_rng(config.seed + 1)
@@ -840,6 +832,7 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
             log = saved["log"]
 
         started = time.perf_counter()
+        capped = False  # the safety cap (time_limit) ended the run
         bar.start_epochs(config.epochs, state["epoch"])
         while state["epoch"] < config.epochs and state["bad"] < config.patience:
             epoch = state["epoch"]
@@ -954,9 +947,18 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
             if out_of_time or (
                 config.time_limit and time.perf_counter() - started > config.time_limit
             ):
+                capped = out_of_time or (
+                    state["epoch"] < config.epochs and state["bad"] < config.patience
+                )
                 break
         seconds = time.perf_counter() - started
 
+    if capped:
+        stopped_by = "time-limit"
+    elif state["bad"] >= config.patience and state["epoch"] < config.epochs:
+        stopped_by = "early-stopping"
+    else:
+        stopped_by = "epochs"
     encoder.load_state_dict(best_weights)
     encoder.eval()
     encoder.save(out)
@@ -981,6 +983,7 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
         seconds=seconds,
         log=log,
         out=out,
+        stopped_by=stopped_by,
     )
 
 

@@ -36,7 +36,12 @@ def train(
         int, typer.Option(help="Use at most this many checkpoints (whole runs; 0: all).")
     ] = 0,
     time_limit: Annotated[
-        float, typer.Option(help="Stop at the first epoch end after this many seconds (0: off).")
+        float,
+        typer.Option(
+            min=0.0,
+            help="Safety cap only: stop after this many seconds (0: none). Epochs bound a run; "
+            "a capped run's figures depend on the machine's speed.",
+        ),
     ] = 0.0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0: default).")] = 0,
     finetune_views: Annotated[
@@ -106,6 +111,13 @@ def train(
         f"{result.epochs_run} ({result.seconds:.0f} s): {shown}",
         highlight=False,
     )
+    if result.stopped_by == "time-limit":
+        console.print(
+            f"[yellow]warning:[/] the --time-limit of {time_limit:g} s cut training short "
+            f"after {result.epochs_run} of {epochs} epochs (learning-rate schedule unfinished); "
+            "these figures depend on the machine's speed",
+            highlight=False,
+        )
 
 
 def _collect_models(inputs: list[Path], kwargs: dict) -> tuple[list, list[dict]]:
@@ -161,7 +173,7 @@ def embed(
         raise EncoderError(f"{out}: the output must end in .npy or .parquet")
     model_encoder = Encoder.load(encoder, device=device)
     models, rows = _collect_models(
-        inputs, architecture_kwargs(activation, spec, model, allow_nonfinite)
+        inputs, architecture_kwargs(activation, spec, model, allow_nonfinite, "embedding")
     )
     embeddings = model_encoder.embed(models, batch_size=batch_size, device=device, compile=compile)
     out.parent.mkdir(parents=True, exist_ok=True)
