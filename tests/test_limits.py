@@ -101,13 +101,15 @@ def test_huge_file_in_inspect_is_refused_quickly_in_small_memory(tmp_path: Path)
     script = textwrap.dedent(
         f"""
         import resource, sys, time
+        import torch, safetensors.torch, weightspace.ingest, weightspace.graph
         from weightspace.cli import main
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         start = time.perf_counter()
         try:
             main(["inspect", {str(path)!r}, "--activation", "relu"])
         except SystemExit as exc:
             code = exc.code
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
         print(code, rss, time.perf_counter() - start, file=sys.stderr)
         """
     )
@@ -119,7 +121,8 @@ def test_huge_file_in_inspect_is_refused_quickly_in_small_memory(tmp_path: Path)
     assert code == "1"
     assert len(message) == 1 and "huge.safetensors" in message[0] and "200,020,000" in message[0]
     assert "Traceback" not in result.stderr
-    assert float(peak_mb) < 700, f"peak RSS {peak_mb} MB: the tensor was allocated"
+    # The declared tensor is 800 MB: a refusal before allocation grows the peak far less.
+    assert float(peak_mb) < 300, f"peak RSS grew {peak_mb} MB: the tensor was allocated"
     assert float(seconds) < 30
 
 

@@ -300,3 +300,24 @@ def test_probing_runs_convolutions_batched():
     x = _gaussian_inputs(spec, 8, 0)
     for i, graph in enumerate(models.graphs):
         np.testing.assert_allclose(z[i], probing_forward(graph, x), rtol=1e-5, atol=1e-5)
+
+
+def test_tuning_searches_on_whole_runs_and_refits_on_every_model():
+    from weightspace.baselines.tuning import _search_rows
+
+    X, y, groups = memorisable_runs()
+    rows = _search_rows(groups, 40, seed=0)
+    chosen = set(groups[rows])
+    # whole runs only, about the budget, seeded
+    assert all(np.isin(np.flatnonzero(np.isin(groups, list(chosen))), rows))
+    assert 40 <= len(rows) < 40 + np.bincount(np.unique(groups, return_inverse=True)[1]).max()
+    assert np.array_equal(rows, _search_rows(groups, 40, seed=0))
+    assert len(_search_rows(groups, 0, seed=0)) == len(groups)
+    grid = {"min_samples_leaf": [1, 100]}
+    small = tuned_regressor(
+        "gbt", X, y, groups, seed=0, grid=grid, fixed={"max_iter": 50}, search_models=40
+    )
+    # the refit sees every model: its training loss matches a direct fit with the chosen leaf
+    fixed = {"max_iter": 50, "early_stopping": False, **small.best_params_}  # n < 300
+    direct = make_head("gbt", 0, fixed).fit(X, y)
+    np.testing.assert_allclose(small.predict(X), direct.predict(X))
