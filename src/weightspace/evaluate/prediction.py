@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from weightspace.errors import WeightspaceError
 from weightspace.evaluate.api import ModelSet
 from weightspace.evaluate.metrics import (
     final_checkpoint_kendall_tau,
@@ -56,18 +55,13 @@ _BOOTSTRAP_METRICS = (*PRIMARY_METRICS, "kendall_tau", "r2", "mae")
 
 
 def chance_levels(tasks: np.ndarray | None) -> np.ndarray | None:
-    """:math:`1/C` per model for registered tasks, NaN for unknown ones; ``None`` without tasks."""
+    """:math:`1/C` per model for registered tasks, NaN for unknown ones; ``None`` without tasks
+    (:func:`weightspace.evaluate.tasks.chance_levels`, the package's one chance helper)."""
     if tasks is None:
         return None
-    from weightspace.zoo.tasks import get_task
+    from weightspace.evaluate.tasks import chance_levels as levels
 
-    levels: dict[str, float] = {}
-    for task in {str(t) for t in tasks}:
-        try:
-            levels[task] = 1.0 / get_task(task).num_classes
-        except WeightspaceError:  # imported zoos may name tasks weightspace does not know
-            levels[task] = float("nan")
-    return np.array([levels[str(t)] for t in tasks], dtype=float)
+    return levels([str(t) for t in tasks])
 
 
 @dataclass

@@ -104,12 +104,11 @@ class SynthesisGroup:
 
 
 def _chance(task: str) -> float:
-    from weightspace.zoo.tasks import get_task
+    """Chance accuracy of ``task``; 0 for a task weightspace does not know (no threshold lift)."""
+    from weightspace.evaluate.tasks import chance_level
 
-    try:
-        return 1.0 / get_task(task).num_classes
-    except Exception:  # an imported zoo's task weightspace does not know
-        return 0.0
+    level = chance_level(task)
+    return 0.0 if np.isnan(level) else level
 
 
 def _finals(table: pd.DataFrame) -> pd.DataFrame:
