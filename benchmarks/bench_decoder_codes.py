@@ -1,7 +1,7 @@
 r"""What limits faithful reconstructions: the decoder's training data, or what its code holds?
 
     python benchmarks/bench_decoder_codes.py --encoder demo-out/bench/encoders/seed-0
-    python benchmarks/bench_decoder_codes.py --encoder ENC --train-runs 30,700 --time-limit 20
+    python benchmarks/bench_decoder_codes.py --encoder ENC --train-runs 30,700
 
 ``make demo``'s synthesis section finds that decoding a held-out model's embedding gives a good
 generic network of its task, not that model back. This benchmark asks why, on one
@@ -21,8 +21,8 @@ generic network of its task, not that model back. This benchmark asks why, on on
    * ``embedding+probes`` — both, concatenated.
 
 3. **Decoders.** For every code and every pool size in ``--train-runs``, a decoder
-   (:func:`weightspace.synthesis.decoder.fit_decoder`, default :class:`DecoderConfig` but the
-   time limit) fits every checkpoint of those runs above half the threshold.
+   (:func:`weightspace.synthesis.decoder.fit_decoder`, default :class:`DecoderConfig`, bounded by its
+   step count) fits every checkpoint of those runs above half the threshold.
 4. **Measures** on the held-out models (test split,
    :func:`weightspace.synthesis.evaluate.reconstruction_metrics`): original and decoded accuracy, mean
    :math:`|\text{decoded} - \text{original}|`, ``own`` (agreement of a reconstruction with its
@@ -98,7 +98,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threshold", type=float, help="held-out models' minimum accuracy")
     parser.add_argument("--probes", type=int, default=64)
     parser.add_argument("--codes", default=",".join(CODES))
-    parser.add_argument("--time-limit", type=float, default=30.0, help="seconds per decoder")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        help="safety cap in seconds per decoder (0: none; the step count is the bound)",
+    )
     parser.add_argument(
         "--decoder-config", default="{}", help='DecoderConfig overrides, JSON: {"steps": 6000}'
     )

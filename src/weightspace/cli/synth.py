@@ -289,7 +289,10 @@ def train_decoder_command(
     time_limit: Annotated[
         float,
         typer.Option(
-            "--time-limit", min=0.0, help="Seconds of training (0: none); the schedule fits it."
+            "--time-limit",
+            min=0.0,
+            help="Safety cap in seconds (0: none); it only stops training early, the step count "
+            "sets the schedule.",
         ),
     ] = 0.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,

@@ -17,6 +17,7 @@ from weightspace.zoo.architectures import (
 )
 from weightspace.zoo.generate import generate_zoo, plan_shards
 from weightspace.zoo.importer import import_zoo
+from weightspace.zoo.metrics_table import MetricsTableError
 from weightspace.zoo.presets import PRESETS, Preset, get_preset, list_presets
 from weightspace.zoo.store import FORMAT_VERSION, Zoo, ZooDataset, ZooError
 from weightspace.zoo.sweep import HyperParams, RunSpec, SearchSpace, TrainSettings
@@ -28,6 +29,7 @@ __all__ = [
     "PRESETS",
     "ArchConfig",
     "HyperParams",
+    "MetricsTableError",
     "Preset",
     "RunSpec",
     "SearchSpace",
