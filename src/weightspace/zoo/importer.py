@@ -183,7 +183,7 @@ def import_zoo(
 
     from weightspace.zoo.generate import _progress
 
-    with _progress(show_progress, console) as progress:
+    with _progress(show_progress and bool(valid), console) as progress:
         bar = progress.add_task("import", total=len(valid))
         for row in valid:
             try:
