@@ -18,7 +18,6 @@ write shards, table and manifest, rename into place). Prints a table and writes
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import peak_rss_mib, print_table, write_json  # noqa: E402
+from weightspace.zoo.formats.tf_layout import layout_table  # noqa: E402
 
 SHAPES = [
     ("sequential/conv2d/kernel:0", (3, 3, 1, 16)),
@@ -46,20 +46,9 @@ def write_release(root: Path, models: int, seed: int = 0) -> int:
     """The release files for ``models`` final checkpoints; returns the flat width."""
     root.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    rows, position = [], 0
-    for name, shape in SHAPES:
-        size = math.prod(shape)
-        rows.append(
-            {
-                "varname": name,
-                "start_idx": position,
-                "end_idx": position + size,
-                "size": size,
-                "shape": str(shape),
-            }
-        )
-        position += size
-    pd.DataFrame(rows).to_csv(root / "layout.csv", index=False)
+    layout = layout_table(SHAPES)
+    layout.to_csv(root / "layout.csv", index=False)
+    position = int(layout["end_idx"].iloc[-1])
     np.save(root / "weights.npy", (rng.normal(size=(models, position)) * 0.1).astype(np.float32))
     pd.DataFrame(
         {

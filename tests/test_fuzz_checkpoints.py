@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import struct
 import tempfile
 import time
 import warnings
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from fuzzing import alarm
 from weightspace.errors import WeightspaceError
 from weightspace.ingest import from_module, load_checkpoint, save_checkpoint
 from weightspace.limits import Limits
@@ -189,20 +188,6 @@ def apply(data: bytes, mutations: list[tuple]) -> bytes:
 
 
 # --------------------------------------------------------------------------- checks
-@contextmanager
-def alarm(seconds: int) -> Iterator[None]:
-    def hang(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"still running after {seconds} s: a hang")
-
-    previous = signal.signal(signal.SIGALRM, hang)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def load_or_refuse(path: Path, data: bytes) -> str:
     """Write ``data`` to ``path`` and load it: ``"ok"`` or the error's class name. Any exception
     other than a WeightspaceError propagates and fails the test."""

@@ -13,10 +13,8 @@ import contextlib
 import functools
 import io
 import shutil
-import signal
 import sqlite3
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from fuzzing import alarm
 from test_index import StandInEmbedder, save_mlp
 from weightspace.index import ModelIndex, iter_inputs
 
@@ -39,20 +38,6 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]
     files = [save_mlp(root / "ckpts" / f"m{i}.safetensors", seed=i) for i in range(5)]
     ModelIndex.build(root / "index", iter_inputs(files[:4]), StandInEmbedder())
     return root / "index", files
-
-
-@contextlib.contextmanager
-def alarm(seconds: int) -> Iterator[None]:
-    def hung(_signum: int, _frame: object) -> None:
-        raise TimeoutError(f"a command ran for more than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @functools.cache

@@ -14,9 +14,7 @@ import contextlib
 import csv
 import io
 import shutil
-import signal
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +25,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 from torch import nn
 
+from fuzzing import alarm
 from weightspace.errors import WeightspaceError
 from weightspace.zoo import Zoo, import_zoo
 
@@ -189,22 +188,6 @@ def _render(world: Path, table: dict, folder: Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _deadline(seconds: int) -> Iterator[None]:
-    """Fail instead of hanging: SIGALRM after ``seconds``."""
-
-    def timeout(signum: int, frame: object) -> None:
-        raise TimeoutError(f"zoo import ran for more than {seconds}s")
-
-    previous = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _import_via_api(checkpoints: Path, metrics: Path, out: Path, skip: bool) -> bool:
     try:
         import_zoo(
@@ -241,7 +224,7 @@ def _check_one(world: Path, table: dict, via: str) -> None:
         out = work / "out" / "zoo" if table["nested_out"] else work / "zoo"
         before = _listing(work)
         importer = _import_via_api if via == "api" else _import_via_cli
-        with _deadline(HANG_SECONDS):
+        with alarm(HANG_SECONDS):
             succeeded = importer(world / "ckpts", metrics, out, table["skip_bad_rows"])
         after = _listing(work)
         event(f"{via} {table['form']}: {'imported' if succeeded else 'refused'}")

@@ -14,6 +14,7 @@ from weightspace.cli import main
 from weightspace.module import to_module
 from weightspace.zoo.formats import ReleaseError, import_release
 from weightspace.zoo.formats.small_cnn_zoo import FINAL_STEP, published_split
+from weightspace.zoo.formats.tf_layout import layout_table
 from weightspace.zoo.store import Zoo
 
 torch.set_num_threads(1)
@@ -40,20 +41,7 @@ def write_release(root: Path, *, seed: int = 0, gz: bool = True) -> dict[str, np
     n = RUNS * len(STEPS)
     weights = (rng.normal(size=(n, WIDTH)) * 0.5).astype(np.float32)
     np.save(root / "weights.npy", weights)
-    rows, position = [], 0
-    for name, shape in TF_SHAPES:
-        size = math.prod(shape)
-        rows.append(
-            {
-                "varname": name,
-                "start_idx": position,
-                "end_idx": position + size,
-                "size": size,
-                "shape": str(shape),
-            }
-        )
-        position += size
-    pd.DataFrame(rows).to_csv(root / "layout.csv", index=False)
+    layout_table(TF_SHAPES).to_csv(root / "layout.csv", index=False)
     order = rng.permutation(n)  # a release's row order is not sorted by run
     run = np.arange(n) // len(STEPS)
     metrics = (

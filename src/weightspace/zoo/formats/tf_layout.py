@@ -19,7 +19,14 @@ import torch
 
 from weightspace.zoo.formats.common import ReleaseError
 
-__all__ = ["LayoutEntry", "layers_of", "load_flat_weights", "read_layout", "to_torch_layout"]
+__all__ = [
+    "LayoutEntry",
+    "layers_of",
+    "layout_table",
+    "load_flat_weights",
+    "read_layout",
+    "to_torch_layout",
+]
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,25 @@ class LayoutEntry:
     def role(self) -> str:
         """``kernel`` or ``bias``."""
         return "kernel" if self.varname.endswith("kernel:0") else "bias"
+
+
+def layout_table(shapes: list[tuple[str, tuple[int, ...]]]) -> pd.DataFrame:
+    """The ``layout.csv`` of consecutive tensors ``(varname, TensorFlow shape)``: the inverse of
+    :func:`read_layout`, for writing a release (tests, benchmarks, re-exports)."""
+    rows, position = [], 0
+    for name, shape in shapes:
+        size = math.prod(shape)
+        rows.append(
+            {
+                "varname": name,
+                "start_idx": position,
+                "end_idx": position + size,
+                "size": size,
+                "shape": str(tuple(shape)),
+            }
+        )
+        position += size
+    return pd.DataFrame(rows)
 
 
 def read_layout(path: Path, width: int) -> list[LayoutEntry]:
