@@ -7,6 +7,10 @@ for a linear layer), zero-padded to the graph's edge feature width ``K``. A line
 flattened ``(C, *spatial)`` tensor gives one edge per (channel, neuron) pair carrying the ``S``
 spatial weights (see :mod:`weightspace.layout`). A residual ``add`` gives identity edges
 ``i → i`` (feature ``[1, 0, ...]``, ``edge_kind = 1``) from the skip group to the primary group.
+A LayerNorm / RMSNorm ``y = γ ⊙ norm(x) + β`` writes a new group of normalised neurons: diagonal
+edges ``i → i`` from the group it reads carry ``[γ_i, 0, ...]`` (``edge_kind`` 2 for LayerNorm,
+3 for RMSNorm, so the encoder knows which normalisation mixes the source neurons) and the new
+neurons' bias is ``β`` (see :mod:`weightspace.norm`).
 
 Node attributes (``N`` nodes):
 
@@ -19,8 +23,9 @@ Node attributes (``N`` nodes):
 * ``node_group`` ``(N,)``: the neuron group (:class:`weightspace.layout.NeuronGroup`).
 
 Edge attributes (``E`` edges): ``edge_index`` ``(2, E)``, ``edge_attr`` ``(E, K)``,
-``edge_layer`` ``(E,)`` (index of the layer, ``-1`` for residual edges) and ``edge_kind`` ``(E,)``
-(0 weight, 1 residual). ``graph.spec`` holds the :class:`~weightspace.spec.NetworkSpec`.
+``edge_layer`` ``(E,)`` (index of the layer, ``-1`` for residual and norm edges) and ``edge_kind``
+``(E,)`` (0 weight, 1 residual, 2 LayerNorm, 3 RMSNorm). Edges come in that order: layers,
+residuals, norms. ``graph.spec`` holds the :class:`~weightspace.spec.NetworkSpec`.
 
 Conversions are vectorised: one tensor operation per layer, no Python loop over edges.
 """
@@ -49,7 +54,9 @@ __all__ = [
     "WEIGHT_DTYPES",
 ]
 
-EDGE_WEIGHT, EDGE_RESIDUAL = 0, 1
+EDGE_WEIGHT, EDGE_RESIDUAL, EDGE_LAYER_NORM, EDGE_RMS_NORM = 0, 1, 2, 3
+#: ``edge_kind`` of a norm's diagonal edges, by the norm op's ``mode``.
+NORM_EDGE_KINDS: dict[str, int] = {"layer": EDGE_LAYER_NORM, "rms": EDGE_RMS_NORM}
 
 
 class NeuralGraph(Data):
@@ -105,10 +112,12 @@ def graph_size(spec: NetworkSpec) -> tuple[int, int]:
     .. math::
         N = \\sum_g |g|, \\qquad
         E = \\sum_{\\text{layers } s \\to t} |s|\\,|t| + \\sum_{\\text{residuals } s \\to t} |s|
+          + \\sum_{\\text{norms } s \\to t} |s|
     """
     layout = layout_of(spec)
     edges = sum(layout.groups[k.source].size * layout.groups[k.target].size for k in layout.links)
     edges += sum(layout.groups[skip].size for skip, _ in layout.residuals)
+    edges += sum(layout.groups[norm.source].size for norm in layout.norms)
     return layout.num_nodes, edges
 
 
@@ -254,6 +263,17 @@ def to_graph(
         edge_attr.append(feats)
         edge_layer.append(torch.full((size,), -1, dtype=torch.long))
         edge_kind.append(torch.full((size,), EDGE_RESIDUAL, dtype=torch.long))
+    for norm in layout.norms:
+        size = layout.groups[norm.source].size
+        ar = torch.arange(size)
+        source, target = layout.offsets[norm.source], layout.offsets[norm.target]
+        edge_index.append(torch.stack([ar + source, ar + target]))
+        feats = torch.zeros(size, width, dtype=dtype, device=device)
+        gamma = state_dict.get(f"{norm.name}.weight")
+        feats[:, 0] = 1.0 if gamma is None else gamma.to(dtype)
+        edge_attr.append(feats)
+        edge_layer.append(torch.full((size,), -1, dtype=torch.long))
+        edge_kind.append(torch.full((size,), NORM_EDGE_KINDS[norm.mode], dtype=torch.long))
 
     # w.reshape above flattens (out, in, S*k) row-major, which for a linear layer reading a
     # flattened (C, *spatial) tensor is exactly (out, C, S): flatten() is channel-major.
@@ -303,6 +323,24 @@ def to_state_dict(graph: NeuralGraph, *, spec: NetworkSpec | None = None) -> dic
         if op.attrs.get("bias", True):
             offset = layout.offsets[dst.index]
             state[f"{link.name}.bias"] = graph.x[offset : offset + dst.size, 0].clone()
+    for norm in layout.norms:
+        op = spec[norm.name]
+        dst = layout.groups[norm.target]
+        offset = layout.offsets[dst.index]
+        if norm.affine:
+            targets = graph.edge_index[1] - offset
+            mask = (graph.edge_kind == NORM_EDGE_KINDS[norm.mode]) & (targets >= 0)
+            mask &= targets < dst.size
+            if int(mask.sum()) != dst.size:
+                raise ShapeMismatchError(
+                    f"norm {norm.name!r}: graph has {int(mask.sum())} norm edges, expected "
+                    f"{dst.size}"
+                )
+            gamma = graph.edge_attr.new_zeros(dst.size)
+            gamma[targets[mask]] = graph.edge_attr[mask, 0]
+            state[f"{norm.name}.weight"] = gamma
+            if op.attrs["mode"] == "layer" and op.attrs.get("bias", True):
+                state[f"{norm.name}.bias"] = graph.x[offset : offset + dst.size, 0].clone()
     return state
 
 

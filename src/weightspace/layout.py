@@ -1,4 +1,4 @@
-"""Neuron groups: which neurons a spec has, who writes them, who reads them, what they may undergo.
+r"""Neuron groups: which neurons a spec has, who writes them, who reads them, what they may undergo.
 
 A *group* is the set of neurons (features, or channels of a conv) written by one source: the
 input, or one parametrised layer. Non-parametric ops (activations, pooling, flatten) keep the
@@ -19,6 +19,15 @@ The symmetry group acting on a spec is read off this layout:
   it before the next layer is positively homogeneous (ReLU, LeakyReLU, identity, pooling);
 * it may be sign-flipped when everything applied to it is odd (tanh, sine, identity, average
   pooling).
+
+A ``norm`` op (LayerNorm, RMSNorm) writes a new group of the same size: the normalised neurons,
+:math:`y = \gamma \odot \mathrm{norm}(x) + \beta`. It ties that group to the group it reads for
+permutations only (:math:`\mathrm{norm}(Px) = P\,\mathrm{norm}(x)`, so both must move
+together), and marks the group it reads as *normalised*: per-neuron rescaling or sign flips of a
+normalised group change the function (the mean and the norm mix every neuron), so it is never
+scalable or flippable. The normalised group itself is: scaling neuron :math:`i` by :math:`c_i`
+through :math:`\gamma_i, \beta_i` and dividing its readers' columns by :math:`c_i` keeps the
+function whenever the group's activations allow it (see :meth:`Layout.scalable_groups`).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from weightspace.spec import (
     NetworkSpec,
 )
 
-__all__ = ["NeuronGroup", "LayerLink", "Layout", "layout_of"]
+__all__ = ["NeuronGroup", "LayerLink", "NormLink", "Layout", "layout_of"]
 
 _POSITIVELY_HOMOGENEOUS = POSITIVELY_HOMOGENEOUS_ACTIVATIONS
 _ODD = ODD_ACTIVATIONS
@@ -55,6 +64,7 @@ class NeuronGroup:
         pools: pooling modes (``avg``/``max``) applied to the group's values.
         tie: index of the tie set (groups joined by residual adds).
         readers: names of the parametrised ops that read the group.
+        normalised: whether a ``norm`` op reads the group (then no rescaling or sign flip).
     """
 
     index: int
@@ -66,6 +76,7 @@ class NeuronGroup:
     pools: set[str] = field(default_factory=set)
     tie: int = -1
     readers: list[str] = field(default_factory=list)
+    normalised: bool = False
 
     @property
     def activation(self) -> str:
@@ -94,13 +105,30 @@ class LayerLink:
 
 
 @dataclass(frozen=True)
+class NormLink:
+    r"""A ``norm`` op as diagonal edges ``i → i`` from the group it reads to the group it writes.
+
+    The edge of neuron ``i`` carries :math:`\gamma_i` (1 without an affine weight); the written
+    neuron's bias is :math:`\beta_i`. ``mode`` is ``layer`` or ``rms``.
+    """
+
+    name: str
+    index: int
+    source: int
+    target: int
+    mode: str
+    affine: bool
+
+
+@dataclass(frozen=True)
 class Layout:
-    """Neuron groups, layer links and residual ties of a :class:`NetworkSpec`."""
+    """Neuron groups, layer links, residual ties and norms of a :class:`NetworkSpec`."""
 
     groups: tuple[NeuronGroup, ...]
     links: tuple[LayerLink, ...]
     residuals: tuple[tuple[int, int], ...]  # (source group, primary group) identity edges
     offsets: tuple[int, ...]  # first node index of each group
+    norms: tuple[NormLink, ...] = ()  # diagonal edges after the residual ones
 
     @property
     def num_nodes(self) -> int:
@@ -141,20 +169,42 @@ class Layout:
             and bool(g.readers)
         )
 
+    def norm_link(self, name: str) -> NormLink:
+        for norm in self.norms:
+            if norm.name == name:
+                return norm
+        raise KeyError(name)
+
+    def is_affine_output(self, group: int) -> bool:
+        r"""Written by a norm with an affine weight, hidden, read by layers only (no norm, no
+        residual add): neuron ``i`` may then be rescaled through :math:`\gamma_i, \beta_i`."""
+        g = self.groups[group]
+        if g.role != ROLE_HIDDEN or not g.readers or g.normalised:
+            return False
+        if any(group in pair for pair in self.residuals):
+            return False
+        return any(n.target == group and n.affine for n in self.norms)
+
+    def _transformable(self, group: int) -> bool:
+        return self.is_free(group) or (bool(self.norms) and self.is_affine_output(group))
+
     def scalable_groups(self) -> list[int]:
-        """Free groups whose neurons admit positive rescaling (in × c, out × 1/c)."""
+        """Free (or affine-norm-written) groups whose neurons admit positive rescaling
+        (in × c, out × 1/c)."""
         return [
             g.index
             for g in self.groups
-            if self.is_free(g.index) and (g.activations or {"identity"}) <= _POSITIVELY_HOMOGENEOUS
+            if self._transformable(g.index)
+            and (g.activations or {"identity"}) <= _POSITIVELY_HOMOGENEOUS
         ]
 
     def sign_flippable_groups(self) -> list[int]:
-        """Free groups whose neurons admit sign flips (in × −1, out × −1)."""
+        """Free (or affine-norm-written) groups whose neurons admit sign flips
+        (in × −1, out × −1)."""
         return [
             g.index
             for g in self.groups
-            if self.is_free(g.index)
+            if self._transformable(g.index)
             and (g.activations or {"identity"}) <= _ODD
             and "max" not in g.pools
         ]
@@ -166,7 +216,9 @@ def layout_of(spec: NetworkSpec) -> Layout:
     groups: list[NeuronGroup] = []
     links: list[LayerLink] = []
     residuals: list[tuple[int, int]] = []
+    norms: list[NormLink] = []
     group_of: dict[str, int] = {}
+    flat: dict[str, bool] = {}  # op name -> its output is (B, features), no spatial dims
     parent = {}  # union-find over groups for residual ties
 
     def find(g: int) -> int:
@@ -186,6 +238,25 @@ def layout_of(spec: NetworkSpec) -> Layout:
             g = new_group(int(spec.input_shape[0]), None, 0)
             groups[g].role = ROLE_INPUT
             group_of[op.name] = g
+            flat[op.name] = len(spec.input_shape) == 1
+        elif op.kind == "norm":
+            source = group_of[op.inputs[0]]
+            size = int(op.attrs["normalized_size"])
+            if not flat[op.inputs[0]] or size != groups[source].size:
+                raise UnsupportedLayerError(
+                    f"norm {op.name!r} normalises {size} values, but it reads "
+                    f"{groups[source].size} neurons/channels"
+                    + ("" if flat[op.inputs[0]] else " with spatial dimensions")
+                    + "; only a norm over the neurons of a (batch, features) tensor is supported"
+                )
+            depth += 1
+            target = new_group(size, op.name, depth)
+            groups[source].normalised = True
+            affine = bool(op.attrs.get("affine", True))
+            norms.append(NormLink(op.name, len(norms), source, target, op.attrs["mode"], affine))
+            parent[find(source)] = find(target)
+            group_of[op.name] = target
+            flat[op.name] = True
         elif op.is_parametrised:
             if len(op.inputs) != 1:
                 raise UnsupportedLayerError(f"layer {op.name!r} must read exactly one tensor")
@@ -209,6 +280,7 @@ def layout_of(spec: NetworkSpec) -> Layout:
             groups[source].readers.append(op.name)
             links.append(LayerLink(op.name, len(links), source, target, spatial, op.kernel_numel))
             group_of[op.name] = target
+            flat[op.name] = op.kind == "linear"
         elif op.kind == "add":
             members = sorted({group_of[name] for name in op.inputs})
             if len(members) < 2:
@@ -224,6 +296,7 @@ def layout_of(spec: NetworkSpec) -> Layout:
                 residuals.append((other, primary))
                 parent[find(other)] = find(primary)
             group_of[op.name] = primary
+            flat[op.name] = all(flat[name] for name in op.inputs)
         else:
             g = group_of[op.inputs[0]]
             if op.kind == "activation":
@@ -231,6 +304,9 @@ def layout_of(spec: NetworkSpec) -> Layout:
             elif op.kind in {"pool", "adaptive_pool", "global_pool"}:
                 groups[g].pools.add(op.attrs["mode"])
             group_of[op.name] = g
+            flat[op.name] = op.kind in {"flatten", "global_pool"} or (
+                op.kind in {"activation"} and flat[op.inputs[0]]
+            )
 
     output_group = group_of[spec.output.name]
     if groups[output_group].producer is None:
@@ -243,4 +319,4 @@ def layout_of(spec: NetworkSpec) -> Layout:
     for g in groups:
         offsets.append(total)
         total += g.size
-    return Layout(tuple(groups), tuple(links), tuple(residuals), tuple(offsets))
+    return Layout(tuple(groups), tuple(links), tuple(residuals), tuple(offsets), tuple(norms))

@@ -1,7 +1,7 @@
 """``SpecModule``: an ``nn.Module`` that runs a :class:`~weightspace.spec.NetworkSpec`.
 
-Parametrised layers are real ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` submodules placed at
-their dotted state-dict names, so ``SpecModule(spec).load_state_dict(sd)`` takes the very state
+Parametrised layers are real ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` submodules (and norms
+real ``nn.LayerNorm`` / ``nn.RMSNorm``) placed at their dotted state-dict names, so ``SpecModule(spec).load_state_dict(sd)`` takes the very state
 dicts that :func:`weightspace.ingest.from_module` returns.
 """
 
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weightspace.errors import UnsupportedLayerError
 from weightspace.spec import NetworkSpec, Op
 
 __all__ = ["SpecModule", "to_module", "apply_activation"]
@@ -38,6 +39,18 @@ def apply_activation(x: Tensor, attrs: Mapping) -> Tensor:
     if fn == "sine":  # SIREN: sin(w0 x), w0 recorded in the spec
         return torch.sin(float(attrs["w0"]) * x)
     raise ValueError(f"unknown activation {fn!r}")
+
+
+def _make_norm(op: Op) -> nn.Module:
+    """``nn.LayerNorm`` or ``nn.RMSNorm`` over the last dim, as a ``norm`` op describes it."""
+    a = op.attrs
+    size, affine = int(a["normalized_size"]), bool(a.get("affine", True))
+    if a["mode"] == "layer":
+        return nn.LayerNorm(
+            size, eps=float(a["eps"]), elementwise_affine=affine, bias=bool(a.get("bias", True))
+        )
+    eps = a.get("eps")
+    return nn.RMSNorm(size, eps=None if eps is None else float(eps), elementwise_affine=affine)
 
 
 def _make_layer(op: Op) -> nn.Module:
@@ -79,8 +92,11 @@ class SpecModule(nn.Module):
     def __init__(self, spec: NetworkSpec) -> None:
         super().__init__()
         self.spec = spec
-        for op in spec.layers:
-            _set_submodule(self, op.name, _make_layer(op))
+        for op in spec.ops:
+            if op.is_parametrised:
+                _set_submodule(self, op.name, _make_layer(op))
+            elif op.kind == "norm":
+                _set_submodule(self, op.name, _make_norm(op))
 
     def forward(self, x: Tensor) -> Tensor:
         values: dict[str, Tensor] = {}
@@ -90,7 +106,13 @@ class SpecModule(nn.Module):
                 values[op.name] = x
                 continue
             args = [values[name] for name in op.inputs]
-            if op.is_parametrised:
+            if op.kind == "norm" and args[0].dim() > 2:
+                raise UnsupportedLayerError(
+                    f"norm {op.name!r} reads a tensor of shape {list(args[0].shape)}: only a "
+                    "norm over the neurons of a (batch, features) tensor is supported, not over "
+                    "a spatial dimension"
+                )
+            if op.is_parametrised or op.kind == "norm":
                 y = self.get_submodule(op.name)(args[0])
             elif op.kind == "activation":
                 y = apply_activation(args[0], a)

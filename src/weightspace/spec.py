@@ -22,10 +22,17 @@ Op kinds and their ``attrs``:
 ``adaptive_pool`` ``mode``, ``dims``, ``output_size``.
 ``global_pool`` ``mode``: mean or max over every spatial position, giving ``(B, C)``.
 ``flatten``     none: ``x.flatten(1)``.
+``norm``        ``mode`` (``layer``: LayerNorm, ``rms``: RMSNorm), ``normalized_size`` (the
+                neurons normalised together: the last dim of a ``(B, C)`` tensor), ``eps``
+                (a float; ``None`` for RMSNorm's dtype default), ``affine`` (a ``weight`` of
+                shape ``(C,)``), ``bias`` (LayerNorm only: a ``bias`` of shape ``(C,)``).
 ==============  ==================================================================================
 
 Parametrised ops (``linear``, ``conv1d``, ``conv2d``) are named by their state-dict prefix, so a
-spec plus ``{f"{op.name}.weight": ..., f"{op.name}.bias": ...}`` is a complete model.
+spec plus ``{f"{op.name}.weight": ..., f"{op.name}.bias": ...}`` is a complete model. A ``norm``
+op is named the same way (its affine ``weight`` and ``bias``) but is not one of
+:attr:`NetworkSpec.layers`: it has no weight matrix, only one scale and shift per neuron
+(:mod:`weightspace.norm` gives the math and its graph form).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ __all__ = [
     "ACTIVATION_IDS",
     "PARAMETRISED_KINDS",
     "OP_KINDS",
+    "NORM_MODES",
     "SPEC_FORMAT_VERSION",
     "Op",
     "NetworkSpec",
@@ -86,7 +94,10 @@ OP_KINDS: frozenset[str] = PARAMETRISED_KINDS | {
     "adaptive_pool",
     "global_pool",
     "flatten",
+    "norm",
 }
+#: ``mode`` of a ``norm`` op: LayerNorm (centre and scale) or RMSNorm (scale only).
+NORM_MODES: tuple[str, ...] = ("layer", "rms")
 
 
 def _freeze(value: Any) -> Any:
@@ -218,16 +229,28 @@ class NetworkSpec:
         return tuple(op for op in self.ops if op.is_parametrised)
 
     @property
+    def norms(self) -> tuple[Op, ...]:
+        """The ``norm`` ops (LayerNorm, RMSNorm), in execution order."""
+        return tuple(op for op in self.ops if op.kind == "norm")
+
+    @property
     def num_outputs(self) -> int:
         return self.layers[-1].out_size
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """State-dict key → tensor shape, in layer order (weight, then bias)."""
         shapes: dict[str, tuple[int, ...]] = {}
-        for op in self.layers:
-            shapes[f"{op.name}.weight"] = op.weight_shape()
-            if op.attrs.get("bias", True):
-                shapes[f"{op.name}.bias"] = (op.out_size,)
+        for op in self.ops:
+            if op.is_parametrised:
+                shapes[f"{op.name}.weight"] = op.weight_shape()
+                if op.attrs.get("bias", True):
+                    shapes[f"{op.name}.bias"] = (op.out_size,)
+            elif op.kind == "norm":
+                size = (int(op.attrs["normalized_size"]),)
+                if op.attrs.get("affine", True):
+                    shapes[f"{op.name}.weight"] = size
+                    if op.attrs["mode"] == "layer" and op.attrs.get("bias", True):
+                        shapes[f"{op.name}.bias"] = size
         return shapes
 
     @property
@@ -255,6 +278,8 @@ class NetworkSpec:
                 parts.append(op.attrs["function"])
             elif op.kind in {"pool", "adaptive_pool", "global_pool"}:
                 parts.append(f"{op.attrs['mode']}{op.kind}")
+            elif op.kind == "norm":
+                parts.append(f"{op.attrs['mode']}norm{op.attrs['normalized_size']}")
             else:
                 parts.append(op.kind)
         return "-".join(parts)
@@ -289,6 +314,8 @@ class NetworkSpec:
                     )
                 if fn == "sine":
                     _check_w0(op)
+            if op.kind == "norm":
+                _check_norm(op)
             if op.is_parametrised:
                 required = (
                     ("in_features", "out_features")
@@ -371,6 +398,24 @@ def _check_w0(op: Op) -> None:
         )
 
 
+def _check_norm(op: Op) -> None:
+    """A norm needs a known mode, a positive size and a finite positive (or absent) eps."""
+    if len(op.inputs) != 1:
+        raise SpecError(f"op {op.name!r}: a norm reads exactly one tensor")
+    mode = op.attrs.get("mode")
+    if mode not in NORM_MODES:
+        raise SpecError(f"op {op.name!r}: norm mode {mode!r} is not one of {list(NORM_MODES)}")
+    size = op.attrs.get("normalized_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise SpecError(f"op {op.name!r}: normalized_size={size!r} must be a positive integer")
+    eps = op.attrs.get("eps")
+    if eps is None and mode == "rms":
+        return
+    ok = isinstance(eps, int | float) and not isinstance(eps, bool)
+    if not ok or not math.isfinite(float(eps)) or float(eps) <= 0:
+        raise SpecError(f"op {op.name!r}: {mode} norm eps={eps!r} must be a finite positive number")
+
+
 def _with_sine_defaults(ops: tuple[Op, ...]) -> tuple[Op, ...]:
     """Record SIREN's default ``w0`` on sine activations that lack one.
 
@@ -425,6 +470,8 @@ def mlp_spec(
     *,
     prefix: str = "",
     bias: bool = True,
+    norm: str | None = None,
+    eps: float = 1e-5,
 ) -> NetworkSpec:
     """The spec of ``nn.Sequential(Linear, act, Linear, act, ..., Linear)``.
 
@@ -433,7 +480,12 @@ def mlp_spec(
         activation: the activation between layers (none after the last).
         prefix: state-dict prefix (``""`` gives keys ``"0.weight"``, ``"2.weight"``, ...).
         bias: whether every layer has a bias.
+        norm: ``"layer"`` or ``"rms"`` to put an affine ``nn.LayerNorm`` / ``nn.RMSNorm`` after
+            every hidden layer, before its activation (``Linear, norm, act, Linear, ...``).
+        eps: the norms' epsilon.
     """
+    if norm is not None and norm not in NORM_MODES:
+        raise SpecError(f"norm must be one of {list(NORM_MODES)} or None, got {norm!r}")
     if len(sizes) < 2:
         raise SpecError("an MLP needs at least an input and an output size")
     ops = [Op("x", "input", (), {"shape": (int(sizes[0]),)})]
@@ -446,6 +498,14 @@ def mlp_spec(
         )
         prev = name
         index += 1
+        if i < len(sizes) - 2 and norm is not None:
+            norm_name = f"{prefix}{index}"
+            attrs = {"mode": norm, "normalized_size": n_out, "eps": eps, "affine": True}
+            if norm == "layer":
+                attrs["bias"] = True
+            ops.append(Op(norm_name, "norm", (prev,), attrs))
+            prev = norm_name
+            index += 1
         if i < len(sizes) - 2:
             act_name = f"{prefix}{index}"
             ops.append(Op(act_name, "activation", (prev,), {"function": activation}))

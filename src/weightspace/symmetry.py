@@ -240,6 +240,10 @@ def _not_scalable(layout: Layout, group: int, allowed: set[int]) -> str:
         g = layout.groups[group]
         where += f" (written by {g.producer!r})"
         blocking = sorted(g.activations - POSITIVELY_HOMOGENEOUS_ACTIVATIONS)
+        if g.normalised:
+            return (
+                f"{where} {_normalised_reason(layout, group)}; scalable groups: {sorted(allowed)}"
+            )
         if "sine" in blocking:
             return (
                 f"{where} feeds a sine activation: sin(w0·c·z) ≠ c·sin(w0·z), so a positive "
@@ -254,6 +258,18 @@ def _not_scalable(layout: Layout, group: int, allowed: set[int]) -> str:
     return (
         f"{where} does not admit positive rescaling (it must be hidden, untied and only see "
         f"ReLU/LeakyReLU/identity); scalable groups: {sorted(allowed)}"
+    )
+
+
+def _normalised_reason(layout: Layout, group: int) -> str:
+    """Why a group read by a LayerNorm/RMSNorm admits no per-neuron rescaling or sign flip."""
+    norms = [n for n in layout.norms if n.source == group]
+    names = ", ".join(
+        f"{n.name!r} ({'LayerNorm' if n.mode == 'layer' else 'RMSNorm'})" for n in norms
+    )
+    return (
+        f"is normalised by {names}: norm(D·z) ≠ D·norm(z) for a per-neuron diagonal D (the "
+        "mean and the norm mix all neurons), so only permutations are symmetries there"
     )
 
 
@@ -276,6 +292,12 @@ def flip_signs(
     layout = layout_of(spec)
     allowed = set(layout.sign_flippable_groups())
     for group, sign in signs.items():
+        if group not in allowed and 0 <= group < len(layout.groups):
+            if layout.groups[group].normalised:
+                raise SymmetryError(
+                    f"group {group} {_normalised_reason(layout, group)}; flippable groups: "
+                    f"{sorted(allowed)}"
+                )
         if group not in allowed:
             raise SymmetryError(
                 f"group {group} does not admit sign flips (it must be hidden, untied and only "

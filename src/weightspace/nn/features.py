@@ -29,7 +29,14 @@ from torch import Tensor, nn
 
 from weightspace.spec import ACTIVATIONS
 
-__all__ = ["ScalarFeatures", "NodeEmbedding", "EdgeEmbedding"]
+__all__ = ["ScalarFeatures", "NodeEmbedding", "EdgeEmbedding", "NUM_EDGE_KINDS"]
+
+#: Rows of the edge-kind table: weight, residual, LayerNorm, RMSNorm.
+NUM_EDGE_KINDS = 4
+# Kinds that existed before the norm kinds: their rows are drawn from the global RNG exactly as
+# before, the newer rows from a private generator, so a seeded encoder initialises as it did.
+_LEGACY_EDGE_KINDS = 2
+_NEW_KINDS_SEED = 20260101
 
 
 class ScalarFeatures(nn.Module):
@@ -244,8 +251,28 @@ class EdgeEmbedding(nn.Module):
         self.features = features
         self.weight = nn.Parameter(torch.empty(hidden, max_edge_features * features.num_features))
         self.bias = nn.Parameter(torch.empty(hidden))
-        self.kind = nn.Embedding(2, hidden)
+        # weight, residual, LayerNorm, RMSNorm (weightspace.graph's EDGE_* ids)
+        legacy = nn.Embedding(_LEGACY_EDGE_KINDS, hidden)  # the global RNG draws it always made
+        rows = torch.cat(
+            [legacy.weight.detach(), legacy.weight.new_zeros(NUM_EDGE_KINDS - 2, hidden)]
+        )
+        self.kind = nn.Embedding(NUM_EDGE_KINDS, hidden, _weight=rows)
         self.reset_parameters()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # Edge kinds are appended (the norm kinds came after weight and residual); an encoder
+        # saved before has fewer rows. Keep its rows and this module's fresh ones for the rest.
+        key = f"{prefix}kind.weight"
+        saved = state_dict.get(key)
+        current = self.kind.weight
+        if (
+            saved is not None
+            and saved.dim() == 2
+            and saved.shape[1] == current.shape[1]
+            and saved.shape[0] < current.shape[0]
+        ):
+            state_dict[key] = torch.cat([saved, current.detach()[saved.shape[0] :].to(saved)])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self) -> None:
         # Scale as if the layer saw only a 3x3 kernel's features, the common case.
@@ -253,7 +280,11 @@ class EdgeEmbedding(nn.Module):
         bound = 1.0 / math.sqrt(fan_in)
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
-        nn.init.normal_(self.kind.weight, std=0.5)
+        with torch.no_grad():
+            nn.init.normal_(self.kind.weight[:_LEGACY_EDGE_KINDS], std=0.5)
+            gen = torch.Generator().manual_seed(_NEW_KINDS_SEED)
+            extra = torch.randn(NUM_EDGE_KINDS - _LEGACY_EDGE_KINDS, self.hidden, generator=gen)
+            self.kind.weight[_LEGACY_EDGE_KINDS:] = 0.5 * extra.to(self.kind.weight)
 
     def forward(self, edge_attr: Tensor, edge_kind: Tensor) -> Tensor:
         return self.embed_weights(edge_attr) + self.attributes(edge_kind)

@@ -170,6 +170,13 @@ def _build_dense_plan(spec: NetworkSpec) -> DensePlan:
         residual_source.append(torch.arange(size) + layout.offsets[skip])
         residual_target.append(torch.arange(size) + layout.offsets[primary])
         start += size
+    for norm in layout.norms:  # diagonal edges like a residual's, after them (to_graph order)
+        size = layout.groups[norm.source].size
+        source, target = layout.offsets[norm.source], layout.offsets[norm.target]
+        residuals.append(DenseResidual(start, size, source, target))
+        residual_source.append(torch.arange(size) + source)
+        residual_target.append(torch.arange(size) + target)
+        start += size
     residual_source_t = (
         torch.cat(residual_source) if residual_source else torch.zeros(0, dtype=torch.long)
     )
