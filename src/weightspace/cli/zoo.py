@@ -27,7 +27,9 @@ def _split_names(values: list[str] | None) -> tuple[str, ...] | None:
 
 @zoo_app.command("generate")
 def generate(
-    preset: str = typer.Option(..., "--preset", help="tiny, small, medium or large."),
+    preset: str = typer.Option(
+        ..., "--preset", help="tiny, small, medium, large or wild-park-small."
+    ),
     out: Path = typer.Option(..., "--out", help="Zoo directory (an unfinished one resumes)."),
     tasks: list[str] | None = typer.Option(
         None, "--tasks", help="Tasks instead of the preset's (comma-separated or repeated)."
@@ -44,6 +46,15 @@ def generate(
     ),
     threads: int = typer.Option(
         1, "--threads", min=1, help="Torch threads per worker (1 is fastest on a busy machine)."
+    ),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Train shards as Ray tasks (pip install 'weightspace[distributed]'); OUT must be "
+        "shared by every node.",
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray cluster to join with --ray (default: a local one)."
     ),
 ) -> None:
     """Train a zoo of small networks; interrupted, the same command resumes."""
@@ -65,12 +76,50 @@ def generate(
         threads=threads,
         show_progress=True,
         console=console,
+        shard_runner=_ray_runner(ray_address, workers, threads) if ray else None,
     )
     info = zoo.info()
     console.print(
         f"[green]zoo ready[/] {out}: {info['runs']} runs, {info['checkpoints']} checkpoints, "
         f"{len(zoo.manifest.get('skipped', []))} skipped (diverged)"
     )
+
+
+def _ray_runner(address: str | None, workers: int, threads: int) -> object:
+    from weightspace.distributed.ray_zoo import ray_shard_runner
+
+    return ray_shard_runner(address, num_workers=workers, threads=threads)
+
+
+#: CLI option → keyword of the release importers (each format takes the ones it names).
+_FORMAT_OPTIONS = {
+    "--split-file": "split_file",
+    "--all-steps": "final_step",
+    "--drop-nonfinite": "drop_nonfinite",
+    "--activation": "activation",
+    "--image-size": "image_size",
+    "--w0": "w0",
+    "--num-classes": "num_classes",
+    "--accuracy-key": "accuracy_key",
+    "--task-name": "task",
+}
+
+
+def _release_options(release_format: str, given: dict[str, object]) -> dict[str, object]:
+    """The importer's keyword arguments from the options given, refusing those it lacks."""
+    import inspect
+
+    from weightspace.errors import WeightspaceError
+    from weightspace.zoo.formats import _importer
+
+    accepted = inspect.signature(_importer(release_format)).parameters
+    options: dict[str, object] = {}
+    for flag, value in given.items():
+        keyword = _FORMAT_OPTIONS[flag]
+        if keyword not in accepted:
+            raise WeightspaceError(f"{flag} does not apply to --format {release_format}")
+        options[keyword] = None if flag == "--all-steps" else value
+    return options
 
 
 @zoo_app.command("import")
@@ -89,19 +138,49 @@ def import_(
         None,
         "--format",
         help="Import a published release instead of your own sweep: small-cnn-zoo "
-        "(Unterthiner et al. 2020: weights.npy, metrics.csv.gz, layout.csv).",
+        "(Unterthiner et al. 2020: weights.npy, metrics.csv.gz, layout.csv), model-zoo "
+        "(Schürholt et al. 2022: a folder per model with params.json, result.json, "
+        "checkpoint_*/checkpoints), inr (DWSNets/NFN/Neural Graphs SIRENs: "
+        "*_{split}_{label}_{i}/checkpoints/*.pth), wild-park (Neural Graphs' CNN Wild Park: "
+        "cifar10_zooV2/*/*/checkpoint.pt).",
     ),
     split_file: Path | None = typer.Option(
         None,
         "--split-file",
-        help="small-cnn-zoo: the published shuffle order (NFN's *_split.csv), so train/val/test "
-        "match the published figures.",
+        help="The published split, so train/val/test match the published figures: "
+        "small-cnn-zoo: NFN's *_split.csv shuffle order; inr: mnist_splits.json / "
+        "fmnist_splits.json; wild-park: cnn_park_splits.json.",
     ),
     all_steps: bool = typer.Option(
         False, "--all-steps", help="small-cnn-zoo: keep every checkpoint, not only step 86."
     ),
     drop_nonfinite: bool = typer.Option(
-        False, "--drop-nonfinite", help="small-cnn-zoo: leave out NaN/Inf rows instead of failing."
+        False, "--drop-nonfinite", help="--format: leave out NaN/Inf models instead of failing."
+    ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", min=1, help="small-cnn-zoo, model-zoo, wild-park: input side."
+    ),
+    w0: float | None = typer.Option(
+        None, "--w0", help="inr: the SIRENs' sine frequency (default 30, as DWSNets)."
+    ),
+    num_classes: int | None = typer.Option(
+        None, "--num-classes", min=2, help="inr: declared image classes (default 10)."
+    ),
+    accuracy_key: str | None = typer.Option(
+        None, "--accuracy-key", help="model-zoo: result.json field of test accuracy (test_acc)."
+    ),
+    task_name: str | None = typer.Option(
+        None,
+        "--task-name",
+        help="Name of the zoo's task (default: the release's dataset or directory name; "
+        "'unknown' for a sweep without a task column).",
+    ),
+    task_data: Path | None = typer.Option(
+        None,
+        "--task-data",
+        help="DATA.npz with x_train, y_train, x_test, y_test (+ x_val, y_val, num_classes): the "
+        "task's data, stored in the zoo so chance levels, probes, L/F retrieval and the "
+        "function head work as for built-in tasks. Read without pickle; nothing is executed.",
     ),
     activation: str | None = typer.Option(
         None, "--activation", help="Activation between layers of plain Sequential checkpoints."
@@ -121,11 +200,12 @@ def import_(
     ),
 ) -> None:
     """Turn your own sweep (checkpoint files + metrics table), or a published release
-    (--format small-cnn-zoo SOURCE), into a zoo.
+    (--format NAME SOURCE), into a zoo.
 
     Every row is checked before anything is written: accuracies in [0, 1], whole epochs >= 0,
     files inside --checkpoints, no file twice, readable checkpoints.
     Bad rows are listed with their line and nothing is written, unless --skip-bad-rows.
+    A malformed release is refused with one line naming the file and the field.
     """
     from rich.console import Console
     from rich.table import Table
@@ -133,8 +213,10 @@ def import_(
 
     from weightspace.errors import WeightspaceError
     from weightspace.zoo.importer import import_zoo, parse_mapping
+    from weightspace.zoo.task_data import read_task_data
 
     console = Console(stderr=True)
+    data = read_task_data(task_data) if task_data is not None else None
     if release_format is not None:
         if source is None or checkpoints is not None or metrics is not None:
             raise WeightspaceError(
@@ -147,12 +229,21 @@ def import_(
             )
         from weightspace.zoo.formats import import_release
 
-        options: dict = {"split_file": split_file, "drop_nonfinite": drop_nonfinite}
-        if all_steps:
-            options["final_step"] = None
-        if activation is not None:
-            options["activation"] = activation
-        zoo = import_release(release_format, source, out, **options)
+        given = {
+            "--split-file": split_file,
+            "--all-steps": all_steps or None,
+            "--drop-nonfinite": drop_nonfinite or None,
+            "--activation": activation,
+            "--image-size": image_size,
+            "--w0": w0,
+            "--num-classes": num_classes,
+            "--accuracy-key": accuracy_key,
+            "--task-name": task_name,
+        }
+        options = _release_options(
+            release_format, {k: v for k, v in given.items() if v is not None}
+        )
+        zoo = import_release(release_format, source, out, task_data=data, **options)
         splits = zoo.manifest.get("splits", {})
         console.print(
             Text.assemble(
@@ -173,8 +264,18 @@ def import_(
             "zoo import needs --checkpoints DIR --metrics TABLE (your own sweep), or "
             "--format NAME SOURCE (a published release)"
         )
-    if split_file is not None or all_steps or drop_nonfinite:
-        raise WeightspaceError("--split-file, --all-steps and --drop-nonfinite need --format")
+    format_only = {
+        "--split-file": split_file,
+        "--all-steps": all_steps,
+        "--drop-nonfinite": drop_nonfinite,
+        "--image-size": image_size,
+        "--w0": w0,
+        "--num-classes": num_classes,
+        "--accuracy-key": accuracy_key,
+    }
+    used = [flag for flag, value in format_only.items() if value]
+    if used:
+        raise WeightspaceError(f"{', '.join(used)} need --format")
     zoo, skipped = import_zoo(
         checkpoints,
         metrics,
@@ -185,6 +286,8 @@ def import_(
         rename=parse_mapping(mapping),
         skip_bad_rows=skip_bad_rows,
         console=console,
+        task=task_name,
+        task_data=data,
     )
     console.print(Text.assemble(("imported", "green"), f" {len(zoo)} checkpoints into {out}"))
     if skipped:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -243,6 +243,11 @@ def _run_shard_in_worker(
     return shard.name, run_shard(root, shard, settings, device)
 
 
+#: ``runner(root, shards, settings, device)`` trains and writes (:func:`run_shard`) each shard,
+#: yielding its name when done.
+ShardRunner = Callable[[Path, Sequence[ShardPlan], TrainSettings, str], Iterable[str]]
+
+
 def generate_zoo(
     out: str | Path,
     preset: Preset,
@@ -254,6 +259,7 @@ def generate_zoo(
     show_progress: bool = True,
     console: Any = None,
     on_shard_done: Callable[[str], None] | None = None,
+    shard_runner: ShardRunner | None = None,
 ) -> Zoo:
     """Generate (or resume) the zoo of ``preset`` in ``out`` and return it opened.
 
@@ -268,6 +274,9 @@ def generate_zoo(
             20× slower on a loaded 2-core box); use ``workers`` to occupy more cores.
         show_progress: draw a Rich progress bar with ETA.
         on_shard_done: called with each finished shard's name (tests use it to interrupt).
+        shard_runner: trains the unfinished shards elsewhere, yielding each one's name once
+            written (e.g. :func:`weightspace.distributed.ray_zoo.ray_shard_runner`); default:
+            this machine, ``workers`` processes.
 
     Raises:
         ZooError: ``out`` holds a different zoo (other config or an imported zoo).
@@ -313,6 +322,7 @@ def generate_zoo(
     write_manifest(root, manifest)
 
     todo = [s for s in shards if not _shard_done(root, s)]
+    shard_by_name, epochs = {s.name: s for s in todo}, preset.settings.epochs
     total = sum(len(s.runs) for s in shards) * preset.settings.epochs
     done = total - sum(len(s.runs) for s in todo) * preset.settings.epochs
     started = time.perf_counter()
@@ -321,7 +331,12 @@ def generate_zoo(
     with _progress(show_progress, console) as progress, _restore_threads(previous_threads):
         bar = progress.add_task(f"zoo {preset.name}", total=total, completed=done)
         advance: Callable[[int], None] = lambda n: progress.update(bar, advance=n)  # noqa: E731
-        if workers <= 1 or len(todo) <= 1:
+        if shard_runner is not None:
+            for name in shard_runner(root, todo, preset.settings, device):
+                progress.update(bar, advance=len(shard_by_name[name].runs) * epochs)
+                if on_shard_done is not None:
+                    on_shard_done(name)
+        elif workers <= 1 or len(todo) <= 1:
             for shard in todo:
                 progress.update(bar, description=f"{shard.task} {shard.arch}")
                 run_shard(root, shard, preset.settings, device, advance)

@@ -158,12 +158,16 @@ def import_zoo(
     skip_bad_rows: bool = False,
     show_progress: bool = True,
     console: Any = None,
+    task: str | None = None,
+    task_data: Any = None,
 ) -> tuple[Zoo, list[dict[str, Any]]]:
     """Import a sweep into a new zoo at ``out``; returns the zoo and the skipped rows.
 
     Each skipped row is ``{"row", "line", "file", "problem"}`` (``row`` 0-based among the data
     rows, ``line`` the CSV line with the header as line 1, ``None`` for parquet); it is empty
-    unless ``skip_bad_rows``.
+    unless ``skip_bad_rows``. ``task`` names the task of rows the table gives none (default
+    ``"unknown"``); ``task_data`` (a validated :class:`~weightspace.zoo.task_data.TaskData`) is
+    stored in the zoo under its one task's name, so that task resolves like a built-in one.
 
     Raises:
         MetricsTableError: some rows are bad (every one listed) and ``skip_bad_rows`` is off.
@@ -178,6 +182,13 @@ def import_zoo(
     _check_out(out)
     table = read_metrics_table(metrics, rename)
     valid, bad = validate_rows(table, checkpoints)
+    default_task = task or "unknown"
+    if task_data is not None:
+        from weightspace.zoo.task_data import task_name_for
+
+        task_name_for(
+            [row.task if row.task is not None else default_task for row in valid], task_data
+        )
     accepted: list[tuple[ValidRow, str, Any, dict[str, torch.Tensor]]] = []
     used: set[str] = set()
 
@@ -218,12 +229,15 @@ def import_zoo(
             "model": model,
             "map": dict(rename or {}),
             "skip_bad_rows": skip_bad_rows,
+            "task": task,
         },
         "versions": library_versions(),
         "failed": skipped,
         "skipped": [],
     }
-    _write_directory(out, lambda tmp: _write_zoo(tmp, table, accepted, manifest))
+    _write_directory(
+        out, lambda tmp: _write_zoo(tmp, table, accepted, manifest, default_task, task_data)
+    )
     return Zoo.open(out), skipped
 
 
@@ -232,8 +246,11 @@ def _write_zoo(
     table: Any,
     accepted: list[tuple[ValidRow, str, Any, dict[str, torch.Tensor]]],
     manifest: dict[str, Any],
+    default_task: str = "unknown",
+    task_data: Any = None,
 ) -> None:
-    """Shards (one architecture each), the checkpoint table and the manifest, into ``root``."""
+    """Shards (one architecture each), the checkpoint table and the manifest (and the task's
+    data, when given), into ``root``."""
     by_spec: dict[str, list[tuple[ValidRow, str, dict[str, torch.Tensor]]]] = {}
     for row, checkpoint_id, resolved, state in accepted:
         by_spec.setdefault(resolved.to_json(), []).append((row, checkpoint_id, state))
@@ -252,7 +269,11 @@ def _write_zoo(
                 {"format": "weightspace-zoo", "spec": spec_json, "weights_form": "spec"},
             )
             for row, checkpoint_id, state in chunk:
-                records.append(_imported_row(row, checkpoint_id, spec_json, summary, shard, state))
+                records.append(
+                    _imported_row(
+                        row, checkpoint_id, spec_json, summary, shard, state, default_task
+                    )
+                )
     records.sort(key=lambda r: r["source_row"])
     core = pd.DataFrame(records)
     core["epoch"] = core["epoch"].astype("Int64")
@@ -264,6 +285,13 @@ def _write_zoo(
             metadata[column] = [row.accuracies.get(column, math.nan) for row in rows]
     result = pd.concat([core, _metadata_columns(metadata, core)], axis=1)
     write_table(root / TABLE, result)
+    if task_data is not None:
+        from weightspace.zoo.task_data import store_task_data, task_name_for
+
+        manifest = {
+            **manifest,
+            "task_data": store_task_data(root, task_name_for(result["task"]), task_data),
+        }
     manifest = {
         **manifest,
         "num_runs": int(result["run_id"].nunique()),
@@ -300,12 +328,13 @@ def _imported_row(
     summary: str,
     shard: str,
     state: Mapping[str, torch.Tensor],
+    default_task: str = "unknown",
 ) -> dict[str, Any]:
     return {
         "checkpoint_id": checkpoint_id,
         "run_id": row.run if row.run is not None else checkpoint_id,
         "epoch": row.epoch,
-        "task": row.task if row.task is not None else "unknown",
+        "task": row.task if row.task is not None else default_task,
         "arch": summary,
         "spec": spec_json,
         "shard": shard,

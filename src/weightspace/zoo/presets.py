@@ -8,7 +8,16 @@ preset      contents                                                        mean
                                                                             2 CPU cores)
 ``medium``  5 tasks, 14 architectures, 96 runs, 20 epochs (~22k ckpts)      a workstation
 ``large``   5 tasks, 26 architectures, 256 runs, 30 epochs (~118k ckpts)   a GPU
+``wild-     digits, 45 heterogeneous 2-D CNNs (width 4/8/16, depth 2–4,      held-out-
+park-       relu/tanh/gelu, with and without residual blocks), 16 runs,      architecture
+small``     20 epochs (~4.3k ckpts)                                          benchmarks
 ==========  ===============================================================  ===================
+
+``wild-park-small`` is the offline stand-in for Neural Graphs' CNN Wild Park
+(:mod:`weightspace.zoo.formats.wild_park`): one task, architectures varying in width, depth,
+activation and residual connections. It covers less than the published park: the architecture
+registry has kernel 3 only and depth at most 4 (the park: kernels 3/5/7, depth 2–5, and residuals
+from any earlier layer).
 
 A preset's architectures apply to every task that supports their family (MLPs everywhere, 2-D
 CNNs on ``digits``, 1-D CNNs on ``mnist1d``).
@@ -25,6 +34,16 @@ __all__ = ["PRESETS", "Preset", "get_preset", "list_presets"]
 
 DEFAULT_TASKS = ("digits", "mnist1d", "wine", "breast-cancer", "synthetic-0")
 CHECKPOINTS_20 = (0, 1, 2, 5, 10, 20)
+#: ``wild-park-small``: every width × depth × activation, and the residual variant where the
+#: registry allows one (depth ≥ 3).
+WILD_PARK_SMALL_ARCHS = tuple(
+    f"cnn2d-c{width}-d{depth}{flags}-{activation}"
+    for width in (4, 8, 16)
+    for depth in (2, 3, 4)
+    for flags in ("", "-res")
+    for activation in ("relu", "tanh", "gelu")
+    if not (flags and depth < 3)
+)
 
 
 @dataclass(frozen=True)
@@ -149,6 +168,16 @@ PRESETS: dict[str, Preset] = {
                 epochs=30, checkpoint_epochs=(0, 1, 2, 5, 10, 20, 30), batch_size=32
             ),
             runs_per_shard=256,
+        ),
+        Preset(
+            name="wild-park-small",
+            description="heterogeneous CNNs on digits (width, depth, activation, residual): "
+            "the offline stand-in for the CNN Wild Park",
+            tasks=("digits",),
+            archs=WILD_PARK_SMALL_ARCHS,
+            runs=16,
+            settings=TrainSettings(epochs=20, checkpoint_epochs=CHECKPOINTS_20, batch_size=32),
+            runs_per_shard=16,
         ),
     )
 }

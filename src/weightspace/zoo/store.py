@@ -217,6 +217,10 @@ class Zoo:
             raise ZooError(f"{table_path}: missing columns {missing}")
         if table["checkpoint_id"].duplicated().any():
             raise ZooError(f"{table_path}: duplicate checkpoint ids")
+        if manifest.get("task_data"):  # an imported zoo's own task: resolvable by its name
+            from weightspace.zoo.task_data import register_zoo_task_data
+
+            register_zoo_task_data(root, manifest["task_data"])
         return cls(root, manifest, table)
 
     # ------------------------------------------------------------------ table helpers

@@ -14,6 +14,10 @@ name                          inputs  classes   samples  architectures
 from the ``mnist1d`` package's procedural generator (never its download path);
 ``synthetic-<seed>`` is ``sklearn.datasets.make_classification`` with ``random_state=seed``.
 
+An imported zoo's own task (``zoo import --task-data DATA.npz``, :mod:`weightspace.zoo.task_data`)
+is registered with :func:`register_task_data` when the zoo is opened: its splits are the file's,
+and its inputs are used as stored (not standardised), since the zoo's models were trained on them.
+
 Every task is split once into train/val/test (60/20/20, stratified, ``random_state=0``) and its
 features are standardised with the training split's per-feature mean and standard deviation
 (``x ← (x − μ_train) / σ_train``, σ = 1 where a feature is constant). The split is recorded in the
@@ -29,6 +33,7 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,7 +42,14 @@ from torch import Tensor
 from weightspace.errors import WeightspaceError
 from weightspace.zoo.architectures import UnknownNameError, _suggest
 
-__all__ = ["Task", "get_task", "list_tasks", "register_task"]
+__all__ = [
+    "Task",
+    "get_task",
+    "is_builtin_task",
+    "list_tasks",
+    "register_task",
+    "register_task_data",
+]
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 SPLIT_SEED = 0
@@ -115,6 +127,85 @@ _LOADERS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, tuple[int, ...]]]
 _IMAGE_DIMS: dict[str, int] = {"digits": 2, "mnist1d": 1, "wine": 0, "breast-cancer": 0}
 
 
+#: Tasks whose data an imported zoo carries: name → (``.npz`` path, content digest).
+_DATA_TASKS: dict[str, tuple[Path, str]] = {}
+
+
+def is_builtin_task(name: str) -> bool:
+    """Whether ``name`` is a task weightspace generates itself (or one registered in code)."""
+    return name in _LOADERS or re.fullmatch(r"synthetic-(\d+)", name) is not None
+
+
+def register_task_data(name: str, path: str | Path, sha256: str) -> None:
+    """Register the task-data file ``path`` (checked against ``sha256``) under ``name``.
+
+    Registering the same data again is a no-op; other data under a name already taken is
+    refused, so one name never means two datasets in one process.
+
+    Raises:
+        WeightspaceError: ``name`` is a built-in task, is taken by other data, or the file's
+            content digest (:func:`~weightspace.zoo.task_data.content_digest`) differs from
+            ``sha256`` (the zoo was modified).
+    """
+    path = Path(path)
+    if is_builtin_task(name):
+        raise WeightspaceError(
+            f"{path}: task data cannot be registered under the built-in {name!r}"
+        )
+    known = _DATA_TASKS.get(name)
+    if known is not None and known[1] == sha256:
+        return
+    if known is not None:
+        raise WeightspaceError(
+            f"{path}: task {name!r} is already registered with other data ({known[0]}); "
+            "open zoos whose tasks share a name but not their data in separate processes"
+        )
+    from weightspace.zoo.task_data import content_digest
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            digest = content_digest({key: archive[key] for key in archive.files})
+    except Exception as exc:
+        raise WeightspaceError(f"{path}: task data unreadable ({exc})") from None
+    if digest != sha256:
+        raise WeightspaceError(
+            f"{path}: task data does not match the SHA-256 recorded in the zoo's manifest"
+        )
+    _DATA_TASKS[name] = (path, sha256)
+
+
+def registered_task_digest(name: str) -> str | None:
+    """The content digest of the task data registered under ``name``, if any."""
+    known = _DATA_TASKS.get(name)
+    return None if known is None else known[1]
+
+
+def _data_task(name: str) -> Task:
+    """The :class:`Task` of registered task data (splits as stored, inputs flattened)."""
+    path, _ = _DATA_TASKS[name]
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    shape = tuple(int(s) for s in arrays["x_train"].shape[1:])
+    image_shape = (
+        shape if len(shape) == 2 else shape[1:] if len(shape) == 3 and shape[0] == 1 else ()
+    )
+    features, labels, indices, offset = {}, {}, {}, 0
+    for split in ("train", "val", "test"):
+        x = arrays[f"x_{split}"].astype(np.float32)
+        features[split] = torch.from_numpy(x.reshape(len(x), -1))
+        labels[split] = torch.from_numpy(arrays[f"y_{split}"].astype(np.int64))
+        indices[split] = np.arange(offset, offset + len(x))
+        offset += len(x)
+    return Task(
+        name=name,
+        features=features,
+        labels=labels,
+        num_classes=int(arrays["num_classes"]),
+        image_shape=image_shape,
+        split_indices=indices,
+    )
+
+
 def task_families(name: str) -> tuple[str, ...]:
     """Architecture families task ``name`` supports (validates the name; loads data only for
     user-registered tasks)."""
@@ -143,7 +234,7 @@ def register_task(
 
 def list_tasks(pattern: str = "*") -> list[str]:
     """Registered task names matching ``pattern``; ``synthetic-<seed>`` stands for the family."""
-    names = [*_LOADERS, "synthetic-<seed>"]
+    names = [*_LOADERS, *_DATA_TASKS, "synthetic-<seed>"]
     return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
 
 
@@ -232,6 +323,8 @@ def get_task(name: str) -> Task:
     Raises:
         UnknownNameError: the name is not registered; the message lists the valid names.
     """
+    if name in _DATA_TASKS:
+        return _data_task(name)
     match = re.fullmatch(r"synthetic-(\d+)", name)
     if match:
         x, y, image_shape = _load_synthetic(int(match[1]))

@@ -232,6 +232,8 @@ def import_release(
     drop_nonfinite: bool = False,
     activation: str = "relu",
     image_size: int | None = None,
+    task: str | None = None,
+    task_data: Any = None,
 ) -> Any:
     """Import one dataset's Small CNN Zoo release at ``source`` into a new zoo at ``out``.
 
@@ -244,6 +246,8 @@ def import_release(
         drop_nonfinite: leave out kept rows holding NaN/Inf instead of refusing the release.
         activation: used when the metrics lack ``config.activation``.
         image_size: input side, when ``config.dataset`` is absent or unknown.
+        task: the task name (default: ``config.dataset``, else the directory's name).
+        task_data: validated task data to store in the zoo (``--task-data``).
 
     Returns:
         The opened :class:`~weightspace.zoo.store.Zoo`.
@@ -318,7 +322,8 @@ def import_release(
 
     kept_metrics = metrics.iloc[keep].reset_index(drop=True)
     archs = _row_architectures(kept_metrics, metrics_path, activation)
-    task, size = _task_and_size(metrics, source, image_size)
+    dataset, size = _task_and_size(metrics, source, image_size)
+    task = task or dataset
     specs = {
         arch: small_cnn_spec(layers, arch[0], size, source / "layout.csv", stride=arch[1])
         for arch in sorted(set(archs))
@@ -403,5 +408,5 @@ def import_release(
         "skipped": [],
         "import_seconds": round(time.perf_counter() - started, 3),
     }
-    write_zoo(out, shards, table, manifest)
+    write_zoo(out, shards, table, manifest, task_data=task_data)
     return Zoo.open(out)
