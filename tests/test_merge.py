@@ -174,3 +174,92 @@ def test_the_registry_records_which_methods_use_data() -> None:
 
     uses = {name: method.uses_data for name, method in MERGE_METHODS.items()}
     assert uses == {"average": False, "rebasin": False, "ensemble": False, "embedding": True}
+
+
+# ---------------------------------------------------------------------------------------------
+# more than two models, weights, and the default method's fallback
+# ---------------------------------------------------------------------------------------------
+def test_average_of_k_models_is_the_weighted_mean() -> None:
+    from weightspace.synthesis import merge_models
+
+    spec = build("mlp", "relu")
+    states = [make_state_dict(spec, seed=s) for s in (1, 2, 3)]
+    result = merge_models("average", [(spec, s) for s in states], [2.0, 1.0, 1.0])
+    for key in states[0]:
+        expected = 0.5 * states[0][key] + 0.25 * states[1][key] + 0.25 * states[2][key]
+        torch.testing.assert_close(result.state_dict[key], expected)
+    assert result.info["weights"] == [0.5, 0.25, 0.25]
+
+
+def test_two_model_weights_match_alpha_exactly() -> None:
+    from weightspace.synthesis import merge_models
+
+    spec = build("mlp", "tanh")
+    a, b = make_state_dict(spec, seed=1), make_state_dict(spec, seed=2)
+    for method in ("average", "rebasin"):
+        by_alpha = merge(method, spec, a, spec, b, 0.25)
+        by_weights = merge_models(method, [(spec, a), (spec, b)], [0.75, 0.25])
+        for key in a:
+            torch.testing.assert_close(by_weights.state_dict[key], by_alpha.state_dict[key])
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn1d_residual"])
+def test_rebasin_of_k_permuted_copies_recovers_the_model(arch: str) -> None:
+    """Every model is aligned onto the first, so K hidden-neuron permutations of one model
+    merge back to it; naive averaging of the same copies does not."""
+    from weightspace.symmetry import random_permutation
+    from weightspace.synthesis import merge_models
+
+    spec = build(arch, "relu")
+    a = make_state_dict(spec, seed=4)
+    copies = [
+        a,
+        *(random_permutation(spec, a, torch.Generator().manual_seed(s))[0] for s in (1, 2)),
+    ]
+    x = make_inputs(spec)
+    expected = to_module(spec, a)(x)
+    merged = merge_models("rebasin", [(spec, s) for s in copies])
+    torch.testing.assert_close(to_module(spec, merged.state_dict)(x), expected)
+    naive = merge_models("average", [(spec, s) for s in copies])
+    assert not torch.allclose(to_module(spec, naive.state_dict)(x), expected, atol=1e-3)
+
+
+def test_k_model_ensemble_and_refusals() -> None:
+    from weightspace.synthesis import merge_models
+
+    spec = build("mlp", "relu")
+    states = [make_state_dict(spec, seed=s) for s in (1, 2, 3)]
+    result = merge_models("ensemble", [(spec, s) for s in states])
+    assert result.spec == ensemble_spec(spec, 3)
+    x = make_inputs(spec)
+    expected = sum(to_module(spec, s)(x) for s in states) / 3
+    torch.testing.assert_close(to_module(result.spec, result.state_dict)(x), expected)
+    with pytest.raises(SynthesisError, match="at least two"):
+        merge_models("average", [(spec, states[0])])
+    with pytest.raises(SynthesisError, match="3 models but 2 weights"):
+        merge_models("average", [(spec, s) for s in states], [0.5, 0.5])
+    for bad in ([1.0, -1.0, 1.0], [1.0, float("nan"), 1.0]):
+        with pytest.raises(SynthesisError, match="weight 2 must be a finite number >= 0"):
+            merge_models("average", [(spec, s) for s in states], bad)
+    with pytest.raises(SynthesisError, match="all zero"):
+        merge_models("average", [(spec, s) for s in states], [0, 0, 0])
+    with pytest.raises(SynthesisError, match="model 3 .task 'digits'."):
+        merge_models("average", [(spec, s) for s in states], tasks=["wine", None, "digits"])
+    other = mlp_spec([5, 9, 3])
+    with pytest.raises(SynthesisError, match="architectures differ"):
+        merge_models(
+            "average", [(spec, states[0]), (spec, states[1]), (other, make_state_dict(other))]
+        )
+
+
+def test_default_method_falls_back_without_a_decoder() -> None:
+    from weightspace.synthesis.merge import DEFAULT_METHOD, FALLBACK_METHOD, choose_merge_method
+
+    assert choose_merge_method(None, has_decoder=True) == (DEFAULT_METHOD, None)
+    method, note = choose_merge_method(None, has_decoder=False)
+    assert method == FALLBACK_METHOD == "rebasin" and "weight matching" in note
+    assert choose_merge_method("average", has_decoder=False) == ("average", None)
+    with pytest.raises(SynthesisError, match="needs an encoder directory with a trained decoder"):
+        choose_merge_method("embedding", has_decoder=False)  # named explicitly: an error
+    with pytest.raises(SynthesisError, match="valid: average"):
+        choose_merge_method("soup", has_decoder=True)

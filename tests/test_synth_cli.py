@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -107,6 +109,114 @@ def test_merge_refuses_other_suffixes_before_any_work(
     assert code == 1 and "Traceback" not in err
     assert "unknown output type" in err and ".safetensors" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def umask_022() -> object:
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_merge_outputs_are_readable_by_others(
+    pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], umask_022: object,
+    suffix: str,
+) -> None:  # fmt: skip
+    a, b = pair
+    out = tmp_path / f"merged{suffix}"
+    code, _, err = _cli(capsys, "merge", str(a), str(b), "--method", "average", "--out", str(out))
+    assert code == 0, err
+    written = [out] + ([tmp_path / "merged.spec.json"] if suffix == ".pt" else [])
+    assert [stat.S_IMODE(p.stat().st_mode) for p in written] == [0o644] * len(written)
+
+
+# ---------------------------------------------------------------------------------------------
+# merge: the default method without a decoder, more than two models
+# ---------------------------------------------------------------------------------------------
+def _synthesis_info(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads(handle.metadata()["weightspace_synthesis"])
+
+
+@pytest.mark.parametrize("with_encoder", [False, True])
+def test_default_merge_falls_back_to_weight_matching_without_a_decoder(
+    pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    with_encoder: bool,
+) -> None:  # fmt: skip
+    a, b = pair
+    extra = []
+    if with_encoder:  # an encoder directory without a decoder falls back the same way
+        tiny_encoder().save(tmp_path / "encoder")
+        extra = ["--encoder", str(tmp_path / "encoder")]
+    out = tmp_path / "m.safetensors"
+    code, stdout, err = _cli(capsys, "merge", str(a), str(b), "--out", str(out), *extra)
+    assert code == 0, err
+    assert err.count("weight matching") == 1 and "--method rebasin" in " ".join(err.split())
+    assert "rebasin merge" in stdout
+    info = _synthesis_info(out)
+    assert info["method"] == "rebasin" and "fallback" in info
+    reference = tmp_path / "r.safetensors"
+    code, _, err = _cli(
+        capsys, "merge", str(a), str(b), "--method", "rebasin", "--out", str(reference)
+    )
+    assert code == 0 and "weight matching" not in err  # named explicitly: no note
+    _, merged = load_checkpoint(out)
+    _, expected = load_checkpoint(reference)
+    assert all(torch.equal(merged[k], expected[k]) for k in expected)
+
+
+def test_named_embedding_merge_without_a_decoder_fails_before_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _cli(
+        capsys, "merge", str(tmp_path / "missing-a.pt"), str(tmp_path / "missing-b.pt"),
+        "--method", "embedding", "--out", str(tmp_path / "m.safetensors"),
+    )  # fmt: skip
+    assert code == 1 and "Traceback" not in err
+    assert "trained decoder" in err and "missing-a" not in err
+
+
+def test_merge_of_three_models_with_weights(
+    pair: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = pair
+    c = tmp_path / "c.safetensors"
+    save_checkpoint(c, SPEC, make_state_dict(SPEC, seed=3), {"task": "wine"})
+    out = tmp_path / "m.safetensors"
+    code, stdout, err = _cli(
+        capsys, "merge", str(a), str(b), str(c), "--method", "average", "--weights", "2,1,1",
+        "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "3 models" in stdout
+    states = [load_checkpoint(p)[1] for p in (a, b, c)]
+    _, merged = load_checkpoint(out)
+    for key in merged:
+        expected = 0.5 * states[0][key] + 0.25 * states[1][key] + 0.25 * states[2][key]
+        torch.testing.assert_close(merged[key], expected)
+    assert _synthesis_info(out)["models"] == [str(a), str(b), str(c)]
+    refusals = {
+        ("--alpha", "0.3"): "--alpha interpolates two models",
+        ("--weights", "1,1"): "3 models but 2 weights",
+        ("--weights", "1,x,1"): "--weights takes numbers",
+        ("--weights", "1,-1,1"): "weight 2 must be a finite number >= 0",
+    }
+    for flags, message in refusals.items():
+        code, _, err = _cli(
+            capsys, "merge", str(a), str(b), str(c), "--method", "average", *flags,
+            "--out", str(tmp_path / "bad.safetensors"),
+        )  # fmt: skip
+        assert code != 0 and message in " ".join(err.split()), (flags, err)
+        assert "Traceback" not in err
+    code, _, err = _cli(
+        capsys, "merge", str(a), str(b), "--alpha", "0.3", "--weights", "1,1",
+        "--out", str(tmp_path / "bad.safetensors"),
+    )  # fmt: skip
+    assert code == 1 and "give only one" in err
+    code, _, err = _cli(capsys, "merge", str(a), "--out", str(tmp_path / "bad.safetensors"))
+    assert code == 1 and "at least two checkpoints" in err
+    assert not (tmp_path / "bad.safetensors").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,3 +362,17 @@ def test_sample_drops_samples_that_decode_to_nan(
     index = _strict_json(out / "samples.json")
     assert [row["file"] is None for row in index] == [False, True, False, True]
     assert len(list(out.glob("*.safetensors"))) == 2 and "2 samples" in err
+
+
+def test_default_merge_uses_the_decoder_when_there_is_one(
+    synthesis_setup: tuple[Path, Path], pair: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    encoder, _ = synthesis_setup
+    a, b = pair
+    out = tmp_path / "m.safetensors"
+    code, stdout, err = _cli(capsys, "merge", str(a), str(b), "--encoder", str(encoder),
+                             "--out", str(out))  # fmt: skip
+    assert code == 0, err
+    assert "embedding merge" in stdout and "weight matching" not in err
+    assert _synthesis_info(out)["method"] == "embedding"

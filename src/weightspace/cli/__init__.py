@@ -20,7 +20,7 @@ __all__ = ["app", "main"]
 #: command modules: each imports only Typer and its option types at module level and defers
 #: the implementation (torch, PyG, FAISS, ...) to the command body, so ``--help`` and
 #: ``--version`` never load torch
-_COMMAND_MODULES = ("inspect", "convert", "zoo", "train", "index", "bench", "synth")
+_COMMAND_MODULES = ("inspect", "convert", "zoo", "train", "index", "bench", "predict", "synth")
 
 #: command (or command group) name → the module that registers it, so ``weightspace NAME ...``
 #: builds only that module's commands; a name missing here falls back to registering them all
@@ -35,7 +35,7 @@ _COMMAND_OWNERS: dict[str, str] = {
     "search": "index",
     "serve": "index",
     "bench": "bench",
-    "predict": "bench",
+    "predict": "predict",
     "merge": "synth",
     "sample": "synth",
     "train-decoder": "synth",

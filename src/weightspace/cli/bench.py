@@ -8,13 +8,6 @@ from typing import Annotated
 import typer
 
 from weightspace.cli.app import app
-from weightspace.cli.options import (
-    Activation,
-    AllowNonfinite,
-    ModelFactory,
-    SpecFile,
-    architecture_kwargs,
-)
 
 
 @app.command()
@@ -189,57 +182,3 @@ def bench(
 
 def _items(text: str | None) -> tuple[str, ...]:
     return tuple(i for i in (s.strip() for s in (text or "").split(",")) if i)
-
-
-@app.command()
-def predict(
-    file: Annotated[Path, typer.Argument(help="Checkpoint: .safetensors, .pt or .pth.")],
-    encoder: Annotated[
-        Path, typer.Option("--encoder", help="Encoder directory (weightspace train).")
-    ],
-    activation: Activation = None,
-    spec: SpecFile = None,
-    model: ModelFactory = None,
-    allow_nonfinite: AllowNonfinite = False,
-    k: Annotated[int, typer.Option("-k", "--neighbours", help="Nearest zoo models to list.")] = 5,
-    coverage: Annotated[
-        float, typer.Option("--coverage", help="Conformal interval coverage.")
-    ] = 0.9,
-    device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Predict a checkpoint's test accuracy from its weights alone, with a split-conformal
-    interval (calibrated on the encoder's validation runs) and the nearest zoo models."""
-    import json
-
-    from weightspace.predict import predict_checkpoint
-
-    result = predict_checkpoint(
-        file,
-        encoder,
-        k=k,
-        coverage=coverage,
-        device=device,
-        **architecture_kwargs(activation, spec, model, allow_nonfinite, "embedding"),
-    )
-    if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    interval = (
-        f" ({coverage:.0%} interval {result.interval[0]:.3f}–{result.interval[1]:.3f}, "
-        f"calibrated on {result.calibration_size} validation checkpoints)"
-        if result.interval
-        else " (no calibration data: the encoder's zoo is not reachable)"
-    )
-    console.print(f"{file}: predicted test accuracy [bold]{result.test_accuracy:.3f}[/]{interval}")
-    if result.neighbours:
-        table = Table(title="nearest zoo models", title_justify="left")
-        for column in result.neighbours[0]:
-            table.add_column(column)
-        for row in result.neighbours:
-            table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
-        console.print(table)

@@ -22,6 +22,7 @@ from weightspace.synthesis.merge import (
     ensemble_spec,
     list_merge_methods,
     merge,
+    merge_models,
     register_merge_method,
 )
 from weightspace.synthesis.rebasin import (
@@ -50,6 +51,7 @@ __all__ = [
     "list_merge_methods",
     "match_weights",
     "merge",
+    "merge_models",
     "rebasin_interpolate",
     "register_merge_method",
     "weight_inner_product",

@@ -1,15 +1,25 @@
-r"""Merging two models of one architecture: a registry of methods.
+r"""Merging models of one architecture: a registry of methods.
+
+Two models merge at :math:`\alpha` (0 gives A, 1 gives B), which is the weighted merge of
+:math:`K` models with weights :math:`w = (1-\alpha, \alpha)`; :func:`merge_models` takes any
+:math:`K \ge 2` with weights :math:`w_m \ge 0` (normalised to sum to one unless asked not to):
 
 ================  ==========================================================================
-``average``       naive weight interpolation :math:`(1-\alpha)\theta_A + \alpha\theta_B`
-``rebasin``       weight matching (Git Re-Basin) of B onto A — signs of odd neurons and scales
-                  of ReLU neurons aligned too (:func:`~weightspace.synthesis.rebasin.align`) —
-                  then interpolation
-``ensemble``      output ensembling :math:`(1-\alpha) f_A(x) + \alpha f_B(x)`, written as one
-                  wider network of an *ensemble spec* (see :func:`ensemble`) — exact
-``embedding``     interpolate the encoder's embeddings, :math:`z = (1-\alpha) z_A + \alpha z_B`,
-                  and decode ``z`` into weights with the decoder saved beside the encoder
+``average``       naive weight averaging :math:`\sum_m w_m \theta_m`
+                  (:math:`(1-\alpha)\theta_A + \alpha\theta_B` for two)
+``rebasin``       weight matching (Git Re-Basin) of every model onto the first — signs of odd
+                  neurons and scales of ReLU neurons aligned too
+                  (:func:`~weightspace.synthesis.rebasin.align`) — then averaging
+                  :math:`w_1 \theta_1 + \sum_{m>1} w_m \pi_m(\theta_m)`
+``ensemble``      output ensembling :math:`\sum_m w_m f_m(x)`, written as one wider network of
+                  an *ensemble spec* (:mod:`weightspace.synthesis.ensemble_network`) — exact
+``embedding``     average the encoder's embeddings, :math:`z = \sum_m w_m z_m`, and decode
+                  ``z`` into weights with the decoder saved beside the encoder
 ================  ==========================================================================
+
+The default method, :data:`DEFAULT_METHOD` (``embedding``), needs an encoder directory with a
+trained decoder; :func:`choose_merge_method` falls back to :data:`FALLBACK_METHOD` (``rebasin``,
+data-free) when there is none, and says so.
 
 ``average`` and ``rebasin`` see only the two models' weights (*data-free*); ``embedding`` relies
 on a decoder trained on task data (*data-using*, :attr:`MergeMethod.uses_data`); ``ensemble``
@@ -17,25 +27,16 @@ uses no data but is a wider network, not a model of the inputs' architecture. Th
 data-using baseline outside this registry (it needs the task's data):
 :mod:`weightspace.synthesis.distill`.
 
-Every method returns a :class:`MergeResult` (spec, state dict, notes); :func:`merge` checks the
-inputs (same architecture, same task when known, ``alpha`` in ``[0, 1]``) before dispatching.
-New methods register with :func:`register_merge_method`.
+Every method returns a :class:`MergeResult` (spec, state dict, notes); :func:`merge` and
+:func:`merge_models` check the inputs (same architecture, same task when known, ``alpha`` in
+``[0, 1]``, weights finite and non-negative) before dispatching. New methods register with
+:func:`register_merge_method`.
 
-The ensemble network stacks the hidden neurons of the ``K`` members side by side: every hidden
-tie set of :func:`weightspace.layout.layout_of` is widened ``K`` times, a layer between two
-hidden groups becomes block diagonal, a layer reading the input stacks its rows, and a layer
-writing the output concatenates its input columns scaled by the member weights :math:`w_m`:
-
-.. math::
-    W = \begin{bmatrix} W_1 & & \\ & \ddots & \\ & & W_K \end{bmatrix}, \qquad
-    W_{\mathrm{out}} = \begin{bmatrix} w_1 W_{\mathrm{out},1} & \cdots & w_K W_{\mathrm{out},K}
-    \end{bmatrix}, \qquad b_{\mathrm{out}} = \textstyle\sum_m w_m b_{\mathrm{out},m},
-
-so :math:`f_{\mathrm{ens}}(x) = \sum_m w_m f_m(x)` exactly (the logits are averaged).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,24 +44,34 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from weightspace.layout import ROLE_INPUT, Layout, layout_of
-from weightspace.spec import NetworkSpec, Op
+from weightspace.spec import NetworkSpec
 from weightspace.synthesis.common import StateDict, SynthesisError, check_alpha, check_mergeable
-from weightspace.synthesis.rebasin import interpolate, rebasin_interpolate
+from weightspace.synthesis.ensemble_network import ensemble, ensemble_spec
+from weightspace.synthesis.rebasin import align, interpolate, rebasin_interpolate
 
 if TYPE_CHECKING:
     from weightspace.synthesis.decoder import Synthesizer
 
 __all__ = [
+    "DEFAULT_METHOD",
+    "FALLBACK_METHOD",
     "MERGE_METHODS",
     "MergeMethod",
     "MergeResult",
+    "check_weights",
+    "choose_merge_method",
     "ensemble",
     "ensemble_spec",
     "list_merge_methods",
     "merge",
+    "merge_models",
     "register_merge_method",
 ]
+
+#: The method ``weightspace merge`` uses when none is named.
+DEFAULT_METHOD = "embedding"
+#: What the default falls back to without a decoder: data-free and needs nothing but weights.
+FALLBACK_METHOD = "rebasin"
 
 
 @dataclass
@@ -88,7 +99,10 @@ class MergeMethod:
     Attributes:
         name: registry name (``--method``).
         description: one line for ``--help`` and error messages.
-        function: ``(spec, state_a, state_b, alpha, *, synthesizer, seed) -> MergeResult``.
+        function: ``(spec, states, weights, *, synthesizer, seed, specs, target_spec) ->
+            MergeResult`` for ``K >= 2`` state dicts of ``spec`` (``specs``: each model's own
+            spec, which differ only with ``target_spec``) and ``K`` weights; with two models,
+            ``weights == (1 - alpha, alpha)`` exactly.
         needs_synthesizer: whether it needs an encoder with a trained decoder.
         same_spec: whether the result has the inputs' spec (a drop-in replacement).
         uses_data: whether the method (or a model it relies on, such as the decoder) was fitted
@@ -139,6 +153,71 @@ def get_merge_method(name: str) -> MergeMethod:
     return MERGE_METHODS[name]
 
 
+def choose_merge_method(method: str | None, has_decoder: bool) -> tuple[str, str | None]:
+    """The method to run, and a note to show once when the default had to fall back.
+
+    Args:
+        method: the method asked for, or ``None`` for :data:`DEFAULT_METHOD`.
+        has_decoder: whether an encoder directory with a trained decoder was given.
+
+    Returns:
+        ``(name, note)``: ``note`` is ``None`` unless no method was named and the default needs
+        a decoder that is missing; then ``name`` is :data:`FALLBACK_METHOD`.
+
+    Raises:
+        SynthesisError: an unknown method (listing the valid ones), or a method that was named
+            explicitly and needs the missing decoder (saying what it needs), before any work.
+    """
+    if method is None:
+        if get_merge_method(DEFAULT_METHOD).needs_synthesizer and not has_decoder:
+            return FALLBACK_METHOD, (
+                f"no encoder with a trained decoder given: merging by weight matching "
+                f"(--method {FALLBACK_METHOD}); for embedding merges pass --encoder DIR with a "
+                "decoder (`weightspace train-decoder`)"
+            )
+        return DEFAULT_METHOD, None
+    chosen = get_merge_method(method)
+    if chosen.needs_synthesizer and not has_decoder:
+        raise SynthesisError(
+            f"merge method {method!r} needs an encoder directory with a trained decoder "
+            "(--encoder DIR; train one with `weightspace train-decoder`); without one use "
+            f"--method {FALLBACK_METHOD}, average or ensemble"
+        )
+    return method, None
+
+
+def check_weights(
+    weights: Sequence[float] | None, count: int, *, normalize: bool = True
+) -> list[float]:
+    """``count`` merge weights: uniform when ``None``; finite, non-negative, not all zero.
+
+    With ``normalize`` they are divided by their sum (mergekit's ``normalize: true``).
+
+    Raises:
+        SynthesisError: fewer than two models, a count mismatch, or a bad weight (named).
+    """
+    if count < 2:
+        raise SynthesisError(f"merging needs at least two models, got {count}")
+    if weights is None:
+        return [1.0 / count] * count
+    values = list(weights)
+    if len(values) != count:
+        raise SynthesisError(f"{count} models but {len(values)} weights; give one per model")
+    out = []
+    for i, value in enumerate(values):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise SynthesisError(f"weight {i + 1} ({value!r}) is not a number") from None
+        if not math.isfinite(number) or number < 0:
+            raise SynthesisError(f"weight {i + 1} must be a finite number >= 0, got {value!r}")
+        out.append(number)
+    total = math.fsum(out)
+    if total <= 0:
+        raise SynthesisError("the merge weights are all zero; at least one must be positive")
+    return [w / total for w in out] if normalize else out
+
+
 def merge(
     method: str,
     spec_a: NetworkSpec,
@@ -168,219 +247,193 @@ def merge(
         SynthesisError: unknown method (listing the valid ones), different architectures or
             tasks, ``alpha`` outside ``[0, 1]``, or a missing synthesizer.
     """
-    chosen = get_merge_method(method)
     alpha = check_alpha(alpha)
+    result = _run(
+        method,
+        [spec_a, spec_b],
+        [state_a, state_b],
+        [1.0 - alpha, alpha],
+        synthesizer=synthesizer,
+        tasks=[task_a, task_b],
+        target_spec=target_spec,
+        seed=seed,
+        names=("A", "B"),
+    )
+    result.info.setdefault("alpha", alpha)
+    return result
+
+
+def merge_models(
+    method: str,
+    models: Sequence[tuple[NetworkSpec, Mapping[str, Tensor]]],
+    weights: Sequence[float] | None = None,
+    *,
+    normalize: bool = True,
+    synthesizer: Synthesizer | None = None,
+    tasks: Sequence[str | None] | None = None,
+    target_spec: NetworkSpec | None = None,
+    seed: int = 0,
+    names: Sequence[str] | None = None,
+) -> MergeResult:
+    """Merge ``K >= 2`` models ``(spec, state_dict)`` with ``method`` and ``weights``.
+
+    Args:
+        models: the models; ``rebasin`` aligns every other model onto the first.
+        weights: one per model (default uniform); see :func:`check_weights`.
+        normalize: divide the weights by their sum.
+        tasks: each model's task when known; models of different tasks are refused.
+        names: how errors name the models (default ``model 1``, ``model 2``, ...).
+        synthesizer, target_spec, seed: as in :func:`merge`.
+
+    Raises:
+        SynthesisError: as :func:`merge`, and for bad weights.
+    """
+    chosen = check_weights(weights, len(models), normalize=normalize)
+    return _run(
+        method,
+        [spec for spec, _ in models],
+        [state for _, state in models],
+        chosen,
+        synthesizer=synthesizer,
+        tasks=list(tasks) if tasks is not None else [None] * len(models),
+        target_spec=target_spec,
+        seed=seed,
+        names=tuple(names) if names is not None else None,
+    )
+
+
+def _run(
+    method: str,
+    specs: Sequence[NetworkSpec],
+    states: Sequence[Mapping[str, Tensor]],
+    weights: list[float],
+    *,
+    synthesizer: Synthesizer | None,
+    tasks: Sequence[str | None],
+    target_spec: NetworkSpec | None,
+    seed: int,
+    names: tuple[str, ...] | None,
+) -> MergeResult:
+    """Check ``K`` models against the first (architecture, task, finite tensors), dispatch."""
+    chosen = get_merge_method(method)
+    names = names or tuple(f"model {i + 1}" for i in range(len(specs)))
     if target_spec is not None and not chosen.needs_synthesizer:
         raise SynthesisError(
             f"a target architecture only works with --method embedding (which decodes into any "
             f"architecture the decoder knows); {method!r} keeps the inputs' architecture"
         )
-    if target_spec is not None:
-        check_mergeable(spec_a, state_a, spec_a, state_a, task_a=task_a, task_b=task_b)
-        check_mergeable(spec_b, state_b, spec_b, state_b, names=("B", "B"))
-    else:
-        check_mergeable(spec_a, state_a, spec_b, state_b, task_a=task_a, task_b=task_b)
+    known = [(name, task) for name, task in zip(names, tasks, strict=True) if task is not None]
+    for name, task in known[1:]:
+        if task != known[0][1]:
+            raise SynthesisError(
+                f"cannot merge {known[0][0]} (task {known[0][1]!r}) and {name} (task {task!r}): "
+                "models of different tasks share no function to merge"
+            )
+    for i in range(1, len(specs)):
+        pair = (names[0], names[i])
+        if target_spec is not None:  # each only has to fit its own spec
+            check_mergeable(specs[0], states[0], specs[0], states[0], names=(pair[0],) * 2)
+            check_mergeable(specs[i], states[i], specs[i], states[i], names=(pair[1],) * 2)
+        else:
+            check_mergeable(specs[0], states[0], specs[i], states[i], names=pair)
     if chosen.needs_synthesizer and synthesizer is None:
         raise SynthesisError(
             f"merge method {method!r} needs an encoder directory with a trained decoder "
             "(--encoder DIR; train one with `weightspace train-decoder`)"
         )
     result = chosen.function(
-        spec_a,
-        dict(state_a),
-        dict(state_b),
-        alpha,
+        specs[0],
+        [dict(state) for state in states],
+        weights,
         synthesizer=synthesizer,
         seed=seed,
-        spec_b=spec_b,
+        specs=list(specs),
         target_spec=target_spec,
     )
     result.info.setdefault("method", method)
-    result.info.setdefault("alpha", alpha)
+    if len(specs) > 2:
+        result.info.setdefault("weights", weights)
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# ensemble networks
-# ---------------------------------------------------------------------------------------------
-def _widened_groups(layout: Layout, spec: NetworkSpec) -> set[int]:
-    """Groups that the ensemble stacks ``K`` times; raise where stacking cannot be exact."""
-    widened: set[int] = set()
-    permutable = {g for members in layout.permutable_tie_sets() for g in members}
-    for members in layout.tie_sets().values():
-        if all(g in permutable for g in members):
-            widened.update(members)
-            continue
-        if any(layout.groups[g].role == ROLE_INPUT for g in members):
-            others = [g for g in members if layout.groups[g].role != ROLE_INPUT]
-            if others:
-                names = [layout.groups[g].producer for g in others]
-                raise SynthesisError(
-                    f"cannot build an ensemble network of {spec.summary()}: layers {names} are "
-                    "added to the input by a residual connection, so their neurons cannot be "
-                    "stacked side by side; ensemble the models' outputs outside one network"
-                )
-            continue
-        # the output tie set: it must be an affine function of the last hidden neurons
-        for g in members:
-            group = layout.groups[g]
-            nonlinear = (group.activations - {"identity"}) or (group.pools & {"max"})
-            if nonlinear or group.readers:
-                raise SynthesisError(
-                    f"cannot build an ensemble network of {spec.summary()}: the output of layer "
-                    f"{group.producer!r} goes through {sorted(nonlinear) or group.readers} after "
-                    "its last layer, so averaging that layer's weights does not average outputs"
-                )
-    return widened
-
-
-def ensemble_spec(spec: NetworkSpec, members: int = 2) -> NetworkSpec:
-    """The spec of the ensemble network of ``members`` models of ``spec`` (see module doc).
-
-    Hidden layers are ``members`` times wider; layer names, the input and the output stay.
-
-    Raises:
-        SynthesisError: the spec has a residual add onto the input, or a nonlinearity after
-            its output layer, where stacking is not exact.
-    """
-    if members < 1:
-        raise SynthesisError(f"an ensemble needs at least one member, got {members}")
-    layout = layout_of(spec)
-    widened = _widened_groups(layout, spec)
-    ops: list[Op] = []
-    for op in spec.ops:
-        if not op.is_parametrised:
-            ops.append(op)
-            continue
-        link = layout.link(op.name)
-        attrs = dict(op.attrs)
-        in_key, out_key = (
-            ("in_features", "out_features")
-            if op.kind == "linear"
-            else ("in_channels", "out_channels")
-        )
-        if link.source in widened:
-            attrs[in_key] = op.in_size * members
-        if link.target in widened:
-            attrs[out_key] = op.out_size * members
-        ops.append(Op(op.name, op.kind, op.inputs, attrs))
-    return NetworkSpec(tuple(ops))
-
-
-def ensemble(
-    spec: NetworkSpec,
-    states: Sequence[Mapping[str, Tensor]],
-    weights: Sequence[float] | None = None,
-) -> MergeResult:
-    r"""One network computing :math:`\sum_m w_m f_m(x)` for models ``states`` of ``spec``.
-
-    Args:
-        spec: the members' shared architecture.
-        states: ``K`` state dicts of ``spec``.
-        weights: ``K`` output weights (default: ``1/K`` each); they need not sum to one.
-
-    Returns:
-        A :class:`MergeResult` with :func:`ensemble_spec` ``(spec, K)``.
-    """
-    k = len(states)
-    weights = [1.0 / k] * k if weights is None else [float(w) for w in weights]
-    if len(weights) != k:
-        raise SynthesisError(f"{k} ensemble members but {len(weights)} weights")
-    layout = layout_of(spec)
-    widened = _widened_groups(layout, spec)
-    out: StateDict = {}
-    for op in spec.layers:
-        link = layout.link(op.name)
-        n_in = layout.groups[link.source].size
-        rest = tuple(op.weight_shape()[2:])
-        blocks = [s[f"{op.name}.weight"] for s in states]
-        ref = blocks[0]
-        views = [b.reshape(op.out_size, n_in, -1) for b in blocks]  # (out, n_in, S * kernel)
-        wide_in, wide_out = link.source in widened, link.target in widened
-        if wide_in and wide_out:
-            w = ref.new_zeros(k * op.out_size, k * n_in, views[0].shape[2])
-            for m, view in enumerate(views):
-                w[m * op.out_size : (m + 1) * op.out_size, m * n_in : (m + 1) * n_in] = view
-        elif wide_out:
-            w = torch.cat(views, dim=0)
-        elif wide_in:
-            w = torch.cat([wm * v for wm, v in zip(weights, views, strict=True)], dim=1)
-        else:
-            w = sum(wm * v for wm, v in zip(weights, views, strict=True))
-        out_rows = w.shape[0]
-        out[f"{op.name}.weight"] = (
-            w.reshape(out_rows, -1, *rest) if rest else w.reshape(out_rows, -1)
-        )
-        if f"{op.name}.bias" in states[0]:
-            biases = [s[f"{op.name}.bias"] for s in states]
-            if wide_out:
-                out[f"{op.name}.bias"] = torch.cat(biases)
-            else:
-                out[f"{op.name}.bias"] = sum(wm * b for wm, b in zip(weights, biases, strict=True))
-    wide = ensemble_spec(spec, k)
-    for key, shape in wide.param_shapes().items():
-        if tuple(out[key].shape) != shape:  # pragma: no cover - construction invariant
-            raise AssertionError(f"ensemble tensor {key} has shape {tuple(out[key].shape)}")
-    return MergeResult(wide, out, {"members": k, "output_weights": weights})
 
 
 # ---------------------------------------------------------------------------------------------
 # registered methods
 # ---------------------------------------------------------------------------------------------
-@register_merge_method("average", "naive weight averaging (1-α)·θ_A + α·θ_B")
+def _weighted_average(
+    spec: NetworkSpec, states: list[StateDict], weights: list[float]
+) -> StateDict:
+    r""":math:`\sum_m w_m \theta_m`; for two models with :math:`w_1 + w_2 = 1`, exactly
+    :func:`~weightspace.synthesis.rebasin.interpolate` at :math:`\alpha = w_2` (so 0 and 1
+    return the endpoints bit for bit)."""
+    if len(states) == 2 and math.isclose(weights[0] + weights[1], 1.0, abs_tol=1e-12):
+        return interpolate(spec, states[0], states[1], weights[1])
+    ref = states[0]
+    return {
+        key: sum(w * s[key].to(ref[key]) for w, s in zip(weights, states, strict=True))
+        for key in spec.param_shapes()
+    }
+
+
+@register_merge_method("average", "naive weight averaging Σ w_m·θ_m ((1-α)·θ_A + α·θ_B)")
 def _merge_average(
-    spec: NetworkSpec, state_a: StateDict, state_b: StateDict, alpha: float, **_: Any
+    spec: NetworkSpec, states: list[StateDict], weights: list[float], **_: Any
 ) -> MergeResult:
-    return MergeResult(spec, interpolate(spec, state_a, state_b, alpha))
+    return MergeResult(spec, _weighted_average(spec, states, weights))
 
 
 @register_merge_method(
     "rebasin",
-    "weight matching (Git Re-Basin, tanh signs and ReLU scales aligned too) of B onto A, then "
-    "averaging",
+    "weight matching (Git Re-Basin, tanh signs and ReLU scales aligned too) of every model onto "
+    "the first, then averaging",
 )
 def _merge_rebasin(
     spec: NetworkSpec,
-    state_a: StateDict,
-    state_b: StateDict,
-    alpha: float,
+    states: list[StateDict],
+    weights: list[float],
     *,
     seed: int = 0,
     **_: Any,
 ) -> MergeResult:
-    return MergeResult(spec, rebasin_interpolate(spec, state_a, state_b, alpha, seed=seed))
+    if len(states) == 2 and math.isclose(weights[0] + weights[1], 1.0, abs_tol=1e-12):
+        merged = rebasin_interpolate(spec, states[0], states[1], weights[1], seed=seed)
+        return MergeResult(spec, merged)
+    aligned = [states[0], *(align(spec, states[0], s, seed=seed) for s in states[1:])]
+    return MergeResult(spec, _weighted_average(spec, aligned, weights))
 
 
 @register_merge_method(
     "ensemble",
-    "output ensembling (1-α)·f_A + α·f_B as one wider network (an ensemble spec)",
+    "output ensembling Σ w_m·f_m ((1-α)·f_A + α·f_B) as one wider network (an ensemble spec)",
     same_spec=False,
 )
 def _merge_ensemble(
-    spec: NetworkSpec, state_a: StateDict, state_b: StateDict, alpha: float, **_: Any
+    spec: NetworkSpec, states: list[StateDict], weights: list[float], **_: Any
 ) -> MergeResult:
-    return ensemble(spec, [state_a, state_b], [1.0 - alpha, alpha])
+    return ensemble(spec, states, weights)
 
 
 @register_merge_method(
     "embedding",
-    "interpolate the encoder's embeddings of A and B and decode (needs a trained decoder)",
+    "average the encoder's embeddings and decode (needs a trained decoder)",
     needs_synthesizer=True,
     uses_data=True,  # the decoder is trained on task data
 )
 def _merge_embedding(
     spec: NetworkSpec,
-    state_a: StateDict,
-    state_b: StateDict,
-    alpha: float,
+    states: list[StateDict],
+    weights: list[float],
     *,
     synthesizer: Synthesizer,
-    spec_b: NetworkSpec | None = None,
+    specs: list[NetworkSpec] | None = None,
     target_spec: NetworkSpec | None = None,
     **_: Any,
 ) -> MergeResult:
     target = target_spec or spec
-    z = synthesizer.embed([(spec, state_a), (spec_b or spec, state_b)])  # (2, d)
-    mid = torch.lerp(z[0], z[1], alpha).unsqueeze(0)
+    specs = specs or [spec] * len(states)
+    z = synthesizer.embed(list(zip(specs, states, strict=True)))  # (K, d)
+    if len(states) == 2 and math.isclose(weights[0] + weights[1], 1.0, abs_tol=1e-12):
+        mid = torch.lerp(z[0], z[1], weights[1]).unsqueeze(0)  # (1, d)
+    else:
+        mid = (torch.tensor(weights, dtype=z.dtype).unsqueeze(1) * z).sum(0, keepdim=True)
     (state,) = synthesizer.decode(mid, target)
     return MergeResult(target, state, {"decoder": synthesizer.decoder.fingerprint[:16]})

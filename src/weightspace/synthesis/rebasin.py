@@ -103,22 +103,36 @@ def weight_inner_product(
     )
 
 
+def _source(layout: Layout, group: int) -> int | None:
+    """The group read by ``group``'s producer (a layer or a norm); ``None`` for the input."""
+    producer = layout.groups[group].producer
+    if producer is None:
+        return None
+    for norm in layout.norms:
+        if norm.name == producer:
+            return norm.source
+    return layout.link(producer).source
+
+
+def _is_norm_output(layout: Layout, group: int) -> bool:
+    return any(norm.target == group for norm in layout.norms)
+
+
 def _neuron_features(
     state: Mapping[str, Tensor], layout: Layout, group: int, *, readers: bool = True
 ) -> Tensor:
-    """Every weight touching the neurons of ``group``, one row per neuron: ``(n, F)`` float64.
+    r"""Every weight touching the neurons of ``group``, one row per neuron: ``(n, F)`` float64.
 
-    Rows are the producer's incoming weights and bias; then (if ``readers``), for each reader,
+    Rows are the producer's incoming weights and bias (for a norm: :math:`\gamma_i, \beta_i`,
+    whichever it has; none without an affine part); then (if ``readers``), for each reader,
     its columns (``weight.reshape(out, n, -1)[:, i]`` flattened).
     """
     g = layout.groups[group]
-    parts: list[Tensor] = []
+    parts: list[Tensor] = [torch.zeros(g.size, 0, dtype=torch.float64)]
     if g.producer is not None:
-        w = state[f"{g.producer}.weight"]
-        parts.append(w.reshape(g.size, -1).double())  # (n, in * kernel)
-        bias = state.get(f"{g.producer}.bias")
-        if bias is not None:
-            parts.append(bias.double().reshape(g.size, 1))
+        for key in (f"{g.producer}.weight", f"{g.producer}.bias"):
+            if key in state:  # a norm's gamma and beta are (n,): one column each
+                parts.append(state[key].reshape(g.size, -1).double())  # (n, in * kernel)
     for reader in g.readers if readers else ():
         w = state[f"{reader}.weight"]
         cols = w.reshape(w.shape[0], g.size, -1).transpose(0, 1)  # (n, out, S * kernel)
@@ -168,8 +182,7 @@ def match_weights(
         current = permute(spec, state_b, perms)
         cost = None
         for g in members:
-            producer = layout.groups[g].producer
-            source = layout.link(producer).source if producer is not None else None
+            source = _source(layout, g)
             if source is None or (source in set_of and set_of[source] not in solved):
                 continue
             term = (
@@ -203,9 +216,22 @@ def match_weights(
 
 
 def _incoming_rows(
-    state: Mapping[str, Tensor], producer: str, n: int, n_in: int, undo: Tensor | None
+    state: Mapping[str, Tensor],
+    producer: str,
+    n: int,
+    n_in: int,
+    undo: Tensor | None,
+    *,
+    norm: bool = False,
 ) -> Tensor:
-    """The producer's rows and bias, ``(n, F)`` float64; ``undo`` multiplies the input columns."""
+    r"""The producer's rows and bias, ``(n, F)`` float64; ``undo`` multiplies the input columns.
+
+    A norm's rows are its :math:`\gamma_i, \beta_i`: the group it reads is normalised, so never
+    rescaled, and ``undo`` does not apply.
+    """
+    if norm:
+        keys = (f"{producer}.weight", f"{producer}.bias")
+        return torch.cat([state[k].double().reshape(n, 1) for k in keys if k in state], dim=1)
     w = state[f"{producer}.weight"].double().reshape(n, n_in, -1)  # (n, C_in, S * kernel)
     if undo is not None:
         w = w * undo.view(1, -1, 1)
@@ -248,11 +274,12 @@ def canonical_factors(
     for g in groups:
         group = layout.groups[g]
         producer = group.producer
-        assert producer is not None  # free groups are written by a layer
-        source = layout.link(producer).source
+        source = _source(layout, g)
+        assert producer is not None and source is not None  # written by a layer or a norm
         n_in = layout.groups[source].size
-        a = _incoming_rows(state, producer, group.size, n_in, None)
-        u = _incoming_rows(canonical, producer, group.size, n_in, factors.get(source))
+        norm = _is_norm_output(layout, g)
+        a = _incoming_rows(state, producer, group.size, n_in, None, norm=norm)
+        u = _incoming_rows(canonical, producer, group.size, n_in, factors.get(source), norm=norm)
         norm = a.pow(2).sum(1)
         d = torch.where(norm > 0, (u * a).sum(1) / norm.clamp_min(1e-300), torch.ones_like(norm))
         factors[g] = torch.where(d == 0, torch.ones_like(d), d)
