@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 TORCH ?= torch==2.13.0
 DEMO_OUT ?= demo-out
 
-.PHONY: install test lint format demo bench bench-full clean
+.PHONY: install test lint format demo bench bench-full pretrained clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ bench-full: install
 		$(foreach e,$(FULL_ENCODERS),--encoder $(e)) --held-out "" --decoder-time-limit 0
 	$(PY) -m weightspace bench --zoo $(DEMO_OUT)/zoo --out $(DEMO_OUT)/bench-full \
 		--only held-out --held-out-epochs $(FULL_EPOCHS)
+
+# The encoder bundled in the package (`weightspace.from_pretrained("small")`, `--encoder
+# pretrained:small`): the demo's recipe (6 epochs, seed 0) on the small preset's zoo.
+pretrained: install
+	$(PY) -m weightspace zoo generate --preset small --out $(DEMO_OUT)/zoo  # resumes; no-op when done
+	$(PY) -m weightspace.pretrained.build --zoo $(DEMO_OUT)/zoo --name small --epochs 6 --seed 0
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

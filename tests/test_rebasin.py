@@ -127,3 +127,93 @@ def test_rebasin_refuses_bad_alpha_and_mismatched_tensors() -> None:
     other = make_state_dict(build("cnn1d", "relu"))
     with pytest.raises(Exception, match="tensors do not match"):
         rebasin_interpolate(spec, a, other, 0.5)
+
+
+# ----------------------------------------------------------------------------- LayerNorm, RMSNorm
+class _PreNormBlock(torch.nn.Module):
+    """``x + W2 act(W1 norm(x))``: a transformer's residual MLP block."""
+
+    def __init__(self, width: int, norm: torch.nn.Module) -> None:
+        super().__init__()
+        self.norm, self.fc1 = norm, torch.nn.Linear(width, 2 * width)
+        self.act, self.fc2 = torch.nn.GELU(), torch.nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+def _norm_models() -> dict[str, tuple]:
+    """Norm MLPs: a LayerNorm chain (ReLU: its normalised groups are rescalable), an RMSNorm
+    chain (tanh: flippable) and a pre-norm residual stream (one tie set through two norms)."""
+    from weightspace.ingest import from_module
+    from weightspace.spec import mlp_spec
+
+    torch.manual_seed(0)
+    residual = torch.nn.Sequential(
+        torch.nn.Linear(5, 6),
+        _PreNormBlock(6, torch.nn.LayerNorm(6)),
+        _PreNormBlock(6, torch.nn.RMSNorm(6)),
+        torch.nn.LayerNorm(6),
+        torch.nn.Linear(6, 3),
+    ).double()
+    traced = from_module(residual, torch.randn(4, 5, dtype=torch.float64))[0]
+    return {
+        "layer_relu": mlp_spec([5, 7, 6, 3], "relu", norm="layer"),
+        "rms_tanh": mlp_spec([5, 7, 6, 3], "tanh", norm="rms"),
+        "residual_prenorm": traced,
+    }
+
+
+NORM_MODELS = _norm_models()
+
+
+@pytest.mark.parametrize("name", sorted(NORM_MODELS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_norm_models_matching_recovers_a_permuted_copy_exactly(name: str, seed: int) -> None:
+    spec = NORM_MODELS[name]
+    layout = layout_of(spec)
+    assert layout.norms and layout.permutable_tie_sets()
+    state = make_state_dict(spec, seed=seed + 20)
+    permuted, _ = random_permutation(spec, state, torch.Generator().manual_seed(seed))
+    assert any(not torch.equal(permuted[k], state[k]) for k in state)  # the control moved
+    aligned = permute(spec, permuted, match_weights(spec, state, permuted, seed=seed))
+    for key, tensor in state.items():
+        assert torch.equal(aligned[key], tensor), key
+    # every symmetry the layout allows (norm outputs rescaled / flipped through gamma, beta)
+    transformed, _ = random_symmetry(spec, state, torch.Generator().manual_seed(seed + 7))
+    x = make_inputs(spec)
+    back = align(spec, state, transformed)
+    for key, tensor in state.items():
+        torch.testing.assert_close(back[key], tensor, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(to_module(spec, back)(x), to_module(spec, state)(x))
+
+
+@pytest.mark.parametrize("name", sorted(NORM_MODELS))
+def test_norm_models_matched_then_averaged_give_a_valid_model(name: str) -> None:
+    from weightspace.graph import check_state_dict
+
+    spec = NORM_MODELS[name]
+    a, b = make_state_dict(spec, seed=1), make_state_dict(spec, seed=2)
+    x = make_inputs(spec)
+    aligned = align(spec, a, b)
+    torch.testing.assert_close(to_module(spec, aligned)(x), to_module(spec, b)(x))
+    assert _distance(spec, a, aligned) <= _distance(spec, a, b)
+    merged = rebasin_interpolate(spec, a, b, 0.5)
+    check_state_dict(spec, merged)  # every key, shape, finite
+    out = to_module(spec, merged)(x)
+    assert out.shape == (len(x), spec.num_outputs) and torch.isfinite(out).all()
+    torch.testing.assert_close(
+        rebasin_interpolate(spec, a, b, 0.0)[spec.layers[0].name + ".weight"],
+        a[spec.layers[0].name + ".weight"],
+    )
+    # the `merge` entry point (what `weightspace merge --method rebasin` runs) gives the same
+    from weightspace.synthesis.merge import merge
+
+    result = merge("rebasin", spec, a, spec, b, 0.5)
+    assert result.spec == spec
+    for key, tensor in merged.items():
+        torch.testing.assert_close(result.state_dict[key], tensor)
+    # norm parameters are the average of A's and the matched B's, neuron by neuron
+    for op in spec.norms:
+        key = f"{op.name}.weight"
+        torch.testing.assert_close(merged[key], 0.5 * (a[key] + aligned[key]))

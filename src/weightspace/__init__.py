@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load lazily
     from weightspace.models import ModelInput, as_spec_and_state
     from weightspace.module import SpecModule, to_module
     from weightspace.nn import Encoder, EncoderConfig
+    from weightspace.pretrained import from_pretrained
     from weightspace.symmetry import canonicalize, random_symmetry
     from weightspace.testing import assert_function_preserved, assert_invariant
     from weightspace.zoo import Zoo
@@ -45,6 +46,7 @@ _LAZY: dict[str, str] = {
     "Zoo": "weightspace.zoo",
     "ModelIndex": "weightspace.index",
     "from_module": "weightspace.ingest",
+    "from_pretrained": "weightspace.pretrained",
     "load_checkpoint": "weightspace.ingest",
     "save_checkpoint": "weightspace.ingest",
     "ModelInput": "weightspace.models",
@@ -100,6 +102,7 @@ __all__ = [
     "batch_graphs",
     "canonicalize",
     "from_module",
+    "from_pretrained",
     "layout_of",
     "load_checkpoint",
     "mlp_spec",

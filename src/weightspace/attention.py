@@ -1,0 +1,366 @@
+r"""Multi-head attention in weight space: its parameters, its symmetries and an exact canonical form.
+
+Self-attention over tokens :math:`x_1, \dots, x_T \in \mathbb{R}^E` with :math:`H` heads of width
+:math:`d = E / H`; with :math:`\tilde x = [x; 1]` (so that biases are columns) and, per head
+:math:`h`, :math:`\tilde Q_h, \tilde K_h, \tilde V_h \in \mathbb{R}^{d \times (E+1)}` (rows
+:math:`hd{:}(h+1)d` of ``in_proj_weight`` beside ``in_proj_bias``) and
+:math:`O_h \in \mathbb{R}^{E \times d}` (columns of ``out_proj.weight``):
+
+.. math::
+    \mathrm{MHA}(x)_i = \sum_h O_h \sum_j \operatorname{softmax}_j\Big(
+        \tfrac{1}{\sqrt d}\, \tilde x_i^\top \underbrace{\tilde Q_h^\top \tilde K_h}_{M^{QK}_h}
+        \tilde x_j\Big)\, \tilde V_h \tilde x_j + b_O .
+
+**Symmetries** (each keeps the function exactly):
+
+* *head permutation*: the :math:`H` heads are a set (:func:`permute_heads`);
+* *within-head* :math:`GL(d)`: :math:`\tilde Q_h \to A_h^\top \tilde Q_h`,
+  :math:`\tilde K_h \to A_h^{-1} \tilde K_h` keeps :math:`M^{QK}_h`; :math:`\tilde V_h \to B_h
+  \tilde V_h`, :math:`O_h \to O_h B_h^{-1}` keeps :math:`M^{VO}_h = O_h \tilde V_h`
+  (:func:`transform_heads`);
+* *residual stream*: a permutation :math:`P` of the :math:`E` features, applied to the columns of
+  :math:`\tilde Q, \tilde K, \tilde V` and the rows of :math:`O, b_O`, gives
+  :math:`\mathrm{MHA}'(Px) = P\,\mathrm{MHA}(x)` (:func:`permute_stream`); in a transformer block
+  the LayerNorms' :math:`\gamma, \beta` and the MLP's first columns and last rows move with it;
+* the MLP inside a block keeps its hidden-neuron permutation (:func:`permute_block_hidden`);
+* token and learned positional embeddings (``nn.Embedding`` ``(V, E)``, a ``(T, E)``
+  parameter) write the residual stream: its permutation moves their columns
+  (``weight[:, perm]``, see :func:`embedding_weights`).
+
+**Canonical form.** The products :math:`M^{QK}_h` (:math:`(E{+}1)^2`, rank :math:`\le d`) and
+:math:`M^{VO}_h` (:math:`E \times (E{+}1)`) are invariant under the within-head :math:`GL(d)`.
+Each is factored exactly as a LoRA product is (:func:`weightspace.lora.canonical_factors`: QR, then
+the SVD of the small core, singular vectors' signs fixed by their third moment), which gives one
+representative per :math:`GL(d)` orbit that still computes the same function; heads are then
+sorted by their singular values (invariant under every symmetry above, so the order is too), which
+fixes the head permutation. The result is invariant under head permutations and within-head
+:math:`GL(d)`, and equivariant under residual-stream permutations (it is permuted like the model),
+so a permutation-equivariant encoder of the residual stream sees each orbit once.
+
+The form is exact when each head's singular values are distinct and heads differ in them (true of
+generic, e.g. trained or random, weights); tied singular values leave a rotation inside the tied
+subspace, as for any SVD. Not (yet) symmetries handled here: the key bias's component that only shifts each query's scores
+by a constant (softmax ignores it) is kept as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from weightspace.errors import SymmetryError, UnsupportedLayerError
+from weightspace.lora import LoraFactors, canonical_factors
+
+__all__ = [
+    "AttentionWeights",
+    "EncoderLayerWeights",
+    "attention_weights",
+    "encoder_layer_weights",
+    "load_attention",
+    "load_encoder_layer",
+    "permute_heads",
+    "transform_heads",
+    "permute_stream",
+    "permute_block_stream",
+    "permute_block_hidden",
+    "random_invertible",
+    "canonical_attention",
+    "embedding_weights",
+]
+
+
+@dataclass(frozen=True)
+class AttentionWeights:
+    r"""The parameters of one self-attention: ``in_proj (3E, E)``, ``in_bias (3E,)`` or
+    ``None``, ``out_proj (E, E)``, ``out_bias (E,)`` or ``None``, and ``num_heads``."""
+
+    in_proj: Tensor
+    in_bias: Tensor | None
+    out_proj: Tensor
+    out_bias: Tensor | None
+    num_heads: int
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.out_proj.shape[0])
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    def augmented(self) -> tuple[Tensor, Tensor, Tensor]:
+        r""":math:`\tilde Q, \tilde K, \tilde V`, each ``(H, d, E + 1)`` (bias as last column)."""
+        e, h, d = self.embed_dim, self.num_heads, self.head_dim
+        bias = self.in_proj.new_zeros(3 * e) if self.in_bias is None else self.in_bias
+        full = torch.cat([self.in_proj, bias[:, None]], dim=1)  # (3E, E + 1)
+        q, k, v = full.split(e, dim=0)
+        return q.reshape(h, d, e + 1), k.reshape(h, d, e + 1), v.reshape(h, d, e + 1)
+
+    def head_outputs(self) -> Tensor:
+        r""":math:`O_h`, ``(H, E, d)``."""
+        e, h, d = self.embed_dim, self.num_heads, self.head_dim
+        return self.out_proj.reshape(e, h, d).permute(1, 0, 2)
+
+
+def _from_augmented(
+    template: AttentionWeights, q: Tensor, k: Tensor, v: Tensor, o: Tensor
+) -> AttentionWeights:
+    """Weights from ``(H, d, E + 1)`` Q, K, V and ``(H, E, d)`` O, biases kept only where the
+    template has them (a bias-free model stays bias-free: its bias columns are zero)."""
+    e = template.embed_dim
+    full = torch.cat([t.reshape(e, e + 1) for t in (q, k, v)], dim=0)  # (3E, E + 1)
+    in_bias = None if template.in_bias is None else full[:, -1].contiguous()
+    out_proj = o.permute(1, 0, 2).reshape(e, e).contiguous()
+    return replace(template, in_proj=full[:, :-1].contiguous(), in_bias=in_bias, out_proj=out_proj)
+
+
+# ------------------------------------------------------------------------------ modules
+def attention_weights(module: nn.Module, name: str = "self_attn") -> AttentionWeights:
+    """The parameters of an ``nn.MultiheadAttention`` (detached clones).
+
+    Raises:
+        UnsupportedLayerError: naming ``name``: separate key/value sizes, ``add_bias_kv`` or
+            ``add_zero_attn`` (not represented), or another module type.
+    """
+    if not isinstance(module, nn.MultiheadAttention):
+        raise UnsupportedLayerError(
+            f"layer {name!r} of type {type(module).__name__} is not an nn.MultiheadAttention"
+        )
+    problems = []
+    if not module._qkv_same_embed_dim:
+        problems.append("kdim/vdim differ from embed_dim")
+    if module.bias_k is not None:
+        problems.append("add_bias_kv=True")
+    if module.add_zero_attn:
+        problems.append("add_zero_attn=True")
+    if problems:
+        raise UnsupportedLayerError(
+            f"layer {name!r} (MultiheadAttention) has {', '.join(problems)}; only self-attention "
+            "with one in_proj_weight and no extra key/value rows is supported"
+        )
+
+    def clone(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.detach().clone()
+
+    return AttentionWeights(
+        in_proj=module.in_proj_weight.detach().clone(),
+        in_bias=clone(module.in_proj_bias),
+        out_proj=module.out_proj.weight.detach().clone(),
+        out_bias=clone(module.out_proj.bias),
+        num_heads=int(module.num_heads),
+    )
+
+
+def load_attention(module: nn.MultiheadAttention, weights: AttentionWeights) -> None:
+    """Write ``weights`` into ``module`` (in place, no autograd)."""
+    with torch.no_grad():
+        module.in_proj_weight.copy_(weights.in_proj)
+        module.out_proj.weight.copy_(weights.out_proj)
+        if weights.in_bias is not None:
+            module.in_proj_bias.copy_(weights.in_bias)
+        if weights.out_bias is not None:
+            module.out_proj.bias.copy_(weights.out_bias)
+
+
+@dataclass(frozen=True)
+class EncoderLayerWeights:
+    """A ``nn.TransformerEncoderLayer``: attention, MLP (``linear1``, ``linear2``) and the two
+    LayerNorms, as ``{name: tensor}`` for the non-attention parameters."""
+
+    attention: AttentionWeights
+    params: dict[str, Tensor]
+    norm_first: bool
+    activation: str
+
+
+def encoder_layer_weights(layer: nn.Module, name: str = "layer") -> EncoderLayerWeights:
+    """The parameters of a ``nn.TransformerEncoderLayer`` (pre- or post-norm; ReLU or GELU).
+
+    Raises:
+        UnsupportedLayerError: naming ``name``: another type, a custom activation, or an
+            unsupported attention (see :func:`attention_weights`).
+    """
+    if not isinstance(layer, nn.TransformerEncoderLayer):
+        raise UnsupportedLayerError(
+            f"layer {name!r} of type {type(layer).__name__} is not an nn.TransformerEncoderLayer"
+        )
+    activation = {1: "relu", 2: "gelu"}.get(int(getattr(layer, "activation_relu_or_gelu", 0)))
+    if activation is None:
+        raise UnsupportedLayerError(
+            f"layer {name!r} (TransformerEncoderLayer) uses activation {layer.activation!r}; "
+            "only relu and gelu are supported"
+        )
+    attention = attention_weights(layer.self_attn, f"{name}.self_attn")
+    params = {
+        key: value.detach().clone()
+        for key, value in layer.state_dict().items()
+        if not key.startswith("self_attn.")
+    }
+    return EncoderLayerWeights(attention, params, bool(layer.norm_first), activation)
+
+
+def load_encoder_layer(layer: nn.TransformerEncoderLayer, weights: EncoderLayerWeights) -> None:
+    """Write ``weights`` into ``layer`` (in place)."""
+    load_attention(layer.self_attn, weights.attention)
+    layer.load_state_dict(
+        {**layer.state_dict(), **{k: v.clone() for k, v in weights.params.items()}}, strict=True
+    )
+
+
+def embedding_weights(module: nn.Module, name: str = "embedding") -> Tensor:
+    """The ``(V, E)`` table of an ``nn.Embedding`` (a detached clone): row ``t`` is token ``t``'s
+    vector in the residual stream, so a stream permutation moves its columns.
+
+    Raises:
+        UnsupportedLayerError: naming ``name``: another type, or ``max_norm`` (the lookup then
+            rewrites the table in place, which no weight-space transform may assume).
+    """
+    if not isinstance(module, nn.Embedding):
+        raise UnsupportedLayerError(
+            f"layer {name!r} of type {type(module).__name__} is not an nn.Embedding"
+        )
+    if module.max_norm is not None:
+        raise UnsupportedLayerError(
+            f"layer {name!r} (Embedding) has max_norm={module.max_norm}: its lookup renormalises "
+            "the table in place; only a plain lookup table is supported"
+        )
+    return module.weight.detach().clone()
+
+
+# ------------------------------------------------------------------------------ symmetries
+def permute_heads(weights: AttentionWeights, perm: Tensor) -> AttentionWeights:
+    """New head ``i`` is old head ``perm[i]`` (Q, K, V rows and O columns move together)."""
+    if sorted(perm.tolist()) != list(range(weights.num_heads)):
+        raise SymmetryError(f"a head permutation of {weights.num_heads} heads, got {perm.tolist()}")
+    q, k, v = weights.augmented()
+    o = weights.head_outputs()
+    return _from_augmented(weights, q[perm], k[perm], v[perm], o[perm])
+
+
+def transform_heads(weights: AttentionWeights, qk: Tensor, vo: Tensor) -> AttentionWeights:
+    r"""Within-head :math:`GL(d)`: :math:`\tilde Q_h \to A_h^\top \tilde Q_h`,
+    :math:`\tilde K_h \to A_h^{-1} \tilde K_h`, :math:`\tilde V_h \to B_h \tilde V_h`,
+    :math:`O_h \to O_h B_h^{-1}`, with ``qk`` = :math:`A` and ``vo`` = :math:`B`, ``(H, d, d)``
+    invertible. (A bias-free model stays bias-free: its bias columns are zero.)"""
+    q, k, v = weights.augmented()
+    o = weights.head_outputs()
+    return _from_augmented(
+        weights,
+        qk.transpose(1, 2) @ q,
+        torch.linalg.solve(qk, k),
+        vo @ v,
+        torch.linalg.solve(vo.transpose(1, 2), o.transpose(1, 2)).transpose(1, 2),
+    )
+
+
+def permute_stream(weights: AttentionWeights, perm: Tensor) -> AttentionWeights:
+    """Residual-stream permutation: new feature ``i`` is old feature ``perm[i]``, for the input
+    (columns of ``in_proj``) and the output (rows of ``out_proj`` and ``out_bias``)."""
+    if sorted(perm.tolist()) != list(range(weights.embed_dim)):
+        raise SymmetryError(f"a permutation of the {weights.embed_dim} stream features expected")
+    out_bias = None if weights.out_bias is None else weights.out_bias[perm]
+    return replace(
+        weights,
+        in_proj=weights.in_proj[:, perm],
+        out_proj=weights.out_proj[perm],  # its columns are head dimensions, not stream features
+        out_bias=out_bias,
+    )
+
+
+def permute_block_stream(weights: EncoderLayerWeights, perm: Tensor) -> EncoderLayerWeights:
+    r"""Residual-stream permutation of a whole encoder layer: attention, both LayerNorms'
+    :math:`\gamma, \beta`, ``linear1``'s columns and ``linear2``'s rows and bias;
+    then ``layer'(x P) = layer(x) P`` over the feature axis."""
+    p = dict(weights.params)
+    for key in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "linear2.bias"):
+        if key in p:
+            p[key] = p[key][perm]
+    p["linear1.weight"] = p["linear1.weight"][:, perm]
+    p["linear2.weight"] = p["linear2.weight"][perm]
+    return replace(weights, attention=permute_stream(weights.attention, perm), params=p)
+
+
+def permute_block_hidden(weights: EncoderLayerWeights, perm: Tensor) -> EncoderLayerWeights:
+    """Hidden-neuron permutation of the MLP: ``linear1``'s rows and bias, ``linear2``'s columns."""
+    p = dict(weights.params)
+    p["linear1.weight"] = p["linear1.weight"][perm]
+    if "linear1.bias" in p:
+        p["linear1.bias"] = p["linear1.bias"][perm]
+    p["linear2.weight"] = p["linear2.weight"][:, perm]
+    return replace(weights, params=p)
+
+
+def random_invertible(
+    count: int, size: int, generator: torch.Generator, dtype: torch.dtype = torch.float64
+) -> Tensor:
+    r"""``(count, size, size)`` random well-conditioned invertible matrices
+    :math:`U \operatorname{diag}(e^{s}) V^\top`, :math:`s \sim U(-1, 1)`, :math:`U, V` orthogonal
+    (signs included: determinants of both signs occur)."""
+    u, _ = torch.linalg.qr(torch.randn(count, size, size, generator=generator, dtype=dtype))
+    v, _ = torch.linalg.qr(torch.randn(count, size, size, generator=generator, dtype=dtype))
+    s = torch.rand(count, size, generator=generator, dtype=dtype) * 2 - 1
+    return u @ torch.diag_embed(s.exp()) @ v.transpose(1, 2)
+
+
+# ------------------------------------------------------------------------------ canonical form
+def _canonical_pair(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``left (m, d) @ right (d, n)`` refactored canonically; returns the new factors and the
+    singular values."""
+    star = canonical_factors(LoraFactors(A=right, B=left, scaling=1.0))
+    sigma = star.B.pow(2).sum(0).sqrt()  # B* = U Sigma: column norms are the singular values
+    return star.B, star.A, sigma
+
+
+def canonical_attention(weights: AttentionWeights) -> AttentionWeights:
+    r"""One representative of the orbit of ``weights`` under head permutations and within-head
+    :math:`GL(d)` (module docstring); it computes the same function.
+
+    Per head, :math:`M^{QK}_h = \tilde Q_h^\top \tilde K_h` and :math:`M^{VO}_h = O_h \tilde V_h`
+    are refactored as :math:`U\Sigma \cdot V^\top` (canonical signs); heads are ordered by
+    :math:`(\Sigma^{QK}_h, \Sigma^{VO}_h)`, largest first, lexicographically. Float64 inside.
+    """
+    q, k, v = (t.double() for t in weights.augmented())
+    o = weights.head_outputs().double()
+    q_star, k_star, v_star, o_star, keys = [], [], [], [], []
+    for h in range(weights.num_heads):
+        qt, kh, s_qk = _canonical_pair(q[h].T, k[h])  # (E+1, d), (d, E+1)
+        oh, vh, s_vo = _canonical_pair(o[h], v[h])  # (E, d), (d, E+1)
+        q_star.append(qt.T)
+        k_star.append(kh)
+        v_star.append(vh)
+        o_star.append(oh)
+        keys.append(torch.cat([s_qk, s_vo]))
+    order = sorted(range(weights.num_heads), key=lambda h: [-float(x) for x in keys[h]])
+    dtype = weights.in_proj.dtype
+
+    def stack(parts: list[Tensor]) -> Tensor:
+        return torch.stack([parts[h] for h in order]).to(dtype)
+
+    return _from_augmented(weights, stack(q_star), stack(k_star), stack(v_star), stack(o_star))
+
+
+def attention_forward(weights: AttentionWeights, x: Tensor) -> Tensor:
+    """Self-attention of ``x (B, T, E)`` with ``weights`` (PyTorch's own kernel), ``(B, T, E)``."""
+    e = weights.embed_dim
+    zeros = x.new_zeros(3 * e)
+    out, _ = F.multi_head_attention_forward(
+        x.transpose(0, 1),
+        x.transpose(0, 1),
+        x.transpose(0, 1),
+        e,
+        weights.num_heads,
+        weights.in_proj,
+        zeros if weights.in_bias is None else weights.in_bias,
+        None,
+        None,
+        False,
+        0.0,
+        weights.out_proj,
+        weights.out_bias,
+        training=False,
+        need_weights=False,
+    )
+    return out.transpose(0, 1)
