@@ -84,8 +84,11 @@ def plan_shards(preset: Preset, seed: int) -> list[ShardPlan]:
 
     Raises:
         UnknownNameError: a task or architecture name is unknown (lists the valid ones).
-        ZooError: no architecture fits any of the tasks.
+        ZooError: no architecture fits any of the tasks, or ``preset`` is an INR preset (one
+            vectorised fit, :mod:`weightspace.zoo.inr_fit`, no shards).
     """
+    if preset.inr is not None:
+        raise ZooError(f"preset {preset.name!r} fits INRs in one go; it has no shard plan")
     shards: list[ShardPlan] = []
     skipped: list[str] = []
     for task_name in preset.tasks:
@@ -276,11 +279,20 @@ def generate_zoo(
         on_shard_done: called with each finished shard's name (tests use it to interrupt).
         shard_runner: trains the unfinished shards elsewhere, yielding each one's name once
             written (e.g. :func:`weightspace.distributed.ray_zoo.ray_shard_runner`); default:
-            this machine, ``workers`` processes.
+            this machine, ``workers`` processes. An INR preset (``preset.inr``) is fitted
+            here in one vectorised job (:func:`~weightspace.zoo.inr_fit.generate_inr_zoo`):
+            ``workers`` and ``shard_runner`` do not apply to it.
 
     Raises:
         ZooError: ``out`` holds a different zoo (other config or an imported zoo).
     """
+    if preset.inr is not None:  # INR presets fit one SIREN per image instead (inr_fit)
+        from weightspace.zoo.inr_fit import generate_inr_zoo
+
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        with _restore_threads(previous_threads):
+            return generate_inr_zoo(out, preset, seed=seed, device=device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ZooError("--device cuda was given but CUDA is not available on this machine")
     root = Path(out)
@@ -440,6 +452,15 @@ def _progress(show: bool, console: Any) -> Any:
 
 def describe_preset(preset: Preset, seed: int = 0) -> dict[str, Any]:
     """Counts a preset would produce (runs, checkpoints, shards) without training anything."""
+    if preset.inr is not None:
+        return {
+            "preset": preset.name,
+            "shards": 1,
+            "runs": preset.runs,
+            "checkpoints": preset.runs * len(preset.settings.checkpoint_epochs),
+            "model_epochs": preset.runs * preset.settings.epochs,
+            **{"config": asdict(preset.settings)},
+        }
     shards = plan_shards(preset, seed)
     runs = sum(len(s.runs) for s in shards)
     return {

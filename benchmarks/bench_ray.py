@@ -1,0 +1,190 @@
+"""Bulk embedding on Ray: models per second with 1 and 2 workers against the single process.
+
+    python benchmarks/bench_ray.py --zoo /work/scratch/zoo-small --encoder ENC_DIR
+    python benchmarks/bench_ray.py --zoo DIR --encoder ENC --count 20000 --workers 1 2 4
+
+It exports ``--count`` checkpoints of the zoo (its first runs, in table order) as single
+``.safetensors`` files under ``--work`` (once; reused), then, in one process and one run:
+
+* ``single_process``: the path of ``weightspace embed``: ``load_checkpoint`` of every file, then
+  ``Encoder.embed`` (one torch thread, i.e. one worker's share of the machine);
+* ``ray, N workers``: :func:`weightspace.distributed.ray_embed.embed_files` on a fresh local Ray
+  with ``N`` CPUs and ``N`` actors (one torch thread each), from files to Parquet shards. Its
+  time includes starting the actors (each imports torch and loads the encoder), not
+  ``ray.init``, which is reported apart.
+
+``speedup`` is models/s over the 1-worker Ray row; ``vs_single`` over the single process;
+``steady_models_per_s`` counts only the shards written after each actor's first one, over the
+time from the last of those first shards to the end (start-up excluded; the whole single
+process for that row). The Ray
+vectors are compared with the single-process ones (``max_abs_diff``: batches differ, so the sums
+differ in the last bits; ``exact`` when they share every batch). The table is printed and
+written to ``benchmarks/results/bench_ray.json`` (or ``--out``). On a shared or loaded machine
+the figures move with the load: the JSON records the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_table, write_json  # noqa: E402
+
+
+def export_files(zoo_dir: Path, count: int, folder: Path) -> list[Path]:
+    """The zoo's first ``count`` checkpoints as single files (spec in the metadata)."""
+    from weightspace.ingest import save_checkpoint
+    from weightspace.zoo import Zoo
+
+    zoo = Zoo.open(zoo_dir)
+    ids = list(zoo.ids)[:count]
+    paths = [folder / f"{i:07d}.safetensors" for i in range(len(ids))]
+    done = folder / f".exported-{len(ids)}"
+    if not done.is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        for checkpoint_id, path in zip(ids, paths, strict=True):
+            save_checkpoint(path, zoo.spec(checkpoint_id), zoo.state_dict(checkpoint_id))
+        done.touch()
+    return paths
+
+
+def single_process(paths: list[Path], encoder_dir: Path, batch_size: int) -> tuple[float, Any]:
+    """Seconds and vectors of ``weightspace embed`` (one thread)."""
+    from weightspace.ingest import load_checkpoint
+    from weightspace.nn.encoder import Encoder
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    encoder = Encoder.load(encoder_dir)
+    models = [load_checkpoint(p, finite_for="embedding") for p in paths]
+    vectors = encoder.embed(models, batch_size=batch_size)
+    return time.perf_counter() - start, vectors
+
+
+def on_ray(
+    paths: list[Path], encoder_dir: Path, out: Path, workers: int, batch_size: int, shard: int
+) -> dict:
+    """One fresh local Ray with ``workers`` CPUs: seconds to init, seconds to embed, vectors."""
+    import ray
+
+    from weightspace.distributed.ray_embed import embed_files, read_embeddings
+
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    init = time.perf_counter() - start
+    try:
+        start = time.perf_counter()
+        report = embed_files(
+            paths,
+            encoder_dir,
+            out,
+            num_workers=workers,
+            batch_size=batch_size,
+            shard_size=shard,
+            load_kwargs={"finite_for": "embedding"},
+        )
+        seconds = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    table = read_embeddings(out)
+    # steady state: after each actor's first shard (so without actor start-up and first loads)
+    times = sorted(p.stat().st_mtime for p in report.written)
+    first_round = min(workers, len(times))
+    later = len(times) - first_round
+    steady = later * shard / (times[-1] - times[first_round - 1]) if later else float("nan")
+    return {
+        "steady": steady,
+        "init_s": init,
+        "seconds": seconds,
+        "embedded": report.embedded,
+        "failures": len(report.failures),
+        "vectors": np.stack(table["z"].to_numpy()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--zoo", type=Path, required=True)
+    parser.add_argument("--encoder", type=Path, required=True, help="weightspace train --out")
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--shard-size", type=int, default=250)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/weightspace-bench-ray"))
+    parser.add_argument("--out", default="bench_ray")
+    args = parser.parse_args()
+
+    paths = export_files(args.zoo, args.count, args.work / "files")
+    load_before = os.getloadavg()
+    seconds, reference = single_process(paths, args.encoder, args.batch_size)
+    rows = [
+        {
+            "path": "single_process",
+            "workers": 1,
+            "models": len(paths),
+            "seconds": seconds,
+            "models_per_s": len(paths) / seconds,
+            "init_s": 0.0,
+            "speedup": None,
+            "vs_single": 1.0,
+            "max_abs_diff": 0.0,
+            "steady_models_per_s": len(paths) / seconds,
+        }
+    ]
+    single_rate = len(paths) / seconds
+    one_worker_rate = None
+    for workers in args.workers:
+        result = on_ray(
+            paths,
+            args.encoder,
+            args.work / f"out-{workers}",
+            workers,
+            args.batch_size,
+            args.shard_size,
+        )
+        rate = result["embedded"] / result["seconds"]
+        one_worker_rate = one_worker_rate or rate
+        rows.append(
+            {
+                "path": "ray",
+                "workers": workers,
+                "models": result["embedded"],
+                "seconds": result["seconds"],
+                "models_per_s": rate,
+                "init_s": result["init_s"],
+                "speedup": rate / one_worker_rate,
+                "vs_single": rate / single_rate,
+                "max_abs_diff": float(np.abs(result["vectors"] - reference).max()),
+                "steady_models_per_s": result["steady"],
+            }
+        )
+    print_table(rows, f"Ray bulk embedding, {len(paths)} checkpoint files of {args.zoo.name}")
+    path = write_json(
+        args.out,
+        {
+            "zoo": str(args.zoo),
+            "encoder": str(args.encoder),
+            "count": len(paths),
+            "batch_size": args.batch_size,
+            "shard_size": args.shard_size,
+            "cpu_count": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "rows": rows,
+        },
+    )
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
