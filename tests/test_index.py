@@ -170,6 +170,50 @@ def test_content_hash_ignores_order_and_format_but_not_spec() -> None:
     assert content_hash("{}", a) != content_hash("{}", {**a, "0.bias": torch.ones(2)})
 
 
+# ------------------------------------------------------------------------------ one trip
+def test_encoder_path_builds_each_graph_once_after_canonicalising(
+    tmp_path: Path, checkpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trained encoder is handed (spec, state_dict) pairs: one to_graph per model, no
+    graph taken apart again, and the same vectors as embedding the files directly."""
+    import weightspace.graph
+    import weightspace.nn.encoder as encoder_module
+    from weightspace.nn import Encoder, EncoderConfig
+
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderConfig(hidden=8, edge_hidden=8, num_layers=1, embedding_dim=8))
+    calls = {"to_graph": 0, "to_state_dict": 0}
+
+    def counting(name: str, function):  # noqa: ANN001, ANN202
+        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    for module in (weightspace.graph, encoder_module):
+        monkeypatch.setattr(module, "to_graph", counting("to_graph", module.to_graph))
+        monkeypatch.setattr(
+            module, "to_state_dict", counting("to_state_dict", module.to_state_dict)
+        )
+    index, _ = ModelIndex.build(tmp_path / "idx", iter_inputs(checkpoints), encoder)
+    assert calls == {"to_graph": len(checkpoints), "to_state_dict": 0}
+    monkeypatch.undo()
+    direct = encoder.embed([str(c) for c in checkpoints])
+    direct /= np.linalg.norm(direct, axis=1, keepdims=True)
+    np.testing.assert_allclose(index.store.reconstruct_all(), direct, rtol=0, atol=1e-6)
+
+
+def test_graph_embedders_get_graphs_built_lazily(checkpoints) -> None:
+    from weightspace.graph import NeuralGraph
+    from weightspace.index import embedder_inputs
+
+    [model] = list(iter_inputs(checkpoints[:1]))
+    assert model.prebuilt_graph is None  # loading builds no graph
+    [graph] = embedder_inputs(StandInEmbedder(), [model])
+    assert isinstance(graph, NeuralGraph) and model.graph is graph  # built once, kept
+
+
 # ------------------------------------------------------------------------------ refusals
 def test_index_cannot_be_used_with_another_encoder(tmp_path: Path, checkpoints) -> None:
     index, _ = ModelIndex.build(tmp_path / "idx", iter_inputs(checkpoints), StandInEmbedder())

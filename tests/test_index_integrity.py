@@ -16,7 +16,8 @@ import torch
 from test_index import StandInEmbedder, records, run_cli, save_mlp, unit
 from weightspace.errors import CheckpointError
 from weightspace.index import IndexCorruptError, IndexFormatError, ModelIndex, iter_inputs
-from weightspace.index_integrity import FULL_CHECK_ON_OPEN_BYTES, repair_index, verify_index
+from weightspace.index.integrity import FULL_CHECK_ON_OPEN_BYTES, verify_index
+from weightspace.index.repair import repair_index
 
 ENCODER = "test_index:StandInEmbedder"
 
@@ -154,7 +155,7 @@ def test_flipped_bytes_in_the_vector_file_are_caught_and_repaired(
 def test_quick_check_covers_header_samples_and_size(
     built: Path, where: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import weightspace.index_integrity as integrity
+    import weightspace.index.integrity as integrity
 
     monkeypatch.setattr(integrity, "FULL_CHECK_ON_OPEN_BYTES", 0)  # quick checks only
     file = vector_file(built)
@@ -172,7 +173,7 @@ def test_quick_check_covers_header_samples_and_size(
 
 
 def test_verify_reads_every_batch(built: Path, checkpoints: list[Path], monkeypatch) -> None:
-    import weightspace.index_integrity as integrity
+    import weightspace.index.integrity as integrity
 
     index = ModelIndex.open(built)
     index.add_vectors(unit(5000, seed=3), records(5000, 100))  # a file larger than the samples

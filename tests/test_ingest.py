@@ -154,7 +154,7 @@ def test_functional_activations_and_torch_flatten() -> None:
 @pytest.mark.parametrize(
     "module, match",
     [
-        (nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)), r"'1' of type LayerNorm"),
+        (nn.Sequential(nn.Linear(3, 3), nn.GroupNorm(1, 3)), r"'1' of type GroupNorm"),
         (nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), "groups=2"),
         (nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3), nn.Linear(3, 2)), "BatchNorm '1'"),
     ],

@@ -30,7 +30,6 @@ import operator
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weightspace.atomic import atomic_write
 from weightspace.checkpoint_files import CHECKPOINT_SUFFIXES, read_tensors
 from weightspace.errors import (
     CheckpointError,
@@ -55,6 +55,7 @@ from weightspace.graph import (
     to_graph,
 )
 from weightspace.limits import Limits
+from weightspace.norm import NORM_MODULES, norm_op, norm_weights
 from weightspace.spec import ACTIVATIONS, NetworkSpec, Op
 
 __all__ = [
@@ -354,6 +355,14 @@ def from_module(
                     (src(node, node.args[0]),),
                     {"mode": mode, "dims": dims, "output_size": _tuple(sub.output_size, dims)},
                 )
+            elif isinstance(sub, NORM_MODULES):  # LayerNorm / RMSNorm: see weightspace.norm
+                if path in used_targets:
+                    raise unsupported(node, f"norm {path!r} ({kind_name}) is applied twice")
+                used_targets.add(path)
+                names_taken.add(path)
+                ops.append(norm_op(path, sub, src(node, node.args[0])))
+                value_of[node.name] = path
+                weights.update(norm_weights(path, sub))
             else:
                 raise unsupported(node, f"layer {path!r} of type {kind_name} is not supported")
         elif node.op == "call_function":
@@ -817,16 +826,9 @@ def save_checkpoint(
     path = Path(path)
     check_state_dict(spec, state_dict, source=str(path), allow_nonfinite=True)
     meta = {SPEC_METADATA_KEY: spec.to_json(), **(metadata or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, tmp, meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    # atomic_write creates the file with mode 0o666 & ~umask (0644), not mkstemp's 0600
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), meta))
 
 
 def spec_summary(spec: NetworkSpec) -> dict[str, Any]:
@@ -846,3 +848,24 @@ def spec_summary(spec: NetworkSpec) -> dict[str, Any]:
         )
         layers.append(entry)
     return {"input_shape": list(spec.input_shape), "layers": layers}
+
+
+# Loading inputs for the index (files, directories, zoo rows → LoadedModel) lives in
+# weightspace.sources, which imports no torch until used; its names are part of this API too.
+from weightspace.sources import (  # noqa: E402
+    LoadedModel,
+    ModelLoader,
+    iter_inputs,
+    iter_zoo,
+    load_model_file,
+    load_source,
+)
+
+__all__ += [
+    "LoadedModel",
+    "ModelLoader",
+    "iter_inputs",
+    "iter_zoo",
+    "load_model_file",
+    "load_source",
+]

@@ -41,7 +41,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -57,6 +57,7 @@ from weightspace.errors import (
     WeightspaceError,
 )
 from weightspace.index import (
+    Embedder,
     IndexBusyError,
     IndexFormatError,
     LoadedModel,
@@ -64,10 +65,14 @@ from weightspace.index import (
     ModelLoader,
     content_hash,
     embed_models,
+    embedder_inputs,
     load_model_file,
     parse_filters,
 )
 from weightspace.limits import Limits, ResourceLimitError, default_limits
+
+if TYPE_CHECKING:
+    from weightspace.index.postgres import PostgresIndex
 
 __all__ = [
     "create_app",
@@ -321,8 +326,8 @@ class _Admission:
 
 
 def create_app(
-    index: ModelIndex,
-    embedder: Any,
+    index: ModelIndex | PostgresIndex,
+    embedder: Embedder,
     *,
     loader: ModelLoader | None = None,
     max_upload_bytes: int | None = None,
@@ -422,24 +427,19 @@ def create_app(
                 raise UploadError(message, _status_of(exc)) from None
             except Exception as exc:  # a file the loader could not parse at all
                 raise UploadError(f"{filename}: cannot read the checkpoint ({exc})") from None
-        return LoadedModel(
-            path=filename,
-            spec_json=loaded.spec_json,
-            spec_summary=loaded.spec_summary,
-            tensors=loaded.tensors,
-            graph=loaded.graph,
-        )
+        return dataclasses.replace(loaded, path=filename, metrics={})
 
     def process_upload(file: UploadFile, spec: str | None, with_head: bool) -> _Embedded:
         """On an embedding thread: load, embed, hash and (``with_head``) predict; only the small
         results leave it, so the model's tensors and graph are freed there."""
         loaded = load_upload(file, spec)
-        vector = embed_models(embedder, [loaded.graph], source=loaded.path)
+        inputs = embedder_inputs(embedder, [loaded])
+        vector = embed_models(embedder, inputs, source=loaded.path)
         prediction = None
         head = getattr(embedder, "predict_accuracy", None)
         if with_head and callable(head):
             try:
-                prediction = float(np.asarray(head([loaded.graph]), dtype=np.float64).ravel()[0])
+                prediction = float(np.asarray(head(inputs), dtype=np.float64).ravel()[0])
             except WeightspaceError:
                 prediction = None  # an encoder trained without an accuracy head says so
         return _Embedded(
@@ -464,14 +464,14 @@ def create_app(
         with refresh_lock:  # reads the manifest and catalog counts; reloads a new generation
             index.refresh(strict=True)
             last_refresh[0] = time.monotonic()
-        store = index.store
+        store = getattr(index, "store", None)  # None: the pgvector backend (HNSW in PostgreSQL)
         return {
             "status": "ok",
             "models": len(index),
             "dim": index.dim,
             "fingerprint": index.fingerprint,
-            "index_kind": store.active_kind,
-            "recall_at_10": store.recall_at_10,
+            "index_kind": "pgvector-hnsw" if store is None else store.active_kind,
+            "recall_at_10": None if store is None else store.recall_at_10,
             "format_version": index.manifest.get("format_version"),
             "max_upload_bytes": max_upload_bytes,
             "max_concurrent_embeddings": settings.max_concurrent_embeddings,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,6 +21,11 @@ from weightspace.cli.options import (
     SpecFile,
     architecture_kwargs,
 )
+from weightspace.cli.skipping import SkipErrors, SkipLog
+
+if TYPE_CHECKING:  # the index loads on first use, so `weightspace --help` stays fast
+    from weightspace.index import AddReport, Embedder, ModelIndex, ModelLoader, ProgressCallback
+    from weightspace.index.postgres import PostgresIndex
 
 index_app = typer.Typer(
     help="Build and extend a persistent vector index of checkpoints (FAISS + SQLite).",
@@ -32,11 +37,21 @@ Inputs = Annotated[
     list[Path],
     typer.Argument(help="Model zoo directories, checkpoint files, or directories of checkpoints."),
 ]
-IndexPath = Annotated[Path, typer.Argument(help="The index directory.")]
+IndexPath = Annotated[
+    str,
+    typer.Argument(
+        help="The index directory, or a PostgreSQL DSN (postgresql://...) of a pgvector index."
+    ),
+]
+Schema = Annotated[
+    str, typer.Option("--schema", help="pgvector backend: the schema holding the index.")
+]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Models embedded at once.")]
 
 
-def _loader(activation: str | None, spec: Path | None, model: str | None, allow: bool) -> Any:
+def _loader(
+    activation: str | None, spec: Path | None, model: str | None, allow: bool
+) -> ModelLoader:
     from weightspace.index import load_model_file
 
     return functools.partial(
@@ -44,7 +59,7 @@ def _loader(activation: str | None, spec: Path | None, model: str | None, allow:
     )
 
 
-def _progress_printer() -> Any:
+def _progress_printer() -> ProgressCallback:
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -60,13 +75,25 @@ def _progress_printer() -> Any:
     return report
 
 
-def _summary(index: Any, report: Any) -> str:
-    store = index.store
-    recall = (
-        "exact search"
-        if store.recall_at_10 is None
-        else f"{store.active_kind} index, measured recall@10 {store.recall_at_10:.3f}"
-    )
+def _open_index(text: str, schema: str = "weightspace") -> ModelIndex | PostgresIndex:
+    """The index at ``text``: a PostgreSQL DSN (pgvector backend) or an index directory."""
+    if "://" in text:
+        from weightspace.index.postgres import PostgresIndex
+
+        return PostgresIndex.open(text, schema=schema)
+    from weightspace.index import ModelIndex
+
+    return ModelIndex.open(Path(text))
+
+
+def _summary(index: ModelIndex | PostgresIndex, report: AddReport) -> str:
+    store = getattr(index, "store", None)
+    if store is None:
+        recall = "pgvector HNSW index"
+    elif store.recall_at_10 is None:
+        recall = "exact search"
+    else:
+        recall = f"{store.active_kind} index, measured recall@10 {store.recall_at_10:.3f}"
     return (
         f"{len(report.added)} added, {len(report.duplicates)} already stored; "
         f"{len(index)} models in {index.path} ({recall})"
@@ -83,7 +110,9 @@ def build(
             help="Encoder directory (from `weightspace train`) or an importable 'module:attr'.",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Index directory to create.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Index directory to create (FAISS backend).")
+    ] = None,
     kind: Annotated[
         str,
         typer.Option(
@@ -104,17 +133,53 @@ def build(
     spec: SpecFile = None,
     model: ModelFactory = None,
     allow_nonfinite: AllowNonfinite = False,
+    skip_errors: SkipErrors = False,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help="faiss: FAISS + SQLite files in --out; pgvector: PostgreSQL + pgvector at --dsn.",
+        ),
+    ] = "faiss",
+    dsn: Annotated[
+        str | None,
+        typer.Option("--dsn", help="pgvector backend: postgresql://user:password@host/db."),
+    ] = None,
+    schema: Schema = "weightspace",
 ) -> None:
     """Embed checkpoints and store them as a new index; a failed build leaves any previous
     index at OUT untouched."""
     from weightspace.index import ModelIndex, iter_inputs, load_embedder
 
+    if backend not in ("faiss", "pgvector"):
+        raise typer.BadParameter(f"unknown backend {backend!r}; use faiss or pgvector")
+    if (backend == "pgvector") != (dsn is not None) or (backend == "faiss") != (out is not None):
+        raise typer.BadParameter("give --out for the faiss backend, --dsn for pgvector")
     if kind not in ("auto", "flat", "ivf", "hnsw"):
         raise typer.BadParameter(f"unknown kind {kind!r}; use auto, flat, ivf or hnsw")
     embedder = load_embedder(encoder)
     # only a directory is recorded; an importable 'module:attr' must be given again each time
     encoder_ref = str(Path(encoder).resolve()) if Path(encoder).is_dir() else None
-    models = iter_inputs(inputs, loader=_loader(activation, spec, model, allow_nonfinite))
+    skips = SkipLog(skip_errors)
+    loader = skips.loader(_loader(activation, spec, model, allow_nonfinite))
+    models = skips.nonempty(skips.models(inputs, lambda p: iter_inputs(p, loader=loader)))
+    if dsn is not None:
+        from weightspace.index.postgres import PostgresIndex
+
+        pg_index, report = PostgresIndex.build(
+            dsn,
+            models,
+            embedder,
+            schema=schema,
+            encoder=encoder_ref,
+            overwrite=overwrite,
+            batch_size=batch_size,
+            on_progress=_progress_printer(),
+        )
+        skips.report()
+        typer.echo(_summary(pg_index, report))
+        return
+    assert out is not None
     index, report = ModelIndex.build(
         out,
         models,
@@ -126,6 +191,7 @@ def build(
         batch_size=batch_size,
         on_progress=_progress_printer(),
     )
+    skips.report()
     typer.echo(_summary(index, report))
 
 
@@ -142,14 +208,19 @@ def add(
     spec: SpecFile = None,
     model: ModelFactory = None,
     allow_nonfinite: AllowNonfinite = False,
+    skip_errors: SkipErrors = False,
+    schema: Schema = "weightspace",
 ) -> None:
     """Embed checkpoints and add those not stored yet (same content hash) to an index."""
-    from weightspace.index import ModelIndex, iter_inputs
+    from weightspace.index import iter_inputs
 
-    index = ModelIndex.open(index_path)
+    index = _open_index(index_path, schema)
     embedder = _index_embedder(index, encoder)
-    models = iter_inputs(inputs, loader=_loader(activation, spec, model, allow_nonfinite))
+    skips = SkipLog(skip_errors)
+    loader = skips.loader(_loader(activation, spec, model, allow_nonfinite))
+    models = skips.nonempty(skips.models(inputs, lambda p: iter_inputs(p, loader=loader)))
     report = index.add(models, embedder, batch_size=batch_size, on_progress=_progress_printer())
+    skips.report()
     typer.echo(_summary(index, report))
 
 
@@ -164,13 +235,19 @@ def info(
             "embeddings and catalog rows (reads everything).",
         ),
     ] = False,
+    schema: Schema = "weightspace",
 ) -> None:
     """Print an index's manifest (size, encoder, FAISS kind, measured recall) and its integrity
     as JSON; exit 1 naming the damaged file if a check fails."""
     from weightspace.index import ModelIndex
-    from weightspace.index_integrity import verify_index
+    from weightspace.index.integrity import verify_index
 
-    index = ModelIndex.open(index_path)  # quick checks: catalog counts, vector file checksum
+    index = _open_index(index_path, schema)  # quick checks: catalog counts, vector checksum
+    if not isinstance(index, ModelIndex):  # pgvector: PostgreSQL keeps its own pages whole
+        if verify:
+            raise typer.BadParameter("--verify checks the FAISS + SQLite files; not for pgvector")
+        typer.echo(json.dumps({**index.info(), "integrity": {"checked": "none"}}, indent=2))
+        return
     if verify:
         integrity = verify_index(index)
     else:
@@ -198,7 +275,8 @@ def repair(
     """Rebuild an index's vectors from the embeddings its catalog stores (or, where it lacks
     them or they fail their checksum, from the source files) and record fresh checksums."""
     from weightspace.index import ModelIndex, load_embedder
-    from weightspace.index_integrity import repair_index, verify_index
+    from weightspace.index.integrity import verify_index
+    from weightspace.index.repair import repair_index
 
     embedder = load_embedder(encoder) if encoder else None
     counts = repair_index(index_path, embedder=embedder, batch_size=batch_size)
@@ -210,7 +288,7 @@ def repair(
     )
 
 
-def _index_embedder(index: Any, encoder: str | None) -> Any:
+def _index_embedder(index: ModelIndex | PostgresIndex, encoder: str | None) -> Embedder:
     """``--encoder`` if given (a directory or an importable 'module:attr' the user typed), else
     the encoder directory the index records; checked against the index's fingerprint."""
     from weightspace.index import load_embedder
@@ -251,11 +329,10 @@ def search(
     spec: SpecFile = None,
     model: ModelFactory = None,
     allow_nonfinite: AllowNonfinite = False,
+    schema: Schema = "weightspace",
 ) -> None:
     """The stored models nearest to a checkpoint, with cosine score and metadata."""
-    from weightspace.index import ModelIndex
-
-    index = ModelIndex.open(index_path)
+    index = _open_index(index_path, schema)
     embedder = _index_embedder(index, encoder)
     loaded = _loader(activation, spec, model, allow_nonfinite)(query, None)
     [hits] = index.search_models([loaded], embedder, k=k, filters=filters)
@@ -324,16 +401,16 @@ def serve(
             "--max-edges", min=0, help="Neural-graph edges per uploaded model (default 2M)."
         ),
     ] = None,
+    schema: Schema = "weightspace",
 ) -> None:
     """Serve the index over HTTP: POST /search, POST /predict, GET /models/{id}, GET /health;
     OpenAPI docs at /docs. Caps default to weightspace.limits (WEIGHTSPACE_MAX_* variables),
     edges to 2M (about 1.5 GB per embedding with the default encoder)."""
     import uvicorn
 
-    from weightspace.index import ModelIndex
     from weightspace.serve import ServerSettings, create_app, server_limits
 
-    index = ModelIndex.open(index_path)
+    index = _open_index(index_path, schema)
     embedder = _index_embedder(index, encoder)
     settings = ServerSettings(
         max_upload_bytes=int(max_upload_mb * 2**20),

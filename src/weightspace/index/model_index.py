@@ -1,0 +1,420 @@
+"""The model index: the vector store and the catalog joined, opened, searched and extended.
+
+An index is a directory::
+
+    INDEX/
+      meta.sqlite                  the catalog (:mod:`weightspace.index.catalog`)
+      vectors-<generation>.faiss   the vectors of the committed generation
+                                   (:mod:`weightspace.index.vectors`)
+      write.lock                   held by the one process allowed to write
+                                   (:mod:`weightspace.index.writing`)
+
+Row ``i`` of the vector store is catalog id ``i``. Opening checks the catalog against the
+manifest and the vector file against its checksum (:mod:`weightspace.index.integrity`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from weightspace.errors import WeightspaceError
+from weightspace.index.catalog import (
+    INDEX_FORMAT_VERSION,
+    META_FILE,
+    RECORD_COLUMNS,
+    ModelRecord,
+    SearchHit,
+    catalog_errors,
+    connect,
+    filter_query,
+    hash_to_id,
+    hits_from,
+    load_committed,
+    parse_filters,
+    read_manifest,
+    record_from_row,
+)
+from weightspace.index.embedders import (
+    Embedder,
+    embed_loaded,
+    embedder_fingerprint,
+    encoder_from_manifest,
+    normalise,
+)
+from weightspace.index.errors import EncoderMismatchError, IndexCorruptError, IndexFormatError
+from weightspace.index.integrity import check_catalog, check_file
+from weightspace.index.vectors import DEFAULT_APPROXIMATE_THRESHOLD, IndexKind, VectorStore
+from weightspace.index.writing import (
+    AddReport,
+    ProgressCallback,
+    build_index,
+    commit,
+    dedupe_records,
+    embed_batches,
+    resolve_ids,
+    write_lock,
+)
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from weightspace.nn.encoder import Encoder
+    from weightspace.sources import LoadedModel
+
+__all__ = ["ModelIndex"]
+
+
+class ModelIndex:
+    """A persistent, de-duplicated index of model embeddings with metadata.
+
+    Open one with :meth:`open`, or make one with :meth:`build`. Reads (``search``, ``get``) are
+    thread-safe; writes (``add``) take the index's file lock and commit atomically.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], store: VectorStore) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.store = store
+        self._local = threading.local()
+
+    # -------------------------------------------------------------- properties
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["fingerprint"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def encoder(self) -> str | None:
+        """The encoder directory recorded at build time, if any (never imported: see
+        :meth:`load_encoder`)."""
+        value = self.manifest.get("encoder")
+        return None if value is None else str(value)
+
+    def load_encoder(self) -> Encoder:
+        """The recorded encoder directory, loaded with ``weightspace.nn.Encoder.load`` and
+        checked against the index's fingerprint.
+
+        Raises:
+            WeightspaceError: the index records no encoder directory, or (indexes built before
+                format 2) an importable ``module:attr``, which is never imported: pass
+                ``--encoder``.
+            EncoderMismatchError: the directory holds another encoder now.
+        """
+        return encoder_from_manifest(self.path, self.manifest)
+
+    @property
+    def generation(self) -> int:
+        return int(self.manifest["generation"])
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelIndex({str(self.path)!r}, models={len(self)}, dim={self.dim}, "
+            f"kind={self.store.active_kind!r}, fingerprint={self.fingerprint[:12]!r})"
+        )
+
+    @property
+    def format_version(self) -> int:
+        return int(self.manifest["format_version"])
+
+    def info(self) -> dict[str, Any]:
+        """The manifest plus the live count, for ``/health`` and the CLI."""
+        return {**self.manifest, "count": len(self), "path": str(self.path)}
+
+    def check_catalog(self) -> None:
+        """Cheap catalog check beyond :meth:`open`'s (:func:`~weightspace.index_integrity.
+        check_catalog`): SQLite's ``quick_check`` and JSON in every row's metrics and spec."""
+        check_catalog(self)
+
+    # -------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, path: str | Path) -> ModelIndex:
+        """Open a committed index; refuse other format versions, damaged or inconsistent files.
+
+        Checks on every open (cheap): the catalog's tables and row count against the manifest,
+        the vector file against its recorded checksum (:func:`~weightspace.index.integrity.
+        check_file`, quick mode), and the FAISS vector count.
+        """
+        if "://" in str(path):  # a DSN: Path() would fold its "//" and hide what it is
+            raise IndexFormatError(
+                f"{str(path).partition('@')[2] or str(path).partition('://')[0]}: a PostgreSQL "
+                f"DSN, not an index directory; open it with the pgvector backend "
+                f"(weightspace.index.postgres.PostgresIndex, `--backend pgvector --dsn`)"
+            )
+        path = Path(path)
+        manifest, store = load_committed(path)
+        return cls(path, manifest, store)
+
+    @staticmethod
+    def _read_manifest(path: Path) -> dict[str, Any]:
+        """:func:`~weightspace.index.catalog.read_manifest` (kept for callers of the old name)."""
+        return read_manifest(path)
+
+    def _connection(self) -> sqlite3.Connection:
+        """A read-only connection owned by the calling thread."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = connect(self.path / META_FILE)
+            self._local.connection = connection
+        return connection
+
+    def close(self) -> None:
+        """Close this thread's database connection (others close when their thread ends)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    def check_embedder(self, embedder: Embedder) -> None:
+        """Raise :class:`EncoderMismatchError` unless ``embedder`` built this index."""
+        fingerprint = embedder_fingerprint(embedder)
+        if fingerprint != self.fingerprint:
+            raise EncoderMismatchError(
+                f"{self.path}: built with encoder {self.fingerprint[:16]!r} "
+                f"({self.encoder or 'unknown source'!r}), but the given encoder is "
+                f"{fingerprint[:16]!r}; query with the same encoder or rebuild the index"
+            )
+
+    # -------------------------------------------------------------- building
+    @classmethod
+    def build(
+        cls,
+        path: str | Path,
+        models: Iterable[LoadedModel],
+        embedder: Embedder,
+        *,
+        encoder: str | None = None,
+        kind: IndexKind = "auto",
+        approximate_threshold: int = DEFAULT_APPROXIMATE_THRESHOLD,
+        overwrite: bool = False,
+        batch_size: int = 64,
+        on_progress: ProgressCallback | None = None,
+        lock_timeout: float = 10.0,
+    ) -> tuple[ModelIndex, AddReport]:
+        """Embed ``models`` and store them as a new index at ``path``; return it opened.
+
+        An existing index at ``path`` is replaced only with ``overwrite=True``, and only when the
+        new one is committed (:func:`~weightspace.index.writing.build_index`). ``encoder`` is
+        the encoder's directory, recorded so that later commands can load it without
+        ``--encoder``; an importable ``module:attr`` is refused (an index never names code).
+        """
+        report = build_index(
+            Path(path),
+            models,
+            embedder,
+            encoder=encoder,
+            kind=kind,
+            approximate_threshold=approximate_threshold,
+            overwrite=overwrite,
+            batch_size=batch_size,
+            on_progress=on_progress,
+            lock_timeout=lock_timeout,
+        )
+        return cls.open(path), report
+
+    def add(
+        self,
+        models: Iterable[LoadedModel],
+        embedder: Embedder,
+        *,
+        batch_size: int = 64,
+        on_progress: ProgressCallback | None = None,
+        lock_timeout: float = 10.0,
+    ) -> AddReport:
+        """Embed and store ``models`` not stored yet (by content hash); commit atomically."""
+        self.check_embedder(embedder)
+        with write_lock(self.path, lock_timeout):
+            self._reload_for_writing()
+            records, vectors, report = embed_batches(
+                models,
+                embedder,
+                known_hashes=self._hash_to_id(),
+                batch_size=batch_size,
+                on_progress=on_progress,
+            )
+            self._append_locked(records, vectors, report, on_progress)
+        return report
+
+    def add_vectors(
+        self,
+        vectors: np.ndarray,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        on_progress: ProgressCallback | None = None,
+        lock_timeout: float = 10.0,
+    ) -> AddReport:
+        """Store precomputed vectors ``(n, dim)`` with metadata records.
+
+        Each record needs ``path`` and ``content_hash``, and may have ``spec_summary``,
+        ``spec_json`` and ``metrics``. The vectors must come from this index's encoder.
+        """
+        vectors = normalise(np.asarray(vectors, dtype=np.float32))
+        if len(records) != len(vectors):
+            raise ValueError(f"got {len(vectors)} vectors but {len(records)} records")
+        with write_lock(self.path, lock_timeout):
+            self._reload_for_writing()
+            keep, rows, report = dedupe_records(records, self._hash_to_id())
+            self._append_locked(rows, vectors[keep], report, on_progress)
+        return report
+
+    def _append_locked(
+        self,
+        rows: list[dict[str, Any]],
+        vectors: np.ndarray,
+        report: AddReport,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        if not rows:
+            return
+        if vectors.shape[1] != self.dim:
+            raise WeightspaceError(
+                f"{self.path}: vectors have dim {vectors.shape[1]}, the index holds dim {self.dim}"
+            )
+        first_id = len(self.store)
+        self.store.add(vectors)
+        try:
+            commit(
+                self.path,
+                self.manifest,
+                self.store,
+                rows,
+                vectors,
+                first_id=first_id,
+                reset=False,
+                on_progress=on_progress,
+            )
+        finally:
+            self._reload_locked()  # on failure, back to the committed state
+        resolve_ids(report, first_id, len(rows))
+
+    def _reload_locked(self) -> None:
+        fresh = ModelIndex.open(self.path)
+        self.manifest, self.store = fresh.manifest, fresh.store
+
+    def _reload_for_writing(self) -> None:
+        """Reload under the write lock; refuse to extend an old-format or damaged catalog."""
+        self._reload_locked()
+        if self.format_version < INDEX_FORMAT_VERSION:
+            raise IndexFormatError(
+                f"{self.path}: index format {self.format_version} has no checksums and cannot be "
+                f"extended; upgrade it with `weightspace index repair {self.path}` (re-embeds "
+                f"from the source files) or rebuild it"
+            )
+        self.check_catalog()
+
+    def refresh(self, *, strict: bool = False) -> bool:
+        """Reload if another process committed a newer generation; return whether it did.
+
+        Reads the manifest and the catalog's counts from disk. ``strict``: a damaged index on
+        disk raises :class:`IndexFormatError` (else the loaded state is kept), and the vector
+        file is checked against its checksum even when unchanged.
+        """
+        try:
+            manifest = read_manifest(self.path)
+            vectors = self.path / f"vectors-{self.generation}.faiss"
+            if strict and manifest["generation"] == self.generation and self.format_version >= 2:
+                try:
+                    check_file(vectors, manifest["vectors_checksum"], repair_hint="repair it")
+                except IndexCorruptError:
+                    if vectors.exists():
+                        raise
+                    manifest = read_manifest(self.path)  # a writer committed meanwhile
+        except IndexFormatError:
+            if strict:
+                raise
+            return False
+        if manifest["generation"] == self.generation:
+            return False
+        fresh = ModelIndex.open(self.path)
+        self.manifest, self.store = fresh.manifest, fresh.store
+        return True
+
+    def _hash_to_id(self) -> dict[str, int]:
+        return hash_to_id(self.path / META_FILE)
+
+    def query_catalog(self, sql: str, values: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a read-only catalog query on this thread's connection; SQLite errors become
+        one-line :class:`IndexCorruptError` (or :class:`IndexBusyError`)."""
+        with catalog_errors(self.path / META_FILE):
+            return self._connection().execute(sql, values).fetchall()
+
+    # -------------------------------------------------------------- reading
+    def get(self, model_id: int) -> ModelRecord | None:
+        """The stored metadata of one model, or ``None`` (also for ids no SQLite integer holds)."""
+        model_id = int(model_id)
+        if not 0 <= model_id < 2**63:
+            return None
+        rows = self.query_catalog(f"SELECT {RECORD_COLUMNS} FROM models WHERE id = ?", (model_id,))
+        return record_from_row(rows[0], self.path) if rows else None
+
+    def find_hash(self, digest: str) -> ModelRecord | None:
+        """The stored model with this content hash, or ``None``."""
+        rows = self.query_catalog(
+            f"SELECT {RECORD_COLUMNS} FROM models WHERE content_hash = ?", (str(digest),)
+        )
+        return record_from_row(rows[0], self.path) if rows else None
+
+    def _allowed_rows(self, filters: Mapping[str, Any]) -> np.ndarray:
+        query, values = filter_query(filters)
+        ids = [row[0] for row in self.query_catalog(query, values)]
+        return np.asarray([i for i in ids if i < len(self.store)], dtype=np.int64)
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        filters: Iterable[str] | Mapping[str, Any] | None = None,
+    ) -> list[list[SearchHit]]:
+        """Nearest stored models of each query vector ``(q, dim)`` (or ``(dim,)``).
+
+        Args:
+            queries: embeddings from this index's encoder; normalised here.
+            k: neighbours per query.
+            filters: ``key=value`` strings or a mapping; keys are metric names (``task``,
+                ``epoch``, ...) or ``path``, ``content_hash``, ``arch_summary``.
+        """
+        if k < 1:
+            raise WeightspaceError(f"k must be at least 1, got {k}")
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise WeightspaceError(
+                f"query vectors have shape {queries.shape}; this index holds dim {self.dim}"
+            )
+        queries = normalise(queries, source="query")
+        parsed = parse_filters(filters)
+        allowed = self._allowed_rows(parsed) if parsed else None
+        scores, rows = self.store.search(queries, k, allowed_rows=allowed)
+        ids = sorted({int(r) for r in rows.ravel() if r >= 0})
+        records: dict[int, ModelRecord] = {}
+        if ids:
+            placeholders = ",".join("?" * len(ids))
+            for row in self.query_catalog(
+                f"SELECT {RECORD_COLUMNS} FROM models WHERE id IN ({placeholders})", ids
+            ):
+                records[row[0]] = record_from_row(row, self.path)
+        return hits_from(scores, rows, records)
+
+    def search_models(
+        self,
+        models: Sequence[LoadedModel],
+        embedder: Embedder,
+        k: int = 10,
+        *,
+        filters: Iterable[str] | Mapping[str, Any] | None = None,
+    ) -> list[list[SearchHit]]:
+        """Embed ``models`` with ``embedder`` (checked against the index) and search."""
+        self.check_embedder(embedder)
+        return self.search(embed_loaded(embedder, models), k, filters=filters)

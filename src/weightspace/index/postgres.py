@@ -1,0 +1,535 @@
+"""A model index in PostgreSQL with pgvector: many writers and readers share one index.
+
+The same interface as :class:`~weightspace.index.ModelIndex` (``build``, ``open``, ``add``,
+``add_vectors``, ``search``, ``search_models``, ``get``, ``find_hash``, ``check_embedder``), over
+one database schema (default ``weightspace``)::
+
+    manifest (key TEXT PRIMARY KEY, value JSONB)       backend, format version, fingerprint,
+                                                       encoder directory, dim
+    models   (id BIGSERIAL, path, content_hash UNIQUE, spec_summary, spec_json, metrics JSONB,
+              added_at, embedding VECTOR(dim))         with an HNSW index (inner product)
+
+Every batch of models is one transaction; ``INSERT ... ON CONFLICT (content_hash) DO NOTHING``
+makes concurrent writers lose nothing and store nothing twice, and a batch whose connection is
+lost rolls back and is retried on a new connection. Scores are inner products of unit vectors
+(cosine similarities), as in the FAISS index. Unfiltered searches go through the HNSW index
+(``hnsw.ef_search``); filtered ones scan the matching rows exactly, so a filter never returns
+fewer than ``k`` hits while ``k`` match.
+
+Needs ``psycopg`` (``pip install weightspace[pgvector]``) and a server with the ``vector``
+extension; tests start one with the ``pgserver`` wheel.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from weightspace.errors import WeightspaceError
+from weightspace.index.catalog import (
+    ModelRecord,
+    SearchHit,
+    json_scalar,
+    model_row,
+    now,
+    parse_filters,
+)
+from weightspace.index.embedders import (
+    IMPORT_REFERENCE,
+    Embedder,
+    embed_loaded,
+    embedder_fingerprint,
+    encoder_from_manifest,
+    normalise,
+)
+from weightspace.index.errors import EncoderMismatchError, IndexFormatError
+from weightspace.index.writing import AddReport, ProgressCallback, declared_dim
+
+if TYPE_CHECKING:
+    from weightspace.nn.encoder import Encoder
+    from weightspace.sources import LoadedModel
+
+__all__ = ["PostgresIndex", "POSTGRES_FORMAT_VERSION", "BACKEND"]
+
+BACKEND = "pgvector"
+POSTGRES_FORMAT_VERSION = 1
+_COLUMNS = "id, path, content_hash, spec_summary, spec_json, metrics::text, added_at"
+_COLUMN_FILTERS = {"path": "path", "content_hash": "content_hash", "arch_summary": "spec_summary"}
+_RETRIES = 3
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise WeightspaceError(
+            "the PostgreSQL backend needs psycopg: pip install 'weightspace[pgvector]'"
+        ) from None
+    return psycopg
+
+
+def _vector_text(vector: np.ndarray) -> str:
+    """pgvector's text form, ``[x1,x2,...]``, exact for float32 (``repr`` round-trips)."""
+    return "[" + ",".join(repr(float(x)) for x in np.asarray(vector, dtype=np.float32)) + "]"
+
+
+def _safe_dsn(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    head, at, tail = dsn.rpartition("@")
+    if not at or "://" not in head:
+        return dsn
+    scheme, _, credentials = head.partition("://")
+    return f"{scheme}://{credentials.partition(':')[0]}@{tail}"
+
+
+class PostgresIndex:
+    """A de-duplicated index of model embeddings in PostgreSQL + pgvector.
+
+    Args (of :meth:`open` and :meth:`build`):
+        dsn: a libpq connection string, ``postgresql://user:password@host:port/database``.
+        schema: the schema holding the index's tables (several indexes share a database).
+    """
+
+    def __init__(self, dsn: str, manifest: dict[str, Any], *, schema: str) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.manifest = manifest
+        self.ef_search = 64  # HNSW candidates per query (at least k)
+        self._connection: Any = None
+        self._settings: tuple[int, tuple[int, bool]] | None = None
+
+    # -------------------------------------------------------------- connection
+    @staticmethod
+    def _check_schema_name(schema: str) -> str:
+        if not schema.isidentifier() or not schema.isascii():
+            raise WeightspaceError(f"schema {schema!r} must be a plain identifier")
+        return schema
+
+    @classmethod
+    def _connect(cls, dsn: str) -> Any:
+        psycopg = _psycopg()
+        try:
+            return psycopg.connect(dsn, autocommit=False, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise IndexFormatError(
+                f"{_safe_dsn(dsn)}: cannot connect to PostgreSQL ({' '.join(str(exc).split())})"
+            ) from None
+
+    def _conn(self) -> Any:
+        if self._connection is None or self._connection.closed:
+            self._connection = self._connect(self.dsn)
+        return self._connection
+
+    def close(self) -> None:
+        """Close the connection (a later call opens a new one)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    # -------------------------------------------------------------- properties
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["fingerprint"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def encoder(self) -> str | None:
+        value = self.manifest.get("encoder")
+        return None if value is None else str(value)
+
+    @property
+    def path(self) -> str:
+        """Where the index lives, for messages: the DSN without its password, and the schema."""
+        return f"{_safe_dsn(self.dsn)}#{self.schema}"
+
+    def load_encoder(self) -> Encoder:
+        """The recorded encoder directory, checked against the fingerprint (nothing imported)."""
+        return encoder_from_manifest(self.path, self.manifest)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return int(self._read(f"SELECT count(*) FROM {self.schema}.models")[0][0])
+
+    def __repr__(self) -> str:
+        return (
+            f"PostgresIndex({self.path!r}, dim={self.dim}, fingerprint={self.fingerprint[:12]!r})"
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {**self.manifest, "count": len(self), "path": self.path}
+
+    def refresh(self, *, strict: bool = False) -> bool:
+        """Nothing to reload: every query reads the committed state."""
+        return False
+
+    def check_embedder(self, embedder: Embedder) -> None:
+        """Raise :class:`EncoderMismatchError` unless ``embedder`` built this index."""
+        fingerprint = embedder_fingerprint(embedder)
+        if fingerprint != self.fingerprint:
+            raise EncoderMismatchError(
+                f"{self.path}: built with encoder {self.fingerprint[:16]!r}, but the given "
+                f"encoder is {fingerprint[:16]!r}; query with the same encoder or rebuild the index"
+            )
+
+    # -------------------------------------------------------------- opening and building
+    @classmethod
+    def open(cls, dsn: str, *, schema: str = "weightspace") -> PostgresIndex:
+        """Open the index in ``schema``; a database without one is an :class:`IndexFormatError`."""
+        schema = cls._check_schema_name(schema)
+        connection = cls._connect(dsn)
+        try:
+            found = connection.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+                "AND table_name = 'manifest'",
+                (schema,),
+            ).fetchall()
+            rows = (
+                connection.execute(f"SELECT key, value::text FROM {schema}.manifest").fetchall()
+                if found
+                else []
+            )
+            connection.rollback()
+        finally:
+            connection.close()
+        manifest = {str(key): json.loads(value) for key, value in rows}
+        if manifest.get("backend") != BACKEND:
+            raise IndexFormatError(
+                f"{_safe_dsn(dsn)}: holds no weightspace index in schema {schema!r}; build one "
+                f"with `weightspace index build --backend pgvector --dsn DSN`"
+            )
+        if manifest.get("format_version") != POSTGRES_FORMAT_VERSION:
+            raise IndexFormatError(
+                f"{_safe_dsn(dsn)}: index format {manifest.get('format_version')!r}, this "
+                f"weightspace reads {POSTGRES_FORMAT_VERSION}; rebuild it"
+            )
+        return cls(dsn, manifest, schema=schema)
+
+    @classmethod
+    def build(
+        cls,
+        dsn: str,
+        models: Iterable[LoadedModel],
+        embedder: Embedder,
+        *,
+        schema: str = "weightspace",
+        encoder: str | None = None,
+        overwrite: bool = False,
+        batch_size: int = 64,
+        on_progress: ProgressCallback | None = None,
+    ) -> tuple[PostgresIndex, AddReport]:
+        """Create the index's tables in ``schema`` and add ``models``; ``overwrite`` drops an
+        index already there (in the same transaction that creates the new tables)."""
+        schema = cls._check_schema_name(schema)
+        if encoder is not None and (IMPORT_REFERENCE.fullmatch(str(encoder)) or "://" in encoder):
+            raise WeightspaceError(f"an index records only an encoder directory, not {encoder!r}")
+        models = iter(models)
+        first = next(models, None)
+        if first is None or getattr(embedder, "dim", None) is not None:
+            embedder_dim = declared_dim(embedder)
+        else:  # the width of the first embedding
+            embedder_dim = int(embed_loaded(embedder, [first]).shape[1])
+        manifest = {
+            "backend": BACKEND,
+            "format_version": POSTGRES_FORMAT_VERSION,
+            "fingerprint": embedder_fingerprint(embedder),
+            "encoder": encoder,
+            "dim": embedder_dim,
+            "created_at": now(),
+        }
+        connection = cls._connect(dsn)
+        try:
+            with connection.transaction():
+                exists = connection.execute(
+                    "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+                    "AND table_name = 'manifest'",
+                    (schema,),
+                ).fetchall()
+                if exists and not overwrite:
+                    raise WeightspaceError(
+                        f"{_safe_dsn(dsn)}: schema {schema!r} holds an index already; use `index "
+                        f"add` to extend it or --overwrite to replace it"
+                    )
+                connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+                connection.execute(f"CREATE SCHEMA {schema}")
+                connection.execute(
+                    f"CREATE TABLE {schema}.manifest (key TEXT PRIMARY KEY, value JSONB NOT NULL)"
+                )
+                connection.execute(
+                    f"CREATE TABLE {schema}.models (id BIGSERIAL PRIMARY KEY, path TEXT NOT NULL, "
+                    "content_hash TEXT NOT NULL UNIQUE, spec_summary TEXT NOT NULL, "
+                    "spec_json TEXT NOT NULL, metrics JSONB NOT NULL, added_at TEXT NOT NULL, "
+                    f"embedding vector({int(embedder_dim)}) NOT NULL)"
+                )
+                for key, value in manifest.items():
+                    connection.execute(
+                        f"INSERT INTO {schema}.manifest (key, value) VALUES (%s, %s::jsonb)",
+                        (key, json.dumps(value)),
+                    )
+        finally:
+            connection.close()
+        index = cls(dsn, manifest, schema=schema)
+        chained = models if first is None else _chain(first, models)
+        report = index.add(chained, embedder, batch_size=batch_size, on_progress=on_progress)
+        index.create_vector_index()
+        return index, report
+
+    def create_vector_index(self) -> None:
+        """Build the HNSW index over the stored vectors (``build`` does, after its first
+        models: one bulk build is far faster than inserting into the graph row by row); later
+        adds insert into it. Idempotent."""
+        connection = self._conn()
+        with connection.transaction():
+            connection.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            connection.execute(
+                f"CREATE INDEX IF NOT EXISTS models_embedding_hnsw ON {self.schema}.models "
+                "USING hnsw (embedding vector_ip_ops) WITH (m = 16, ef_construction = 64)"
+            )
+
+    # -------------------------------------------------------------- writing
+    def add(
+        self,
+        models: Iterable[LoadedModel],
+        embedder: Embedder,
+        *,
+        batch_size: int = 64,
+        on_progress: ProgressCallback | None = None,
+    ) -> AddReport:
+        """Embed and store ``models`` not stored yet (by content hash), one transaction per
+        batch; safe to run from several processes at once."""
+        from weightspace.index.embedders import content_hash
+
+        self.check_embedder(embedder)
+        report = AddReport()
+        batch: list[tuple[dict[str, Any], LoadedModel]] = []
+        done = 0
+
+        def flush() -> None:
+            nonlocal done
+            if batch:
+                vectors = embed_loaded(embedder, [model for _, model in batch])
+                self._write([row for row, _ in batch], vectors, report)
+                done += len(batch)
+                batch.clear()
+                if on_progress is not None:
+                    on_progress("embed", done, 0)
+
+        for model in models:
+            digest = content_hash(model.spec_json, model.tensors)
+            row = model_row(
+                {
+                    "path": model.path,
+                    "content_hash": digest,
+                    "spec_summary": model.spec_summary,
+                    "spec_json": model.spec_json,
+                    "metrics": model.metrics,
+                }
+            )
+            batch.append((row, model))
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+        return report
+
+    def add_vectors(
+        self, vectors: np.ndarray, records: Sequence[Mapping[str, Any]], **_: Any
+    ) -> AddReport:
+        """Store precomputed vectors ``(n, dim)`` from this index's encoder with their records
+        (``path``, ``content_hash``, optional ``spec_summary``, ``spec_json``, ``metrics``)."""
+        vectors = normalise(np.asarray(vectors, dtype=np.float32))
+        if len(records) != len(vectors):
+            raise ValueError(f"got {len(vectors)} vectors but {len(records)} records")
+        report = AddReport()
+        self._write([model_row(record) for record in records], vectors, report)
+        return report
+
+    def _write(
+        self, rows: Sequence[Mapping[str, Any]], vectors: np.ndarray, report: AddReport
+    ) -> None:
+        """One transaction; a lost connection rolls it back, and it is retried on a new one."""
+        if vectors.shape[1] != self.dim:
+            raise WeightspaceError(
+                f"{self.path}: vectors have dim {vectors.shape[1]}, the index holds dim {self.dim}"
+            )
+        psycopg = _psycopg()
+        for attempt in range(_RETRIES):
+            try:
+                added, duplicates = self._insert_rows(rows, vectors)
+            except psycopg.OperationalError:
+                self.close()
+                if attempt == _RETRIES - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+                continue
+            report.added.extend(added)
+            report.duplicates.extend(duplicates)
+            return
+
+    def _insert_rows(
+        self, rows: Sequence[Mapping[str, Any]], vectors: np.ndarray
+    ) -> tuple[list[int], list[tuple[str, int]]]:
+        """Insert a batch in one statement (arrays unnested in order); rows whose content hash
+        is stored already, by another writer or earlier in the batch, are reported instead."""
+        connection = self._conn()
+        stamp = now()
+        with connection.transaction():
+            inserted = connection.execute(
+                f"INSERT INTO {self.schema}.models (path, content_hash, spec_summary, spec_json, "
+                "metrics, added_at, embedding) "
+                "SELECT path, content_hash, spec_summary, spec_json, metrics, %s, embedding::vector "
+                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], "
+                "%s::text[]) WITH ORDINALITY AS incoming(path, content_hash, spec_summary, "
+                "spec_json, metrics, embedding, position) ORDER BY position "
+                "ON CONFLICT (content_hash) DO NOTHING RETURNING content_hash, id",
+                (
+                    stamp,
+                    [str(row["path"]) for row in rows],
+                    [str(row["content_hash"]) for row in rows],
+                    [str(row["spec_summary"]) for row in rows],
+                    [str(row["spec_json"]) for row in rows],
+                    [json.dumps(row["metrics"], sort_keys=True) for row in rows],
+                    [_vector_text(vector) for vector in vectors],
+                ),
+            ).fetchall()
+            new = {str(digest): int(model_id) for digest, model_id in inserted}
+            others = sorted({str(row["content_hash"]) for row in rows} - set(new))
+            existing = dict(
+                connection.execute(
+                    f"SELECT content_hash, id FROM {self.schema}.models "
+                    "WHERE content_hash = ANY(%s)",
+                    (others,),
+                ).fetchall()
+                if others
+                else []
+            )
+        added: list[int] = []
+        duplicates: list[tuple[str, int]] = []
+        for row in rows:
+            digest = str(row["content_hash"])
+            if digest in new:
+                added.append(new.pop(digest))  # a later row of the same hash is a duplicate
+                existing[digest] = added[-1]
+            else:
+                duplicates.append((str(row["path"]), int(existing[digest])))
+        return added, duplicates
+
+    # -------------------------------------------------------------- reading
+    def _read(self, sql: str, values: Sequence[Any] = ()) -> list[Any]:
+        connection = self._conn()
+        try:
+            return connection.execute(sql, values).fetchall()
+        finally:
+            connection.rollback()
+
+    def get(self, model_id: int) -> ModelRecord | None:
+        """The stored metadata of one model, or ``None`` (also for ids no BIGINT holds)."""
+        model_id = int(model_id)
+        if not 0 <= model_id < 2**63:
+            return None
+        rows = self._read(f"SELECT {_COLUMNS} FROM {self.schema}.models WHERE id = %s", (model_id,))
+        return _record(rows[0]) if rows else None
+
+    def find_hash(self, digest: str) -> ModelRecord | None:
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM {self.schema}.models WHERE content_hash = %s", (str(digest),)
+        )
+        return _record(rows[0]) if rows else None
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        filters: Iterable[str] | Mapping[str, Any] | None = None,
+    ) -> list[list[SearchHit]]:
+        """Nearest stored models of each query vector ``(q, dim)`` (or ``(dim,)``), as
+        :meth:`ModelIndex.search <weightspace.index.ModelIndex.search>`."""
+        if k < 1:
+            raise WeightspaceError(f"k must be at least 1, got {k}")
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise WeightspaceError(
+                f"query vectors have shape {queries.shape}; this index holds dim {self.dim}"
+            )
+        queries = normalise(queries, source="query")
+        clauses, values = [], []
+        for key, value in parse_filters(filters).items():
+            if key in _COLUMN_FILTERS:
+                clauses.append(f"{_COLUMN_FILTERS[key]} = %s")
+                values.append(str(value))
+            else:
+                clauses.append("metrics -> %s = %s::jsonb")
+                values.extend([key, json.dumps(value)])
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (
+            f"SELECT {_COLUMNS}, -(embedding <#> %s::vector) AS score FROM {self.schema}.models "
+            f"{where} ORDER BY embedding <#> %s::vector LIMIT %s"
+        )
+        connection = self._conn()
+        # session settings, changed only when they must (each SET is a round trip); filtered
+        # searches scan the matching rows exactly: HNSW would stop short of k
+        settings = (max(int(self.ef_search), k), not clauses)
+        if self._settings != (id(connection), settings):
+            connection.execute(f"SET hnsw.ef_search = {settings[0]}")
+            connection.execute(f"SET enable_indexscan = {'on' if settings[1] else 'off'}")
+            connection.commit()
+            self._settings = (id(connection), settings)
+        results: list[list[SearchHit]] = []
+        try:
+            for query in queries:
+                text = _vector_text(query)
+                rows = connection.execute(sql, (text, *values, text, k)).fetchall()
+                results.append(
+                    [
+                        SearchHit(rank, float(row[7]), _record(row))
+                        for rank, row in enumerate(rows, start=1)
+                    ]
+                )
+        finally:
+            connection.rollback()
+        return results
+
+    def search_models(
+        self,
+        models: Sequence[LoadedModel],
+        embedder: Embedder,
+        k: int = 10,
+        *,
+        filters: Iterable[str] | Mapping[str, Any] | None = None,
+    ) -> list[list[SearchHit]]:
+        """Embed ``models`` with ``embedder`` (checked against the index) and search."""
+        self.check_embedder(embedder)
+        return self.search(embed_loaded(embedder, models), k, filters=filters)
+
+    def vectors(self) -> np.ndarray:
+        """Every stored unit vector ``(n, dim)`` in id order."""
+        rows = self._read(f"SELECT embedding::text FROM {self.schema}.models ORDER BY id")
+        return np.asarray([json.loads(row[0]) for row in rows], dtype=np.float32).reshape(
+            len(rows), self.dim
+        )
+
+
+def _record(row: Sequence[Any]) -> ModelRecord:
+    metrics = json.loads(row[5])
+    return ModelRecord(
+        id=int(row[0]),
+        path=row[1],
+        content_hash=row[2],
+        spec_summary=row[3],
+        spec_json=row[4],
+        metrics={str(k): v for k, v in metrics.items() if json_scalar(v) is not None},
+        added_at=row[6],
+    )
+
+
+def _chain(first: LoadedModel, rest: Iterable[LoadedModel]) -> Iterator[LoadedModel]:
+    yield first
+    yield from rest

@@ -1,0 +1,393 @@
+"""Writing an index: embed in batches, then commit a new generation atomically.
+
+Every write takes ``write.lock``, writes the new FAISS file under a fresh generation name
+(temporary file, fsync, rename), then commits the SQLite rows, the batch's checksums and the new
+generation number in one transaction; only then is the previous FAISS file removed. A writer
+killed at any point leaves the previously committed index loadable: SQLite rolls back the
+unfinished transaction and the manifest still names the previous FAISS file. A model whose
+content hash (spec plus tensors) is already stored is not stored again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from weightspace.errors import WeightspaceError
+from weightspace.index.catalog import (
+    INDEX_FORMAT_VERSION,
+    META_FILE,
+    RECORD_COLUMNS,
+    SCHEMA,
+    catalog_errors,
+    existing_generation,
+    model_row,
+    now,
+)
+from weightspace.index.embedders import (
+    IMPORT_REFERENCE,
+    Embedder,
+    content_hash,
+    embed_loaded,
+    embedder_fingerprint,
+)
+from weightspace.index.errors import IndexBusyError
+from weightspace.index.integrity import file_digest, rows_digest, vectors_digest
+from weightspace.index.vectors import (
+    DEFAULT_APPROXIMATE_THRESHOLD,
+    IndexKind,
+    VectorStore,
+    faiss_module,
+)
+
+if TYPE_CHECKING:
+    from weightspace.sources import LoadedModel
+
+__all__ = [
+    "AddReport",
+    "ProgressCallback",
+    "LOCK_FILE",
+    "embed_batches",
+    "write_lock",
+    "commit",
+    "build_index",
+    "dedupe_records",
+    "resolve_ids",
+]
+
+#: ``on_progress(stage, done, total)`` with stage ``"embed"`` or ``"write"``; total 0 if unknown.
+ProgressCallback = Callable[[str, int, int], None]
+
+LOCK_FILE = "write.lock"
+_VECTORS_PATTERN = re.compile(r"^vectors-(\d+)\.faiss$")
+
+
+@dataclass
+class AddReport:
+    """What an add stored: new ids, and inputs skipped as already stored (path, existing id)."""
+
+    added: list[int] = field(default_factory=list)
+    duplicates: list[tuple[str, int]] = field(default_factory=list)
+
+
+def declared_dim(embedder: Embedder) -> int:
+    """The embedder's ``dim`` attribute, needed when there is no first embedding to read it off."""
+    dim = getattr(embedder, "dim", None)
+    if dim is None:
+        raise WeightspaceError(
+            "no models to index and the encoder declares no dim; give at least one checkpoint"
+        )
+    return int(dim)
+
+
+def embed_batches(
+    models: Iterable[LoadedModel],
+    embedder: Embedder,
+    *,
+    known_hashes: Mapping[str, int],
+    batch_size: int,
+    on_progress: ProgressCallback | None,
+) -> tuple[list[dict[str, Any]], np.ndarray, AddReport]:
+    """Hash, de-duplicate and embed in batches of ``batch_size``; nothing is written here.
+
+    Returns the catalog rows of the new models, their unit vectors ``(len(rows), dim)`` and a
+    report whose duplicates refer to ``known_hashes`` ids, or to a new model as ``-1 - its
+    position`` (resolved to an id by the caller once committed). Each model is handed to the
+    embedder as it wants it (:func:`~weightspace.index.embedders.embedder_inputs`).
+    """
+    report = AddReport()
+    seen = dict(known_hashes)
+    rows: list[dict[str, Any]] = []
+    chunks: list[np.ndarray] = []
+    batch: list[tuple[dict[str, Any], LoadedModel]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        vectors = embed_loaded(embedder, [model for _, model in batch])
+        chunks.append(vectors)
+        rows.extend(r for r, _ in batch)
+        batch.clear()
+        if on_progress is not None:
+            on_progress("embed", len(rows), 0)  # total unknown: inputs are streamed
+
+    for model in models:
+        digest = content_hash(model.spec_json, model.tensors)
+        if digest in seen:
+            report.duplicates.append((model.path, seen[digest]))
+            continue
+        # a later duplicate of this model refers to it as -1 - its position until committed
+        seen[digest] = -1 - (len(rows) + len(batch))
+        record = model_row(
+            {
+                "path": model.path,
+                "content_hash": digest,
+                "spec_summary": model.spec_summary,
+                "spec_json": model.spec_json,
+                "metrics": model.metrics,
+            }
+        )
+        batch.append((record, model))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    if chunks:
+        vectors = np.concatenate(chunks)
+    else:
+        dim = getattr(embedder, "dim", None)
+        vectors = np.zeros((0, int(dim) if dim else 0), dtype=np.float32)
+    return rows, vectors, report
+
+
+@contextlib.contextmanager
+def write_lock(path: Path, timeout: float) -> Iterator[None]:
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path / LOCK_FILE))
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise IndexBusyError(
+            f"{path}: another process is writing this index (lock {path / LOCK_FILE} held for "
+            f"{timeout:.0f} s); wait for it to finish"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _generations_on_disk(path: Path) -> list[int]:
+    return [int(m.group(1)) for p in path.iterdir() if (m := _VECTORS_PATTERN.match(p.name))]
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (where the filesystem allows it)."""
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def commit(
+    path: Path,
+    manifest: Mapping[str, Any],
+    store: VectorStore,
+    rows: Sequence[Mapping[str, Any]],
+    vectors: np.ndarray,
+    *,
+    first_id: int,
+    reset: bool,
+    on_progress: ProgressCallback | None,
+    chunk: int = 10_000,
+) -> None:
+    """Write the new generation's FAISS file, then its rows, its batch checksums and the
+    manifest (with the file's checksum) in one transaction.
+
+    ``vectors`` ``(len(rows), dim)`` are the rows' unit vectors, stored in the catalog too (so
+    ``index repair`` can rebuild the FAISS file). The caller holds the write lock. Killed before
+    the COMMIT, the previous generation stays the committed one and its FAISS file is untouched.
+    """
+    generation = max([*_generations_on_disk(path), 0]) + 1
+    vectors_file = path / f"vectors-{generation}.faiss"
+    temporary = path / f".vectors-{generation}.faiss.tmp-{os.getpid()}"
+    store.save(temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    checksum = file_digest(temporary)
+    os.replace(temporary, vectors_file)
+    _fsync_directory(path)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(vectors) != len(rows):
+        raise ValueError(f"got {len(vectors)} vectors for {len(rows)} rows")
+
+    # a damaged catalog (a mangled schema, a dropped table) fails here as one line
+    with catalog_errors(path / META_FILE):
+        connection = sqlite3.connect(path / META_FILE, timeout=30, isolation_level=None)
+        try:
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                if reset:
+                    for table in ("manifest", "models", "batches"):
+                        connection.execute(f"DROP TABLE IF EXISTS {table}")
+                    for statement in SCHEMA.strip().split(";"):
+                        if statement.strip():
+                            connection.execute(statement)
+                stamp = now()
+                catalog = [
+                    (
+                        first_id + offset,
+                        row["path"],
+                        row["content_hash"],
+                        row["spec_summary"],
+                        row["spec_json"],
+                        json.dumps(row["metrics"], sort_keys=True),
+                        str(row.get("added_at") or stamp),
+                    )
+                    for offset, row in enumerate(rows)
+                ]
+                for start in range(0, len(rows), chunk):
+                    connection.executemany(
+                        f"INSERT INTO models ({RECORD_COLUMNS}, embedding) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (*values, vectors[start + offset].tobytes())
+                            for offset, values in enumerate(catalog[start : start + chunk])
+                        ],
+                    )
+                    if on_progress is not None:
+                        on_progress("write", min(start + chunk, len(rows)), len(rows))
+                if rows:
+                    connection.execute(
+                        "INSERT INTO batches (generation, first_id, count, vectors_digest, "
+                        "rows_digest, committed_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            generation,
+                            first_id,
+                            len(rows),
+                            vectors_digest(vectors),
+                            rows_digest(catalog),
+                            stamp,
+                        ),
+                    )
+                new_manifest = {
+                    **manifest,
+                    "format_version": INDEX_FORMAT_VERSION,
+                    "generation": generation,
+                    "count": len(store),
+                    "store": store.state(),
+                    "vectors_checksum": checksum,
+                    "updated_at": stamp,
+                    "faiss_version": faiss_module().__version__,
+                }
+                connection.executemany(
+                    "INSERT OR REPLACE INTO manifest (key, value) VALUES (?, ?)",
+                    [(key, json.dumps(value)) for key, value in new_manifest.items()],
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+                with contextlib.suppress(OSError):
+                    vectors_file.unlink()
+                raise
+        finally:
+            connection.close()
+    for old in _generations_on_disk(path):
+        if old != generation:
+            with contextlib.suppress(OSError):
+                (path / f"vectors-{old}.faiss").unlink()
+    for stray in path.glob(".vectors-*.tmp-*"):
+        with contextlib.suppress(OSError):
+            stray.unlink()
+
+
+def build_index(
+    path: Path,
+    models: Iterable[LoadedModel],
+    embedder: Embedder,
+    *,
+    encoder: str | None = None,
+    kind: IndexKind = "auto",
+    approximate_threshold: int = DEFAULT_APPROXIMATE_THRESHOLD,
+    overwrite: bool = False,
+    batch_size: int = 64,
+    on_progress: ProgressCallback | None = None,
+    lock_timeout: float = 10.0,
+) -> AddReport:
+    """Embed ``models`` and store them as a new index at ``path``.
+
+    An existing index at ``path`` is replaced only with ``overwrite=True``, and only when the
+    new one is committed: a build that fails or is killed leaves it as it was. ``encoder`` is
+    the encoder's directory, recorded so that later commands can load it without
+    ``--encoder``; an importable ``module:attr`` is refused here (an index never names code).
+    """
+    fingerprint = embedder_fingerprint(embedder)
+    path = Path(path)
+    if encoder is not None:
+        if IMPORT_REFERENCE.fullmatch(str(encoder)) or not Path(encoder).is_dir():
+            raise WeightspaceError(
+                f"{path}: an index records only an encoder directory, not {str(encoder)!r}"
+            )
+        encoder = str(Path(encoder).resolve())
+    if not overwrite and existing_generation(path) is not None:  # fail before embedding
+        raise WeightspaceError(
+            f"{path}: an index already exists; use `index add` to extend it or "
+            f"--overwrite to replace it"
+        )
+    records, vectors, report = embed_batches(
+        models, embedder, known_hashes={}, batch_size=batch_size, on_progress=on_progress
+    )
+    dim = int(vectors.shape[1]) if len(vectors) else declared_dim(embedder)
+    store = VectorStore(dim, kind=kind, approximate_threshold=approximate_threshold)
+    store.add(vectors)
+    manifest = {
+        "format_version": INDEX_FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "encoder": encoder,
+        "dim": dim,
+        "created_at": now(),
+    }
+    path.mkdir(parents=True, exist_ok=True)
+    with write_lock(path, lock_timeout):
+        previous = existing_generation(path)
+        if previous is not None and not overwrite:
+            raise WeightspaceError(
+                f"{path}: an index already exists; use `index add` to extend it or "
+                f"--overwrite to replace it"
+            )
+        commit(
+            path,
+            manifest,
+            store,
+            records,
+            vectors,
+            first_id=0,
+            reset=True,
+            on_progress=on_progress,
+        )
+    resolve_ids(report, 0, len(records))
+    return report
+
+
+def dedupe_records(
+    records: Sequence[Mapping[str, Any]], known: Mapping[str, int]
+) -> tuple[list[int], list[dict[str, Any]], AddReport]:
+    """The positions and catalog rows of ``records`` whose content hash is in neither ``known``
+    (hash → id) nor earlier in ``records``, and a report of the others (see
+    :func:`embed_batches` for how a duplicate of a new record refers to it)."""
+    seen = dict(known)
+    report = AddReport()
+    keep: list[int] = []
+    rows: list[dict[str, Any]] = []
+    for i, record in enumerate(records):
+        digest = str(record["content_hash"])
+        if digest in seen:
+            report.duplicates.append((str(record["path"]), seen[digest]))
+            continue
+        seen[digest] = -1 - len(keep)
+        keep.append(i)
+        rows.append(model_row(record))
+    return keep, rows, report
+
+
+def resolve_ids(report: AddReport, first_id: int, count: int) -> None:
+    """Once ``count`` new rows are committed from ``first_id`` on: record their ids, and turn
+    duplicates' references to new models (``-1 - position``) into ids."""
+    report.added.extend(range(first_id, first_id + count))
+    report.duplicates[:] = [
+        (source, first_id - 1 - existing if existing < 0 else existing)
+        for source, existing in report.duplicates
+    ]
