@@ -13,20 +13,26 @@ DEMO_OUT ?= demo-out
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)" -e ".[test,baselines]"
+	$(PIP) install -q "$(TORCH)" -e ".[baselines]"
+	touch $@
+
+# The test suite also exercises the engines beyond one machine (a local Ray, a real PostgreSQL +
+# pgvector server started by pgserver): their extras install only for `make test`, not the demo.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q "$(TORCH)" -e ".[test,baselines,distributed,pgvector]"
 	touch $@
 
 install: $(VENV)/.installed
 
-lint: install
+lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-format: install
+format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format src tests benchmarks
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
-test: install lint
+test: $(VENV)/.installed-test lint
 	$(PY) -m pytest -q
 
 demo: install
