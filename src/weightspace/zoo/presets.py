@@ -11,7 +11,18 @@ preset      contents                                                        mean
 ``wild-     digits, 45 heterogeneous 2-D CNNs (width 4/8/16, depth 2–4,      held-out-
 park-       relu/tanh/gelu, with and without residual blocks), 16 runs,      architecture
 small``     20 epochs (~4.3k ckpts)                                          benchmarks
+``inr-      one SIREN (2 sine layers of 16, w0=30) per 8×8 digits image,     INR
+digits``    1,797 images, 200 full-batch Adam steps, checkpoints at steps    classification
+            100 and 200 (3,594 ckpts); label = digit                         (< 1 min, 1 core)
 ==========  ===============================================================  ===================
+
+``inr-digits-shared`` is the same with one initial draw shared by every INR (as meta-learned
+INR datasets do): weights then differ only by what fitting wrote, so flat weights classify; with
+``inr-digits``' own draw per image (DWSNets' data) they are near chance on 8×8 digits.
+
+``inr-digits`` is fitted by :mod:`weightspace.zoo.inr_fit` (not the classifier trainer): its
+``runs`` are images and its ``epochs`` full-batch fitting steps, so ``--runs``/``--epochs``
+override them; ``--tasks``/``--archs`` do not apply.
 
 ``wild-park-small`` is the offline stand-in for Neural Graphs' CNN Wild Park
 (:mod:`weightspace.zoo.formats.wild_park`): one task, architectures varying in width, depth,
@@ -28,6 +39,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from weightspace.zoo.architectures import UnknownNameError, _suggest
+from weightspace.zoo.inr_fit import TASK as INR_TASK
+from weightspace.zoo.inr_fit import InrFitSettings
 from weightspace.zoo.sweep import SearchSpace, TrainSettings
 
 __all__ = ["PRESETS", "Preset", "get_preset", "list_presets"]
@@ -60,6 +73,8 @@ class Preset:
         runs_per_shard: runs trained together and stored in one weight shard (the unit of
             resumption); fewer means finer resume, more means faster vectorised training.
         search_space: the hyper-parameter ranges.
+        inr: set for an INR preset (:mod:`weightspace.zoo.inr_fit`): one INR per image, ``runs``
+            images, ``settings.epochs`` fitting steps; ``None`` for classifier zoos.
     """
 
     name: str
@@ -70,6 +85,7 @@ class Preset:
     settings: TrainSettings
     runs_per_shard: int = 64
     search_space: SearchSpace = field(default_factory=SearchSpace)
+    inr: InrFitSettings | None = None
 
     def with_overrides(
         self,
@@ -178,6 +194,26 @@ PRESETS: dict[str, Preset] = {
             runs=16,
             settings=TrainSettings(epochs=20, checkpoint_epochs=CHECKPOINTS_20, batch_size=32),
             runs_per_shard=16,
+        ),
+        Preset(
+            name="inr-digits",
+            description="one SIREN per 8x8 digits image (INR classification, label = digit)",
+            tasks=(INR_TASK,),
+            archs=("siren-w16-d2",),
+            runs=1797,
+            settings=TrainSettings(epochs=200, checkpoint_epochs=(100, 200), batch_size=64),
+            runs_per_shard=2048,
+            inr=InrFitSettings(width=16, depth=2, w0=30.0, lr=1e-3),
+        ),
+        Preset(
+            name="inr-digits-shared",
+            description="inr-digits with one shared SIREN initialisation for every image",
+            tasks=(INR_TASK,),
+            archs=("siren-w16-d2",),
+            runs=1797,
+            settings=TrainSettings(epochs=200, checkpoint_epochs=(100, 200), batch_size=64),
+            runs_per_shard=2048,
+            inr=InrFitSettings(width=16, depth=2, w0=30.0, lr=1e-3, shared_init=True),
         ),
     )
 }
