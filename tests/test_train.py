@@ -323,3 +323,56 @@ def _train_checkpoints(encoder_dir: Path, zoo: Path) -> list[str]:
     splits = json.loads((encoder_dir / "splits.json").read_text())
     table = Zoo.open(zoo).table
     return list(table[table["run_id"].isin(splits["train"])]["checkpoint_id"])
+
+
+# ---------------------------------------------------------------------------------------------
+# branches (the learned-probe branch)
+# ---------------------------------------------------------------------------------------------
+def test_branches_auto_probe_and_graph(zoo, tmp_path, capsys) -> None:
+    result = train(_config(zoo, tmp_path / "auto", epochs=1, probes=4, max_checkpoints=60))
+    config = result.encoder.config
+    assert config.branches == ("graph", "probe")  # every synthetic architecture runs
+    assert config.probes == 4 and config.probe_domains == ("6",) and config.probe_classes == 3
+    assert np.isfinite(result.log[0]["train_loss"])
+    # The probes are trained: the generator moved away from its initialisation.
+    torch.manual_seed(0)
+    initial = Encoder(config)
+    moved = [
+        float((a - b).detach().abs().max())
+        for a, b in zip(
+            result.encoder.probe_generator.parameters(),
+            initial.probe_generator.parameters(),
+            strict=True,
+        )
+    ]
+    assert max(moved) > 0
+
+    graph_only = train(_config(zoo, tmp_path / "graph", epochs=1, branches="graph"))
+    assert graph_only.encoder.config.branches == ("graph",)
+    assert graph_only.encoder.fingerprint != result.encoder.fingerprint
+    with pytest.raises(TrainError, match="branches"):
+        TrainConfig(branches="graph,weights")
+
+    out = tmp_path / "cli"
+    code = _cli(
+        ["train", "--zoo", str(zoo), "--out", str(out), "--epochs", "1", "--max-checkpoints"]
+        + ["40", "--branches", "probe", "--probes", "3"]
+    )
+    assert code == 0, capsys.readouterr().err
+    loaded = Encoder.load(out)
+    assert loaded.config.branches == ("probe",) and loaded.config.probes == 3
+    assert _cli(["train", "--zoo", str(zoo), "--out", str(out), "--branches", "nope"]) == 1
+    assert "branches" in capsys.readouterr().err
+
+
+def test_auto_branches_fall_back_to_graph_when_an_architecture_cannot_run(monkeypatch) -> None:
+    import weightspace.train as train_module
+
+    specs = [mlp_spec([6, 10, 3], "tanh"), mlp_spec([4, 5, 2], "relu")]
+    branches, domains, classes = train_module.resolve_branches(TrainConfig(), specs)
+    assert branches == ("graph", "probe") and domains == ("4", "6") and classes == 3
+    monkeypatch.setattr(train_module, "is_runnable", lambda spec: spec is not specs[1])
+    assert train_module.resolve_branches(TrainConfig(), specs)[0] == ("graph",)
+    # Asked for explicitly, the probe branch stays (unrunnable models fall back one by one).
+    explicit = TrainConfig(branches="graph,probe")
+    assert train_module.resolve_branches(explicit, specs)[0] == ("graph", "probe")

@@ -10,6 +10,8 @@
    generalisation gap by MSE, task by cross-entropy) on both views, and the function loss: the
    KL divergence from each checkpoint's own output distribution on fixed probe inputs of its
    task (:func:`function_targets`, computed once) to the function head's prediction.
+   With the probe branch (``branches``, :func:`resolve_branches`) the learned probes train
+   through the same losses: every head reads the fused embedding.
 4. AdamW with linear warm-up and cosine decay over ``epochs``; after each epoch, validation
    metrics (Kendall tau of predicted test accuracy, view retrieval top-1, ...) decide early
    stopping.
@@ -50,7 +52,8 @@ from weightspace.errors import WeightspaceError
 from weightspace.evaluate.splits import split_runs
 from weightspace.nn.augment import AugmentConfig, augment
 from weightspace.nn.batch import GraphBank
-from weightspace.nn.encoder import Encoder, EncoderConfig, prepare_graph
+from weightspace.nn.encoder import BRANCHES, Encoder, EncoderConfig, prepare_graph
+from weightspace.nn.probes import domain_key, is_runnable
 
 __all__ = [
     "TrainConfig",
@@ -149,6 +152,9 @@ class TrainConfig:
     function_weight: float | None = None  # weight of the function-head KL (0: off; None:
     #   FUNCTION_WEIGHT when every task of the zoo is built-in, else 0)
     function_probes: int = 32  # probe inputs per task of the function head
+    branches: str | tuple[str, ...] = "auto"  # encoder branches: "graph", "probe" or both;
+    #   "auto": both when every checkpoint's architecture can be run, else graph only
+    probes: int = 32  # learned probe inputs per input domain of the probe branch
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # architecture
 
     def __post_init__(self) -> None:
@@ -170,9 +176,22 @@ class TrainConfig:
             raise TrainError(f"function_weight must be >= 0, got {self.function_weight}")
         if self.function_probes < 1:
             raise TrainError(f"function_probes must be >= 1, got {self.function_probes}")
+        if self.probes < 1:
+            raise TrainError(f"probes must be >= 1, got {self.probes}")
+        if isinstance(self.branches, str) and self.branches != "auto":
+            self.branches = tuple(b.strip() for b in self.branches.split(",") if b.strip())
+        elif isinstance(self.branches, list):
+            self.branches = tuple(self.branches)
+        if self.branches != "auto" and (not self.branches or set(self.branches) - set(BRANCHES)):
+            raise TrainError(
+                f"branches must be 'auto' or a comma-separated subset of {list(BRANCHES)}, got "
+                f"{self.branches!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if isinstance(self.branches, tuple):
+            data["branches"] = list(self.branches)
         data["augment"] = self.augment.to_dict()
         data["encoder"] = self.encoder.to_dict()
         return data
@@ -459,6 +478,7 @@ class _Data:
     fingerprint: str
     finetuned: GraphBank | None = None  # bank-aligned fine-tuned views (train rows; else copies)
     function: FunctionTargets | None = None  # the function head's targets (function_weight > 0)
+    zoo_specs: list[Any] = field(default_factory=list)  # every architecture, test runs included
 
 
 def _load_data(
@@ -501,6 +521,9 @@ def _load_data(
                 f"max_checkpoints={config.max_checkpoints} leaves no train or val runs; raise it"
             )
     used = table[~table["run_id"].astype(str).isin(splits["test"])].reset_index(drop=True)
+    # The probe branch must accept every input domain of the zoo, held-out ones included (bench
+    # embeds the test runs; their probes then stay at their initialisation).
+    zoo_specs = [zoo.spec(str(i)) for i in table.drop_duplicates("spec")["checkpoint_id"]]
 
     names: list[str] = []
     columns: list[np.ndarray] = []
@@ -572,6 +595,7 @@ def _load_data(
         zoo_fingerprint(zoo),
         finetuned,
         function,
+        zoo_specs,
     )
 
 
@@ -606,6 +630,28 @@ def _finetuned_bank(
         for p, state in zip(positions, tuned, strict=True):
             views[p] = prepare_graph((spec, state), encoder_config, index=p)
     return GraphBank(views)
+
+
+def resolve_branches(
+    config: TrainConfig, specs: list[Any]
+) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+    """The encoder's branches, probe domains and probe classes for a zoo's architectures.
+
+    ``"auto"`` chooses ``("graph", "probe")`` when every architecture can be run on probes
+    (:func:`~weightspace.nn.probes.is_runnable`), else ``("graph",)``. The domains are every
+    input shape of the zoo and the
+    classes its largest output count. ``specs``: every architecture of the zoo, test runs
+    included, so that held-out tasks and architectures can still be embedded.
+    """
+    runnable = all(is_runnable(spec) for spec in specs)
+    if config.branches == "auto":
+        branches: tuple[str, ...] = ("graph", "probe") if runnable else ("graph",)
+    else:
+        branches = tuple(config.branches)
+    if "probe" not in branches:
+        return branches, (), 0
+    domains = tuple(sorted({domain_key(spec) for spec in specs}))
+    return branches, domains, max(int(spec.num_outputs) for spec in specs)
 
 
 def _view(batch: Any, tuned: Any, config: TrainConfig, generator: torch.Generator) -> Any:
@@ -770,6 +816,14 @@ def train(config: TrainConfig, *, progress: bool = False) -> TrainResult:
             function_classes=(
                 int(data.function.probabilities.shape[-1]) if data.function is not None else 0
             ),
+        )
+        branches, domains, classes = resolve_branches(config, data.zoo_specs)
+        encoder_config = replace(
+            encoder_config,
+            branches=branches,
+            probes=config.probes,
+            probe_domains=domains,
+            probe_classes=classes,
         )
         standardised = (data.targets - torch.tensor(means)) / torch.tensor(
             encoder_config.target_std

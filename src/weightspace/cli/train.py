@@ -15,6 +15,7 @@ from weightspace.cli.options import (
     SpecFile,
     architecture_kwargs,
 )
+from weightspace.cli.skipping import SkipErrors, SkipLog
 
 
 @app.command()
@@ -71,6 +72,17 @@ def train(
     function_probes: Annotated[
         int, typer.Option(help="Probe inputs per task of the function head.")
     ] = 32,
+    branches: Annotated[
+        str,
+        typer.Option(
+            help="Encoder branches: graph, probe (learned probe inputs run through each model's "
+            "own forward) or graph,probe. Default auto: graph,probe when every architecture of "
+            "the zoo can be run, else graph."
+        ),
+    ] = "auto",
+    probes: Annotated[
+        int, typer.Option(min=1, help="Learned probe inputs per input shape (probe branch).")
+    ] = 32,
 ) -> None:
     """Train the symmetry-aware encoder on a zoo (contrastive views + supervised heads); write
     weights, config, training log and the zoo's fingerprint to OUT. Rerunning the same command
@@ -97,6 +109,8 @@ def train(
         finetune_steps=finetune_steps,
         function_weight=function_weight,
         function_probes=function_probes,
+        branches=branches,
+        probes=probes,
         batch_by_architecture=batch_by_architecture,
     )
     result = run_training(config, progress=True)
@@ -120,31 +134,49 @@ def train(
         )
 
 
-def _collect_models(inputs: list[Path], kwargs: dict) -> tuple[list, list[dict]]:
-    """Models and their row metadata, in input order (a zoo contributes its table order)."""
-    from weightspace.errors import CheckpointError
+def _collect_models(
+    inputs: list[Path], kwargs: dict, skips: SkipLog | None = None
+) -> tuple[list, list[dict]]:
+    """Models and their row metadata, in input order (a zoo contributes its table order).
+
+    With ``skips`` enabled (``--skip-errors``), an input that cannot be read is recorded there
+    and left out instead of stopping the command.
+    """
+    from weightspace.errors import CheckpointError, WeightspaceError
     from weightspace.ingest import load_checkpoint
     from weightspace.zoo import Zoo
 
     models, rows = [], []
     for path in inputs:
-        if path.is_dir():
-            zoo = Zoo.open(path)
-            for checkpoint_id in zoo.ids:
-                models.append((zoo.spec(checkpoint_id), zoo.state_dict(checkpoint_id)))
-                rows.append({"source": str(path), "id": str(checkpoint_id)})
-        elif path.is_file():
-            models.append(load_checkpoint(path, **kwargs))
-            rows.append({"source": str(path), "id": path.stem})
-        else:
-            raise CheckpointError(path, "no such file or zoo directory")
+        found, found_rows = [], []
+        try:
+            if path.is_dir():
+                zoo = Zoo.open(path)
+                for checkpoint_id in zoo.ids:
+                    found.append((zoo.spec(checkpoint_id), zoo.state_dict(checkpoint_id)))
+                    found_rows.append({"source": str(path), "id": str(checkpoint_id)})
+            elif path.is_file():
+                found.append(load_checkpoint(path, **kwargs))
+                found_rows.append({"source": str(path), "id": path.stem})
+            else:
+                raise CheckpointError(path, "no such file or zoo directory")
+        except (WeightspaceError, OSError) as exc:
+            if skips is None or not skips.enabled:
+                raise
+            skips.record(path, exc)
+            continue
+        models += found
+        rows += found_rows
     return models, rows
 
 
 @app.command()
 def embed(
     inputs: Annotated[list[Path], typer.Argument(help="Zoo directories and/or checkpoint files.")],
-    encoder: Annotated[Path, typer.Option("--encoder", help="Encoder directory (train --out).")],
+    encoder: Annotated[
+        Path,
+        typer.Option("--encoder", help="Encoder directory (train --out) or pretrained:NAME."),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output file: .npy or .parquet.")],
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Models per forward pass.")] = 512,
@@ -152,6 +184,7 @@ def embed(
     spec: SpecFile = None,
     model: ModelFactory = None,
     allow_nonfinite: AllowNonfinite = False,
+    skip_errors: SkipErrors = False,
     compile: Annotated[
         bool,
         typer.Option(
@@ -160,6 +193,21 @@ def embed(
             "collections, mainly on GPUs).",
         ),
     ] = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Embed on Ray (pip install 'weightspace[distributed]'): OUT is a directory of "
+            "Parquet shards; rerunning resumes.",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to join with --ray (default: start a local one)."),
+    ] = None,
+    ray_workers: Annotated[
+        int, typer.Option(min=1, help="Embedding actors with --ray (a GPU each if any).")
+    ] = 2,
 ) -> None:
     """Embed checkpoints with a trained encoder. ``.npy`` rows follow the order of INPUTS (a zoo
     in its table order); ``.parquet`` adds ``source`` and ``id`` columns and one ``z`` list
@@ -167,14 +215,25 @@ def embed(
     from rich.console import Console
 
     from weightspace.nn.encoder import Encoder, EncoderError
+    from weightspace.pretrained import resolve_encoder_reference
+
+    encoder = resolve_encoder_reference(encoder)  # pretrained:NAME → the bundled directory
+    if ray:
+        from weightspace.distributed.ray_embed import embed_on_ray_cli
+
+        kwargs = architecture_kwargs(activation, spec, model, allow_nonfinite, "embedding")
+        embed_on_ray_cli(inputs, encoder, out, ray_address, ray_workers, batch_size, kwargs)
+        return
 
     suffix = out.suffix.lower()
     if suffix not in (".npy", ".parquet"):
         raise EncoderError(f"{out}: the output must end in .npy or .parquet")
     model_encoder = Encoder.load(encoder, device=device)
+    skips = SkipLog(skip_errors)
     models, rows = _collect_models(
-        inputs, architecture_kwargs(activation, spec, model, allow_nonfinite, "embedding")
+        inputs, architecture_kwargs(activation, spec, model, allow_nonfinite, "embedding"), skips
     )
+    skips.finish(done=len(models))  # lists what was skipped; fails here if nothing is left
     embeddings = model_encoder.embed(models, batch_size=batch_size, device=device, compile=compile)
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":

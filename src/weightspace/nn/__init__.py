@@ -6,6 +6,7 @@ from weightspace.nn.encoder import Encoder, EncoderConfig, EncoderError, ModelLi
 from weightspace.nn.features import EdgeEmbedding, NodeEmbedding, ScalarFeatures
 from weightspace.nn.layers import DensePlan, EdgeNodeConv, dense_plan
 from weightspace.nn.pooling import TransformerPooling
+from weightspace.nn.probes import ProbeEncoder, ProbeGenerator, probe_forward
 
 __all__ = [
     "AugmentConfig",
@@ -19,8 +20,11 @@ __all__ = [
     "GraphBatch",
     "ModelLike",
     "NodeEmbedding",
+    "ProbeEncoder",
+    "ProbeGenerator",
     "ScalarFeatures",
     "TransformerPooling",
     "augment",
     "dense_plan",
+    "probe_forward",
 ]

@@ -55,6 +55,8 @@ class GraphBatch:
     num_graphs: int
     max_num_nodes: int
     spec: NetworkSpec | None = None  # the one architecture of every graph, in to_graph order
+    spec_ids: Tensor | None = None  # (B,) each graph's architecture: an index into spec_table
+    spec_table: tuple[NetworkSpec, ...] = ()  # the architectures spec_ids points into
 
     @property
     def num_nodes(self) -> int:
@@ -146,6 +148,7 @@ class GraphBank:
         unique: dict[NetworkSpec, int] = {}
         self.spec_index = torch.tensor([unique.setdefault(s, len(unique)) for s in self.specs])
         self.unique_specs = list(unique)
+        self.spec_table = tuple(unique)
 
         def cat(name: str) -> Tensor:
             return torch.cat([g[name].cpu() for g in graphs])
@@ -217,4 +220,6 @@ class GraphBank:
             num_graphs=b,
             max_num_nodes=int(n.max()) if b else 0,
             spec=self.unique_specs[int(spec_ids[0])] if uniform else None,
+            spec_ids=spec_ids,
+            spec_table=self.spec_table,
         )

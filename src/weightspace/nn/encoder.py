@@ -1,4 +1,4 @@
-"""The weight-space encoder: neural graph → one vector per model, plus its heads.
+r"""The weight-space encoder: neural graph → one vector per model, plus its heads.
 
 .. code-block:: text
 
@@ -8,6 +8,17 @@
                                                          ├─► property head (accuracy, gap)
                                                          ├─► task head (classification)
                                                          └─► function head (outputs on probes)
+
+With ``EncoderConfig.branches = ("graph", "probe")`` a second branch runs each model on ``P``
+learned probe inputs of its input domain through its own forward
+(:mod:`weightspace.nn.probes`) and encodes the outputs; the two pooled vectors are fused,
+:math:`z = \mathrm{MLP}([z_{\mathrm{graph}}, z_{\mathrm{probe}}])`, into the one embedding every
+head and :meth:`Encoder.embed` use. ``("probe",)`` alone skips the graph network. The probe
+outputs are invariant to every function-preserving transform by construction, so the fused
+embedding keeps all the graph branch's exact invariances. A model whose forward cannot run
+(its spec cannot be interpreted, the forward raises, or its outputs are not finite) gets a
+learned ``probe_missing`` vector instead of :math:`z_{\mathrm{probe}}`; :attr:`Encoder.last_fallback`
+flags it and a warning names it once.
 
 The function head predicts the model's output distribution on ``function_probes`` fixed inputs
 of its task's training split (classes padded to ``function_classes``); it reads only ``z``, so
@@ -28,8 +39,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +58,13 @@ from weightspace.nn.batch import GraphBank, GraphBatch
 from weightspace.nn.features import EdgeEmbedding, NodeEmbedding, ScalarFeatures
 from weightspace.nn.layers import DensePlan, EdgeNodeConv, degree_inverses, dense_plan
 from weightspace.nn.pooling import TransformerPooling
+from weightspace.nn.probes import (
+    ProbeEncoder,
+    ProbeError,
+    ProbeGenerator,
+    domain_key,
+    probe_forward,
+)
 from weightspace.spec import NetworkSpec
 
 __all__ = [
@@ -101,6 +120,13 @@ class EncoderConfig:
     function_probes: int = 0  # probe inputs of the function head (0: no function head)
     function_classes: int = 0  # classes per probe (the zoo's largest class count; padded)
     function_seed: int = 0  # seeds the choice of probe inputs in each task's training split
+    branches: tuple[str, ...] = ("graph",)  # graph and/or probe (the learned-probe branch)
+    probes: int = 32  # probe branch: learned probe inputs per input domain (P)
+    probe_domains: tuple[str, ...] = ()  # probe branch: accepted input shapes ("64", "1x8x8")
+    probe_classes: int = 0  # probe branch: outputs read per probe (largest class count; padded)
+    probe_latent: int = 16  # probe branch: width k of the probes' latent codes
+    probe_hidden: int = 64  # probe branch: width of the generator and of the output encoder
+    probe_dim: int = 64  # probe branch: width of z_probe before the fusion
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -120,6 +146,20 @@ class EncoderConfig:
                 f"function head) or both > 0, got {self.function_probes} and "
                 f"{self.function_classes}"
             )
+        unknown = sorted(set(self.branches) - set(BRANCHES))
+        if not self.branches or unknown or len(set(self.branches)) != len(self.branches):
+            raise EncoderError(
+                f"encoder config: branches must be distinct names from {list(BRANCHES)}, got "
+                f"{list(self.branches)}"
+            )
+        if "probe" in self.branches and (
+            self.probes < 1 or self.probe_classes < 1 or not self.probe_domains
+        ):
+            raise EncoderError(
+                "encoder config: the probe branch needs probes >= 1, probe_classes >= 1 and at "
+                f"least one probe domain, got {self.probes}, {self.probe_classes} and "
+                f"{list(self.probe_domains)}"
+            )
         if self.hidden % self.pool_heads:
             raise EncoderError(
                 f"encoder config: hidden={self.hidden} must be divisible by "
@@ -128,6 +168,15 @@ class EncoderConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def identity(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the probe fields when there is no probe branch, so a
+        graph-only encoder's fingerprint is the one it had before the probe branch existed."""
+        data = self.to_dict()
+        if "probe" not in self.branches:
+            for name in _PROBE_FIELDS:
+                data.pop(name)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EncoderConfig:
@@ -142,6 +191,19 @@ class EncoderConfig:
             return cls(**dict(data))
         except TypeError as exc:
             raise EncoderError(f"encoder config is malformed: {exc}") from None
+
+
+#: The encoder's branches: the graph network and the learned probes.
+BRANCHES = ("graph", "probe")
+_PROBE_FIELDS = (
+    "branches",
+    "probes",
+    "probe_domains",
+    "probe_classes",
+    "probe_latent",
+    "probe_hidden",
+    "probe_dim",
+)
 
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
@@ -193,6 +255,22 @@ class Encoder(nn.Module):
             num_layers=config.pool_layers,
             num_seeds=config.pool_seeds,
         )
+        self.last_fallback: np.ndarray | None = None
+        self._warned_fallback = False
+        if "probe" in config.branches:
+            self.probe_generator = ProbeGenerator(
+                config.probe_domains, config.probes, config.probe_latent, config.probe_hidden
+            )
+            self.probe_encoder = ProbeEncoder(
+                config.probe_domains,
+                config.probes,
+                config.probe_classes,
+                config.probe_hidden,
+                config.probe_dim,
+            )
+            self.probe_missing = nn.Parameter(0.1 * torch.randn(config.probe_dim))
+            width = config.probe_dim + (config.embedding_dim if "graph" in config.branches else 0)
+            self.fuse = _mlp(width, config.head_hidden, config.embedding_dim)
         self.projection_head = _mlp(config.embedding_dim, config.head_hidden, config.projection_dim)
         self.property_head = (
             _mlp(config.embedding_dim, config.head_hidden, len(config.targets))
@@ -231,6 +309,10 @@ class Encoder(nn.Module):
     def forward(self, batch: GraphBatch | Any, *, compile: bool = False) -> Tensor:
         """Embed a batch of (already canonicalised) graphs: ``(B, embedding_dim)``.
 
+        With the probe branch the graph branch's vector and the probe branch's are fused
+        (module docstring); :attr:`last_fallback` then flags, per graph, the models whose probe
+        vector was replaced by the learned ``probe_missing`` one.
+
         A :class:`~weightspace.nn.batch.GraphBatch` of one architecture (``batch.spec`` set)
         runs the dense path (:func:`encode_dense`); any other batch runs message passing over
         ``edge_index``. Both compute the same function.
@@ -240,7 +322,66 @@ class Encoder(nn.Module):
             compile: run the dense path through ``torch.compile`` (inductor; static shapes, so
                 one compilation per architecture, batch size, dtype and device, reused
                 afterwards). Batches without a ``spec`` always run eagerly.
+
+        Raises:
+            EncoderError: with the probe branch, a model of an input shape the encoder was not
+                trained on, or with more outputs than it reads.
         """
+        branches = self.config.branches
+        if "probe" not in branches:
+            return self._graph_forward(batch, compile)
+        parts = [self._graph_forward(batch, compile)] if "graph" in branches else []
+        parts.append(self._probe_forward(batch))
+        return self.fuse(torch.cat(parts, dim=-1))
+
+    def _probe_forward(self, batch: GraphBatch | Any) -> Tensor:
+        """The probe branch: ``(B, probe_dim)``, ``probe_missing`` where a model cannot run."""
+        dtype = self.dtype
+        if isinstance(batch, GraphBatch):
+            batch = replace(batch, x=batch.x.to(dtype), edge_attr=batch.edge_attr.to(dtype))
+        else:
+            graphs = batch.to_data_list() if hasattr(batch, "to_data_list") else list(batch)
+            batch = GraphBank(graphs).select(torch.arange(len(graphs))).to(self.device, dtype)
+        config = self.config
+        try:
+            out = probe_forward(
+                batch, self.probe_generator, config.probe_classes, domains=config.probe_domains
+            )
+        except ProbeError as exc:
+            raise EncoderError(str(exc)) from None
+        domain_of_spec = torch.tensor(
+            [config.probe_domains.index(domain_key(spec)) for spec in batch.spec_table]
+            if batch.spec_ids is not None
+            else [config.probe_domains.index(domain_key(batch.spec))]
+        )
+        spec_ids = (
+            batch.spec_ids.cpu()
+            if batch.spec_ids is not None
+            else torch.zeros(batch.num_graphs, dtype=torch.long)
+        )
+        domain_index = domain_of_spec[spec_ids].to(self.device)
+        z = self.probe_encoder(out.log_probs, out.class_mask, domain_index)  # (B, probe_dim)
+        runnable = out.runnable.unsqueeze(-1)
+        z = torch.where(runnable, z, self.probe_missing.to(z.dtype).expand_as(z))
+        fallback = ~out.runnable.cpu().numpy()
+        self.last_fallback = fallback
+        if fallback.any() and not self._warned_fallback:
+            self._warned_fallback = True
+            table = batch.spec_table or (batch.spec,)
+            named = "; ".join(
+                f"{table[i].summary()}: {reason}" for i, reason in sorted(out.reasons.items())
+            )
+            warnings.warn(
+                f"{int(fallback.sum())} model(s) cannot be run on the probes and are embedded "
+                f"by the graph branch only (a learned 'missing' vector, flagged in "
+                f"Encoder.last_fallback): {named}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return z
+
+    def _graph_forward(self, batch: GraphBatch | Any, compile: bool) -> Tensor:
+        """The graph branch: ``(B, embedding_dim)`` (see :meth:`forward`)."""
         num_graphs = int(batch.num_graphs)
         dtype = self.dtype
         plan = None
@@ -357,6 +498,8 @@ class Encoder(nn.Module):
         static = max(len(index) for index in chunks) if compile else 0
         embeddings: list[Tensor] = []
         outputs: dict[str, list[Tensor]] = {}
+        fallbacks: list[np.ndarray] = []
+        probing = "probe" in self.config.branches
         try:
             with torch.inference_mode():
                 for index in chunks:
@@ -366,12 +509,15 @@ class Encoder(nn.Module):
                     batch = bank.select(index)
                     z = self(batch.to(self.device, self.dtype), compile=compile)[:count]
                     embeddings.append(z.cpu())
+                    if probing:
+                        fallbacks.append(self.last_fallback[:count])
                     if with_heads:
                         for key, value in self.heads(z).items():
                             outputs.setdefault(key, []).append(value.cpu())
         finally:
             self.train(was_training)
         order = torch.cat(chunks).argsort()
+        self.last_fallback = np.concatenate(fallbacks)[order.numpy()] if probing else None
         return torch.cat(embeddings)[order], {k: torch.cat(v)[order] for k, v in outputs.items()}
 
     def embed(
@@ -383,7 +529,8 @@ class Encoder(nn.Module):
         compile: bool = False,
     ) -> np.ndarray:
         """Embeddings ``(n, dim)`` of the models, in input order (float32 or the encoder's
-        float64).
+        float64). With the probe branch, :attr:`last_fallback` afterwards holds ``(n,)`` bools:
+        the models that could not be run on the probes (embedded by the graph branch alone).
 
         Each model may be a checkpoint path (its spec stored in the file, see
         ``weightspace convert``), an ``nn.Module`` (traced with :func:`weightspace.from_module`;
@@ -434,9 +581,10 @@ class Encoder(nn.Module):
     # ------------------------------------------------------------------ persistence
     @property
     def fingerprint(self) -> str:
-        """SHA-256 (hex) of the config and the weights: equal fingerprints, equal encoders."""
+        """SHA-256 (hex) of the config (branches and probe count included when the encoder has
+        a probe branch) and the weights: equal fingerprints, equal encoders."""
         digest = hashlib.sha256()
-        digest.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        digest.update(json.dumps(self.config.identity(), sort_keys=True).encode())
         for key, tensor in sorted(self.state_dict().items()):
             digest.update(key.encode())
             digest.update(str(tensor.dtype).encode())

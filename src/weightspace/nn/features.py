@@ -31,12 +31,17 @@ from weightspace.spec import ACTIVATIONS
 
 __all__ = ["ScalarFeatures", "NodeEmbedding", "EdgeEmbedding", "NUM_EDGE_KINDS"]
 
-#: Rows of the edge-kind table: weight, residual, LayerNorm, RMSNorm.
-NUM_EDGE_KINDS = 4
+#: Rows of the edge-kind table: weight, residual, LayerNorm, RMSNorm, then attention's query,
+#: key, value, output and query-key pairing, token and position embedding
+#: (:data:`weightspace.graph.NUM_EDGE_KINDS`).
+NUM_EDGE_KINDS = 11
 # Kinds that existed before the norm kinds: their rows are drawn from the global RNG exactly as
-# before, the newer rows from a private generator, so a seeded encoder initialises as it did.
+# before, the newer rows from private generators (one per batch of added kinds), so a seeded
+# encoder initialises as it did and its older rows keep their values.
 _LEGACY_EDGE_KINDS = 2
+_NORM_EDGE_KINDS = 4  # the kinds before attention
 _NEW_KINDS_SEED = 20260101
+_ATTENTION_KINDS_SEED = 20261129
 
 
 class ScalarFeatures(nn.Module):
@@ -283,8 +288,11 @@ class EdgeEmbedding(nn.Module):
         with torch.no_grad():
             nn.init.normal_(self.kind.weight[:_LEGACY_EDGE_KINDS], std=0.5)
             gen = torch.Generator().manual_seed(_NEW_KINDS_SEED)
-            extra = torch.randn(NUM_EDGE_KINDS - _LEGACY_EDGE_KINDS, self.hidden, generator=gen)
-            self.kind.weight[_LEGACY_EDGE_KINDS:] = 0.5 * extra.to(self.kind.weight)
+            extra = torch.randn(_NORM_EDGE_KINDS - _LEGACY_EDGE_KINDS, self.hidden, generator=gen)
+            self.kind.weight[_LEGACY_EDGE_KINDS:_NORM_EDGE_KINDS] = 0.5 * extra.to(self.kind.weight)
+            gen = torch.Generator().manual_seed(_ATTENTION_KINDS_SEED)
+            extra = torch.randn(NUM_EDGE_KINDS - _NORM_EDGE_KINDS, self.hidden, generator=gen)
+            self.kind.weight[_NORM_EDGE_KINDS:] = 0.5 * extra.to(self.kind.weight)
 
     def forward(self, edge_attr: Tensor, edge_kind: Tensor) -> Tensor:
         return self.embed_weights(edge_attr) + self.attributes(edge_kind)

@@ -177,6 +177,13 @@ def _build_dense_plan(spec: NetworkSpec) -> DensePlan:
         residual_source.append(torch.arange(size) + source)
         residual_target.append(torch.arange(size) + target)
         start += size
+    for query, key in layout.pairings:  # attention's query-key pairing: diagonal, after norms
+        size = layout.groups[query].size
+        source, target = layout.offsets[query], layout.offsets[key]
+        residuals.append(DenseResidual(start, size, source, target))
+        residual_source.append(torch.arange(size) + source)
+        residual_target.append(torch.arange(size) + target)
+        start += size
     residual_source_t = (
         torch.cat(residual_source) if residual_source else torch.zeros(0, dtype=torch.long)
     )

@@ -1,0 +1,438 @@
+r"""The encoder's probe branch: learned inputs, run through each model's own forward.
+
+A model :math:`f_\theta` is a function; every function-preserving transform :math:`T` of its
+weights (hidden-neuron permutations, positive rescalings around ReLU, sign flips around tanh,
+joint flips of tied residual groups, and any other symmetry no canonical form covers) satisfies
+:math:`f_{T\theta}(x) = f_\theta(x)` for every input :math:`x`. So for any probe inputs
+:math:`X = (x_1, \dots, x_P)`
+
+.. math::
+    o(\theta) = \big(\log\operatorname{softmax} f_\theta(x_p)\big)_{p=1}^{P}
+    \in \mathbb{R}^{P \times C}
+
+is invariant to all of them *by construction*, up to floating-point rounding, and so is any
+function :math:`g(o(\theta))` of it (:class:`ProbeEncoder`). What the probes cannot see —
+weight norms, dead neurons, training dynamics — the graph branch of the encoder still sees.
+
+The probes are learned, ProbeGen style (Kahana et al., ICLR 2025): per input domain :math:`D`
+(an input shape), :math:`P` latent codes :math:`u_p \in \mathbb{R}^k` pass through a shared
+*deep linear* generator
+
+.. math::
+    x_p = W_3 W_2 W_1 u_p + b, \qquad W_1 \in \mathbb{R}^{h\times k},\
+    W_2 \in \mathbb{R}^{h\times h},\ W_3 \in \mathbb{R}^{|D|\times h}
+
+(no nonlinearity: the product is linear in :math:`u_p`, but the factorisation shares structure
+between probes and regularises them), reshaped to the domain's input shape.
+
+:func:`probe_forward` runs a batch of models on the probes: models are grouped by
+architecture, each group's weights are read out of the graph tensors in one vectorised gather
+per layer (so augmented views — permuted, noised, pruned — work unchanged), stacked, and run
+through :func:`torch.func.functional_call` of a :class:`~weightspace.module.SpecModule`
+template under :func:`torch.func.vmap`: one call per architecture, no Python loop over models.
+Gradients reach the probes (the generator), never the model weights (they are detached).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from weightspace.errors import WeightspaceError
+from weightspace.layout import layout_of
+from weightspace.nn.batch import GraphBank, GraphBatch
+from weightspace.spec import NetworkSpec
+
+__all__ = [
+    "ProbeError",
+    "ProbeOutputs",
+    "ProbeGenerator",
+    "ProbeEncoder",
+    "domain_key",
+    "is_runnable",
+    "probe_forward",
+    "stacked_state_dict",
+]
+
+
+class ProbeError(WeightspaceError):
+    """A model cannot be probed by this encoder (another input domain, too many outputs)."""
+
+
+def domain_key(spec: NetworkSpec) -> str:
+    """The input domain of ``spec`` as a key: its input shape joined by ``x`` (``"64"``,
+    ``"1x8x8"``). Models of one domain share one set of probes."""
+    return "x".join(str(s) for s in spec.input_shape)
+
+
+def _domain_shape(key: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in key.split("x"))
+
+
+# ------------------------------------------------------------------------------ templates
+_TEMPLATES: dict[NetworkSpec, nn.Module | None] = {}
+_FAILURES: dict[NetworkSpec, str] = {}
+
+
+def _template(spec: NetworkSpec) -> nn.Module | None:
+    """A :class:`~weightspace.module.SpecModule` of ``spec`` whose parameters are replaced by
+    ``functional_call`` (cached per spec); ``None`` when the spec cannot be run (the reason is
+    in ``_FAILURES``)."""
+    if spec not in _TEMPLATES:
+        from weightspace.module import to_module
+
+        try:
+            with torch.device("meta"):
+                module = to_module(spec)
+        except Exception as exc:  # any spec the interpreter cannot build is "not runnable"
+            _FAILURES[spec] = f"{type(exc).__name__}: {exc}"[:200]
+            module = None
+        _TEMPLATES[spec] = module
+    return _TEMPLATES[spec]
+
+
+def is_runnable(spec: NetworkSpec) -> bool:
+    """Whether the spec has a forward this package can run: it builds as a
+    :class:`~weightspace.module.SpecModule` and maps a zero input ``(1, *input_shape)`` to
+    finite ``(1, C)`` outputs."""
+    template = _template(spec)
+    if template is None:
+        return False
+    from torch.func import functional_call
+
+    params = {k: torch.zeros(s) for k, s in spec.param_shapes().items()}
+    try:
+        with torch.no_grad():
+            out = functional_call(template, params, (torch.zeros(1, *spec.input_shape),))
+    except Exception as exc:
+        _FAILURES[spec] = f"{type(exc).__name__}: {exc}"[:200]
+        return False
+    return out.dim() == 2 and bool(torch.isfinite(out).all())
+
+
+# ------------------------------------------------------------------------------ weights
+def _pointers(index: Tensor, size: int) -> Tensor:
+    """Start of each graph's block in a tensor grouped by graph (``index`` sorted)."""
+    counts = torch.bincount(index, minlength=size)
+    return torch.cumsum(counts, 0) - counts
+
+
+def stacked_state_dict(
+    batch: GraphBatch,
+    members: Tensor,
+    spec: NetworkSpec,
+    node_ptr: Tensor | None = None,
+    edge_ptr: Tensor | None = None,
+) -> dict[str, Tensor]:
+    r"""The state dicts of the graphs ``members`` (all of architecture ``spec``) of ``batch``,
+    stacked: ``{key: (G, *shape)}``; a vectorised :func:`~weightspace.graph.to_state_dict`.
+
+    Each graph's nodes and edges are contiguous in the batch, edges in
+    :func:`~weightspace.graph.to_graph` order (true of :meth:`GraphBank.select` and of every
+    augmentation: they relabel nodes but never reorder edges). The edge :math:`i \to o` of layer
+    :math:`l` of graph :math:`g` sits at ``edge_ptr[g] + start_l + k``; its endpoints, read from
+    ``edge_index``, place its features at :math:`W_g[o, i]`, so permuted views give the
+    correspondingly permuted weights, and biases are read from the (permuted) node features.
+
+    Args:
+        node_ptr, edge_ptr: ``(B,)`` first node / edge of each graph (computed if not given).
+    """
+    b = batch.num_graphs
+    if node_ptr is None:
+        node_ptr = _pointers(batch.batch, b)
+    if edge_ptr is None:
+        edge_ptr = _pointers(batch.edge_batch, b)
+    device = batch.edge_attr.device
+    members = members.to(device)
+    layout = layout_of(spec)
+    g = members.numel()
+    nodes0, edges0 = node_ptr.to(device)[members], edge_ptr.to(device)[members]  # (G,)
+    rows = torch.arange(g, device=device)
+    state: dict[str, Tensor] = {}
+    start = 0
+    for link in layout.links:
+        src, dst = layout.groups[link.source], layout.groups[link.target]
+        count = src.size * dst.size
+        position = edges0[:, None] + start + torch.arange(count, device=device)  # (G, count)
+        start += count
+        flat = position.flatten()
+        if not bool((batch.edge_layer[flat] == link.index).all()):
+            raise ProbeError(
+                f"layer {link.name!r}: the batch's edges are not in to_graph order within each "
+                "graph; build batches with GraphBank.select and augment them without reordering "
+                "edges"
+            )
+        ends = batch.edge_index[:, flat]  # (2, G * count)
+        owner = rows.repeat_interleave(count)
+        source = ends[0] - nodes0[owner] - layout.offsets[src.index]
+        target = ends[1] - nodes0[owner] - layout.offsets[dst.index]
+        features = batch.edge_attr[flat, : link.edge_features]
+        w = batch.edge_attr.new_zeros(g, dst.size, src.size, link.edge_features)
+        w[owner, target, source] = features
+        op = spec[link.name]
+        state[f"{link.name}.weight"] = w.reshape(g, *op.weight_shape())
+        if op.attrs.get("bias", True):
+            offset = layout.offsets[dst.index]
+            nodes = nodes0[:, None] + offset + torch.arange(dst.size, device=device)
+            state[f"{link.name}.bias"] = batch.x[nodes, 0]  # (G, out)
+    return state
+
+
+# ------------------------------------------------------------------------------ forward
+@dataclass
+class ProbeOutputs:
+    """What :func:`probe_forward` returns for ``B`` models, ``P`` probes, ``C`` classes."""
+
+    log_probs: Tensor  # (B, P, C) log-softmax outputs; 0 on padded classes and unrunnable rows
+    class_mask: Tensor  # (B, C) bool: the model's real classes
+    runnable: Tensor  # (B,) bool: the forward ran and every output is finite
+    reasons: dict[int, str]  # why rows were not runnable: spec table index -> reason
+
+
+Probes = Mapping[str, Tensor] | Callable[[str], Tensor]
+
+
+def _as_graph_batch(graphs: GraphBatch | Sequence | object) -> GraphBatch:
+    if isinstance(graphs, GraphBatch):
+        return graphs
+    if hasattr(graphs, "to_data_list"):  # a PyG Batch
+        graphs = graphs.to_data_list()
+    bank = GraphBank(list(graphs))
+    return bank.select(torch.arange(len(bank)))
+
+
+def _spec_groups(batch: GraphBatch) -> tuple[Tensor, tuple[NetworkSpec, ...]]:
+    if batch.spec_ids is not None and batch.spec_table:
+        return batch.spec_ids.cpu(), batch.spec_table
+    if isinstance(batch.spec, NetworkSpec):
+        return torch.zeros(batch.num_graphs, dtype=torch.long), (batch.spec,)
+    raise ProbeError(
+        "this batch does not say which architecture each graph has; build it with "
+        "GraphBank.select (or pass a list of NeuralGraphs)"
+    )
+
+
+def probe_forward(
+    graphs: GraphBatch | Sequence,
+    probes: Probes,
+    classes: int,
+    *,
+    domains: Sequence[str] | None = None,
+) -> ProbeOutputs:
+    r"""Run every model of a batch on the probes of its input domain.
+
+    Args:
+        graphs: a :class:`~weightspace.nn.batch.GraphBatch` from :meth:`GraphBank.select`
+            (augmented views included), a list of :class:`~weightspace.graph.NeuralGraph` or a
+            PyG ``Batch``.
+        probes: domain key (:func:`domain_key`) → probes ``(P, *input_shape)``, as a mapping or
+            a callable (e.g. a :class:`ProbeGenerator`).
+        classes: pad the outputs to this many classes.
+        domains: the accepted domain keys (default: any).
+
+    Returns:
+        :class:`ProbeOutputs`. Per architecture one ``vmap`` of ``functional_call`` over the
+        stacked (detached) weights; a group whose forward raises, or whose spec cannot be run,
+        is marked not runnable, as is each model with a non-finite output. Those rows are zero
+        and never send a gradient to the probes.
+
+    Raises:
+        ProbeError: a model's input domain is not in ``domains``, or it has more than
+            ``classes`` outputs.
+    """
+    from torch.func import functional_call, vmap
+
+    batch = _as_graph_batch(graphs)
+    spec_ids, table = _spec_groups(batch)
+    b = batch.num_graphs
+    dtype, device = batch.edge_attr.dtype, batch.edge_attr.device
+    get = probes if callable(probes) else probes.__getitem__
+    cache: dict[str, Tensor] = {}
+    node_ptr = _pointers(batch.batch, b)
+    edge_ptr = _pointers(batch.edge_batch, b)
+    rows_out: list[Tensor] = []
+    rows_index: list[Tensor] = []
+    runnable = torch.zeros(b, dtype=torch.bool)
+    class_mask = torch.zeros(b, classes, dtype=torch.bool)
+    reasons: dict[int, str] = {}
+    for spec_id in torch.unique(spec_ids).tolist():
+        spec = table[spec_id]
+        members = torch.nonzero(spec_ids == spec_id).flatten()
+        key = domain_key(spec)
+        if domains is not None and key not in domains:
+            raise ProbeError(
+                f"a model ({spec.summary()}) takes inputs of shape {list(spec.input_shape)}, but "
+                f"this encoder's probes are for input shapes "
+                f"{[list(_domain_shape(d)) for d in domains]}; embed it with an encoder trained "
+                "on models of its input shape"
+            )
+        outputs_count = spec.num_outputs
+        if outputs_count > classes:
+            raise ProbeError(
+                f"a model ({spec.summary()}) has {outputs_count} outputs, more than the "
+                f"{classes} classes this encoder's probe branch reads; retrain the encoder on "
+                "a zoo that includes such models"
+            )
+        class_mask[members, :outputs_count] = True
+        template = _template(spec)
+        if template is None:
+            reasons[spec_id] = _FAILURES.get(spec, "its spec cannot be run")
+            continue
+        if key not in cache:
+            cache[key] = get(key).to(device=device, dtype=dtype)
+        x = cache[key]
+        state = stacked_state_dict(batch, members, spec, node_ptr, edge_ptr)
+        state = {k: v.detach() for k, v in state.items()}
+
+        def run(params: dict[str, Tensor], x: Tensor = x, template: nn.Module = template):
+            return functional_call(template, params, (x,)).log_softmax(-1)
+
+        try:
+            out = vmap(run)(state)  # (G, P, c)
+        except Exception as exc:  # a forward that raises falls back to the graph branch
+            reasons[spec_id] = f"its forward raised {type(exc).__name__}: {exc}"[:200]
+            continue
+        finite = torch.isfinite(out.detach()).flatten(1).all(1)
+        if not bool(finite.all()):
+            reasons[spec_id] = "non-finite outputs on the probes"
+            # Rerun the finite models only: a NaN anywhere in the graph would poison the
+            # probes' gradient (0 * NaN = NaN).
+            keep = torch.nonzero(finite).flatten()
+            members = members[keep.cpu()]
+            if not members.numel():
+                continue
+            out = vmap(run)({k: v[keep] for k, v in state.items()})
+        runnable[members] = True
+        if out.shape[-1] < classes:
+            out = nn.functional.pad(out, (0, classes - out.shape[-1]))
+        rows_out.append(out)
+        rows_index.append(members)
+    p = next(iter(cache.values())).shape[0] if cache else 0
+    if not p:
+        p = _probe_count(get, table, spec_ids)
+    log_probs = torch.zeros(b, p, classes, dtype=dtype, device=device)
+    if rows_out:
+        index = torch.cat(rows_index).to(device)
+        log_probs = log_probs.index_put((index,), torch.cat(rows_out))
+    return ProbeOutputs(
+        log_probs=log_probs,
+        class_mask=class_mask.to(device),
+        runnable=runnable.to(device),
+        reasons=reasons,
+    )
+
+
+def _probe_count(get: Callable[[str], Tensor], table: Sequence[NetworkSpec], ids: Tensor) -> int:
+    """The probe count when no group ran (read from the first model's domain, if it has one)."""
+    try:
+        return int(get(domain_key(table[int(ids[0])])).shape[0]) if ids.numel() else 0
+    except KeyError:
+        return 0
+
+
+# ------------------------------------------------------------------------------ modules
+class ProbeGenerator(nn.Module):
+    r"""``P`` learned probes per input domain from a shared deep linear generator.
+
+    .. math::
+        X_D = \operatorname{reshape}\big(U_D W_1^\top W_2^\top W_3^\top + b\big)
+        \in \mathbb{R}^{P \times D}
+
+    with latent codes :math:`U_D \in \mathbb{R}^{P \times k}` and linear maps
+    :math:`k \to h \to h \to |D|` (see the module docstring). At initialisation the last layer
+    is scaled so the probes have unit standard deviation, like standardised inputs.
+
+    Args:
+        domains: domain keys (:func:`domain_key`), e.g. ``("64", "1x8x8")``.
+        probes: ``P``.
+        latent: ``k``.
+        hidden: ``h``.
+
+    Shapes:
+        - ``generator(key)``: ``(P, *input_shape)``
+    """
+
+    def __init__(self, domains: Sequence[str], probes: int, latent: int, hidden: int) -> None:
+        super().__init__()
+        self.domains = tuple(domains)
+        self.probes = probes
+        self.codes = nn.ParameterDict(
+            {key: nn.Parameter(torch.randn(probes, latent)) for key in self.domains}
+        )
+        self.generators = nn.ModuleDict(
+            {
+                key: nn.Sequential(
+                    nn.Linear(latent, hidden),
+                    nn.Linear(hidden, hidden),
+                    nn.Linear(hidden, math.prod(_domain_shape(key))),
+                )
+                for key in self.domains
+            }
+        )
+        with torch.no_grad():
+            for key in self.domains:
+                std = float(self.generators[key](self.codes[key]).std())
+                self.generators[key][-1].weight.div_(max(std, 1e-6))
+                self.generators[key][-1].bias.zero_()
+
+    def forward(self, key: str) -> Tensor:
+        if key not in self.generators:
+            raise KeyError(key)
+        flat = self.generators[key](self.codes[key])  # (P, |D|)
+        return flat.view(self.probes, *_domain_shape(key))
+
+    def all(self) -> dict[str, Tensor]:
+        """The probes of every domain."""
+        return {key: self(key) for key in self.domains}
+
+    def extra_repr(self) -> str:
+        return f"domains={list(self.domains)}, probes={self.probes}"
+
+
+class ProbeEncoder(nn.Module):
+    r"""Probe outputs → one vector per model, per input domain.
+
+    .. math::
+        z_{\mathrm{probe}} = \mathrm{MLP}_D\Big(\big[\,m \odot p,\ m \odot
+        \max(\log p, -30)/10\,\big]_{\text{flattened}}\Big)
+
+    with :math:`p = \operatorname{softmax}` outputs ``(P, C)`` and :math:`m` the class mask.
+    Probe order and class order are fixed (neither is a symmetry of the model), so flattening
+    loses nothing; the clamp keeps confident models' :math:`-\infty`-ward log-probabilities
+    in range.
+
+    Shapes:
+        - input: ``log_probs (B, P, C)``, ``class_mask (B, C)``, ``domain_index (B,)``
+        - output: ``(B, dim)``
+    """
+
+    def __init__(
+        self, domains: Sequence[str], probes: int, classes: int, hidden: int, dim: int
+    ) -> None:
+        super().__init__()
+        self.domains = tuple(domains)
+        self.dim = dim
+        self.mlps = nn.ModuleDict(
+            {
+                key: nn.Sequential(
+                    nn.Linear(2 * probes * classes, hidden), nn.SiLU(), nn.Linear(hidden, dim)
+                )
+                for key in self.domains
+            }
+        )
+
+    def forward(self, log_probs: Tensor, class_mask: Tensor, domain_index: Tensor) -> Tensor:
+        mask = class_mask.unsqueeze(1).to(log_probs.dtype)  # (B, 1, C)
+        features = torch.cat(
+            [log_probs.exp() * mask, log_probs.clamp(min=-30.0) / 10.0 * mask], dim=-1
+        ).flatten(1)  # (B, 2 P C)
+        out = log_probs.new_zeros(log_probs.shape[0], self.dim)
+        for i, key in enumerate(self.domains):
+            rows = torch.nonzero(domain_index == i).flatten()
+            if rows.numel():
+                out = out.index_put((rows,), self.mlps[key](features[rows]))
+        return out
