@@ -13,13 +13,13 @@ DEMO_OUT ?= demo-out
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)" -e ".[baselines]"
+	$(PIP) install -q "$(TORCH)" -e ".[bench,baselines]"
 	touch $@
 
 # The test suite also exercises the engines beyond one machine (a local Ray, a real PostgreSQL +
 # pgvector server started by pgserver): their extras install only for `make test`, not the demo.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q "$(TORCH)" -e ".[test,baselines,distributed,pgvector]"
+	$(PIP) install -q "$(TORCH)" -e ".[test,serve,bench,baselines,distributed,pgvector]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -18,8 +18,9 @@ __all__ = ["embedding_map", "predicted_vs_true", "recall_at_k", "training_curves
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    from weightspace.extras import require
 
+    matplotlib = require("matplotlib", "bench", feature="report figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -44,8 +44,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse
+
+try:
+    from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+    from fastapi.responses import JSONResponse
+except ModuleNotFoundError as exc:  # the `serve` extra is not installed
+    from weightspace.extras import missing_extra_error
+
+    raise missing_extra_error(
+        exc, "serve", feature="the HTTP service (weightspace.serve)"
+    ) from None
 
 from weightspace.errors import (
     CheckpointError,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weightspace.errors import CheckpointError, WeightspaceError
+from weightspace.errors import CheckpointError, MissingArchitectureError, WeightspaceError
 from weightspace.limits import Limits
 
 if TYPE_CHECKING:
@@ -39,6 +39,10 @@ __all__ = [
     "iter_inputs",
     "load_source",
     "is_zoo",
+    "iter_models",
+    "as_loaded_model",
+    "with_stored_specs",
+    "StoredSpecLookup",
 ]
 
 
@@ -252,3 +256,82 @@ def _walk_files(directory: Path) -> Iterator[Path]:
                     yield candidate
             except OSError:
                 continue
+
+
+# ------------------------------------------------------------------------ any model, any form
+#: ``lookup(path) -> spec_json or None``: the architecture an index stored for a file it read.
+StoredSpecLookup = Callable[[str], "str | None"]
+
+
+def with_stored_specs(loader: ModelLoader, lookup: StoredSpecLookup) -> ModelLoader:
+    """``loader``, falling back to the spec an index stored for the same file.
+
+    A plain state dict carries no architecture; when the index already read the file (same
+    absolute path) with one, that spec is used, so the flags need not be repeated. A file the
+    index does not know still needs them, and the error says so.
+    """
+
+    def load(path: Path, spec_json: str | None) -> LoadedModel:
+        if spec_json is not None:
+            return loader(path, spec_json)
+        try:
+            return loader(path, None)
+        except MissingArchitectureError as exc:
+            stored = lookup(str(_absolute(path)))
+            if stored is None:
+                raise MissingArchitectureError(
+                    f"{exc}; the index holds no model read from this path, so it cannot "
+                    "supply the architecture"
+                ) from None
+            return loader(path, stored)
+
+    return load
+
+
+def _absolute(path: Path) -> Path:
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return path.absolute()
+
+
+def as_loaded_model(model: Any, *, position: int | None = None) -> LoadedModel:
+    """One in-memory model (``nn.Module``, ``(spec, state_dict)``, SpecModule, NeuralGraph, or
+    ``(nn.Module, example_input)``) as a :class:`LoadedModel`, normalised by
+    :func:`weightspace.models.as_spec_and_state`. Its ``path`` names its type and position
+    (``<Sequential #0>``): it has no file to reload from."""
+    from weightspace.models import as_spec_and_state
+
+    spec, state = as_spec_and_state(model, index=position)
+    kind = type(model[0] if isinstance(model, tuple) else model).__name__
+    where = f"<{kind}>" if position is None else f"<{kind} #{position}>"
+    return LoadedModel(
+        path=where,
+        spec_json=spec.to_json(),
+        spec_summary=spec.summary(),
+        tensors=state,
+        spec=spec,
+    )
+
+
+def iter_models(
+    models: Iterable[Any], *, loader: ModelLoader = load_model_file
+) -> Iterator[LoadedModel]:
+    """What a user hands the index, as :class:`LoadedModel` objects, in order.
+
+    Accepts, per item, what :func:`weightspace.models.as_spec_and_state` accepts (and so
+    ``Encoder.embed``): a path (a checkpoint file, a directory of them or a zoo, expanded by
+    :func:`iter_inputs` and read with ``loader``), an ``nn.Module``, a ``(NetworkSpec,
+    state_dict)`` pair, a :class:`~weightspace.module.SpecModule` or a
+    :class:`~weightspace.graph.NeuralGraph`; and :class:`LoadedModel` objects as they are.
+
+    Raises:
+        weightspace.models.ModelInputError: an item of no accepted form (naming its position).
+    """
+    for position, model in enumerate(models):
+        if isinstance(model, LoadedModel):
+            yield model
+        elif isinstance(model, str | os.PathLike):
+            yield from iter_inputs([model], loader=loader)
+        else:
+            yield as_loaded_model(model, position=position)

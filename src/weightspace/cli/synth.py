@@ -22,7 +22,7 @@ EncoderDir = Annotated[
     typer.Option(
         "--encoder",
         help="Encoder directory (from `weightspace train`) holding a decoder "
-        "(from `weightspace train-decoder`).",
+        "(from `weightspace train-decoder`), or pretrained:NAME.",
     ),
 ]
 
@@ -93,17 +93,19 @@ def _synthesizer(encoder: Path | None, needed: bool) -> Any:
                 "this needs --encoder DIR: an encoder directory with a trained decoder"
             )
         return None
+    from weightspace.pretrained import resolve_encoder_reference
     from weightspace.synthesis.decoder import Synthesizer
 
-    return Synthesizer.load(encoder)
+    return Synthesizer.load(resolve_encoder_reference(encoder))
 
 
 def _has_decoder(encoder: Path | None) -> bool:
     if encoder is None:
         return False
+    from weightspace.pretrained import resolve_encoder_reference
     from weightspace.synthesis.decoder import Decoder
 
-    return Decoder.exists(encoder)
+    return Decoder.exists(resolve_encoder_reference(encoder))
 
 
 def _parse_weights(text: str) -> list[float]:

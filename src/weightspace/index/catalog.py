@@ -17,9 +17,9 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from weightspace.errors import WeightspaceError
 from weightspace.index.errors import IndexBusyError, IndexCorruptError, IndexFormatError
 from weightspace.index.integrity import check_file, validate_manifest
 from weightspace.index.vectors import VectorStore
+
+if TYPE_CHECKING:
+    from weightspace.spec import NetworkSpec
 
 __all__ = [
     "INDEX_FORMAT_VERSION",
@@ -62,17 +65,32 @@ _FILTER_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _COLUMN_FILTERS = {"path": "path", "content_hash": "content_hash", "arch_summary": "spec_summary"}
 
 
+#: Metrics shown in a :class:`SearchHit`'s repr, when a record has them.
+_KEY_METRICS = ("task", "run", "epoch", "test_accuracy")
+
+
 @dataclass(frozen=True)
 class ModelRecord:
-    """The stored metadata of one model."""
+    """The stored metadata of one model, with the architecture it was read with
+    (``spec_json``; :attr:`spec` parses it), so it can be read again without flags."""
 
     id: int
     path: str
     content_hash: str
     spec_summary: str
-    spec_json: str
+    spec_json: str = field(repr=False)
     metrics: dict[str, Any]
     added_at: str
+
+    @property
+    def spec(self) -> NetworkSpec | None:
+        """The stored architecture as a :class:`~weightspace.spec.NetworkSpec` (``None`` when
+        the record has none)."""
+        if not self.spec_json:
+            return None
+        from weightspace.spec import NetworkSpec
+
+        return NetworkSpec.from_json(self.spec_json)
 
     def to_dict(self, *, include_spec: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -95,6 +113,14 @@ class SearchHit:
     rank: int
     score: float
     record: ModelRecord
+
+    def __repr__(self) -> str:
+        shown = {k: self.record.metrics[k] for k in _KEY_METRICS if k in self.record.metrics}
+        extra = "".join(f", {k}={v!r}" for k, v in shown.items())
+        return (
+            f"SearchHit(rank={self.rank}, score={self.score:.4f}, id={self.record.id}, "
+            f"path={self.record.path!r}, arch={self.record.spec_summary!r}{extra})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "score": self.score, **self.record.to_dict()}

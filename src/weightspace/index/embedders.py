@@ -45,10 +45,35 @@ __all__ = [
     "load_encoder_directory",
     "encoder_from_manifest",
     "IMPORT_REFERENCE",
+    "is_import_reference",
+    "recordable_encoder",
 ]
 
 #: ``package.module:attr``: how a user names an importable encoder (never read from an index).
 IMPORT_REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def is_import_reference(reference: str | Path) -> bool:
+    """Whether ``reference`` names importable code (``module:attr``); a bundled encoder
+    (``pretrained:NAME``) does not: it is a directory of weights shipped with the package."""
+    from weightspace.pretrained import PREFIX
+
+    text = str(reference)
+    return not text.startswith(PREFIX) and IMPORT_REFERENCE.fullmatch(text) is not None
+
+
+def recordable_encoder(reference: str | Path) -> str | None:
+    """What an index records of the encoder the user named: ``pretrained:NAME`` as is (portable
+    across installations), an existing directory as its absolute path; ``None`` for an
+    importable ``module:attr``, which an index never records."""
+    from weightspace.pretrained import PREFIX
+
+    text = str(reference)
+    if text.startswith(PREFIX):
+        return text
+    if is_import_reference(text) or not Path(text).is_dir():
+        return None
+    return str(Path(text).resolve())
 
 
 @runtime_checkable
@@ -159,17 +184,19 @@ def normalise(vectors: np.ndarray, *, source: str = "") -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- loading
 def load_embedder(reference: str | Path) -> Embedder:
-    """Load an encoder the user named: a directory (``weightspace.nn.Encoder.load``) or
-    ``module:attr``.
+    """Load an encoder the user named: a directory (``weightspace.nn.Encoder.load``), a bundled
+    encoder (``pretrained:NAME``, :mod:`weightspace.pretrained`) or ``module:attr``.
 
     Only for references typed by the user (``--encoder``). ``module:attr`` names an importable
     object with ``embed`` and ``fingerprint``, or a zero-argument callable returning one (for
     baselines and third-party encoders); importing it runs its code, so a reference read from an
     index goes through :func:`load_encoder_directory` instead.
     """
+    from weightspace.pretrained import resolve_encoder_reference
+
     text = str(reference)
-    path = Path(text)
-    if not path.exists() and IMPORT_REFERENCE.fullmatch(text):
+    path = resolve_encoder_reference(text)  # pretrained:NAME → the bundled directory
+    if not path.exists() and is_import_reference(text):
         module_name, attr = text.split(":")
         try:
             target = getattr(importlib.import_module(module_name), attr)
@@ -182,18 +209,20 @@ def load_embedder(reference: str | Path) -> Embedder:
         return embedder
     if not path.exists():
         raise WeightspaceError(
-            f"encoder {text!r}: no such directory; give the output of `weightspace train` or "
-            f"an importable 'module:attr'"
+            f"encoder {text!r}: no such directory; give the output of `weightspace train`, "
+            f"a bundled encoder (pretrained:NAME) or an importable 'module:attr'"
         )
     return load_encoder_directory(path)
 
 
 def load_encoder_directory(directory: str | Path) -> Encoder:
-    """An encoder directory written by ``weightspace train``, read with
-    ``weightspace.nn.Encoder.load`` (safetensors weights and a JSON config; nothing imported)."""
+    """An encoder directory written by ``weightspace train`` (or ``pretrained:NAME``, a bundled
+    one), read with ``weightspace.nn.Encoder.load`` (safetensors weights and a JSON config;
+    nothing imported)."""
     from weightspace.nn.encoder import Encoder
+    from weightspace.pretrained import resolve_encoder_reference
 
-    return Encoder.load(Path(directory))
+    return Encoder.load(resolve_encoder_reference(directory))
 
 
 def encoder_from_manifest(path: Path, manifest: Mapping[str, Any]) -> Encoder:
@@ -205,7 +234,7 @@ def encoder_from_manifest(path: Path, manifest: Mapping[str, Any]) -> Encoder:
             f"{path}: records no encoder directory (it was built with an importable encoder); "
             f"pass --encoder"
         )
-    if not isinstance(reference, str) or IMPORT_REFERENCE.fullmatch(reference):
+    if not isinstance(reference, str) or is_import_reference(reference):
         raise WeightspaceError(
             f"{path}: records its encoder as the Python import {str(reference)!r}; weightspace "
             f"never imports code named by an index: pass --encoder (the encoder directory, or "

@@ -63,8 +63,9 @@ from weightspace.index.writing import (
 if TYPE_CHECKING:
     import sqlite3
 
+    from weightspace.models import ModelInput
     from weightspace.nn.encoder import Encoder
-    from weightspace.sources import LoadedModel
+    from weightspace.sources import LoadedModel, ModelLoader
 
 __all__ = ["ModelIndex"]
 
@@ -190,7 +191,7 @@ class ModelIndex:
     def build(
         cls,
         path: str | Path,
-        models: Iterable[LoadedModel],
+        models: Iterable[LoadedModel | ModelInput],
         embedder: Embedder,
         *,
         encoder: str | None = None,
@@ -207,10 +208,13 @@ class ModelIndex:
         new one is committed (:func:`~weightspace.index.writing.build_index`). ``encoder`` is
         the encoder's directory, recorded so that later commands can load it without
         ``--encoder``; an importable ``module:attr`` is refused (an index never names code).
+        ``models`` may be in any form :func:`~weightspace.sources.iter_models` reads.
         """
+        from weightspace.sources import iter_models
+
         report = build_index(
             Path(path),
-            models,
+            iter_models(models),
             embedder,
             encoder=encoder,
             kind=kind,
@@ -224,19 +228,25 @@ class ModelIndex:
 
     def add(
         self,
-        models: Iterable[LoadedModel],
+        models: Iterable[LoadedModel | ModelInput],
         embedder: Embedder,
         *,
         batch_size: int = 64,
         on_progress: ProgressCallback | None = None,
         lock_timeout: float = 10.0,
     ) -> AddReport:
-        """Embed and store ``models`` not stored yet (by content hash); commit atomically."""
+        """Embed and store ``models`` not stored yet (by content hash); commit atomically.
+
+        ``models``: checkpoint paths (files, directories, zoos), modules (``nn.Module``), ``(spec,
+        state_dict)`` pairs, SpecModules, NeuralGraphs or :class:`~weightspace.sources.
+        LoadedModel` objects (:func:`~weightspace.sources.iter_models`). A plain state dict this
+        index has read before (same path) is read with the spec stored then.
+        """
         self.check_embedder(embedder)
         with write_lock(self.path, lock_timeout):
             self._reload_for_writing()
             records, vectors, report = embed_batches(
-                models,
+                self.models_from(models),
                 embedder,
                 known_hashes=self._hash_to_id(),
                 batch_size=batch_size,
@@ -339,6 +349,29 @@ class ModelIndex:
         self.manifest, self.store = fresh.manifest, fresh.store
         return True
 
+    def stored_spec(self, path: str) -> str | None:
+        """The spec JSON stored with the model read from ``path`` (as recorded), or ``None``."""
+        rows = self.query_catalog(
+            "SELECT spec_json FROM models WHERE path = ? AND spec_json != '' LIMIT 1", (str(path),)
+        )
+        return str(rows[0][0]) if rows else None
+
+    def file_loader(self, loader: ModelLoader | None = None) -> ModelLoader:
+        """``loader`` (default :func:`~weightspace.sources.load_model_file`) falling back to the
+        spec this index stored for a file it read before (:meth:`stored_spec`)."""
+        from weightspace.sources import load_model_file, with_stored_specs
+
+        return with_stored_specs(loader or load_model_file, self.stored_spec)
+
+    def models_from(
+        self, models: Iterable[LoadedModel | ModelInput], *, loader: ModelLoader | None = None
+    ) -> Iterable[LoadedModel]:
+        """``models`` in any accepted form as :class:`~weightspace.sources.LoadedModel` objects,
+        files read with :meth:`file_loader`."""
+        from weightspace.sources import iter_models
+
+        return iter_models(models, loader=self.file_loader(loader))
+
     def _hash_to_id(self) -> dict[str, int]:
         return hash_to_id(self.path / META_FILE)
 
@@ -409,12 +442,20 @@ class ModelIndex:
 
     def search_models(
         self,
-        models: Sequence[LoadedModel],
+        models: Sequence[LoadedModel | ModelInput],
         embedder: Embedder,
         k: int = 10,
         *,
         filters: Iterable[str] | Mapping[str, Any] | None = None,
     ) -> list[list[SearchHit]]:
-        """Embed ``models`` with ``embedder`` (checked against the index) and search."""
+        """Embed ``models`` with ``embedder`` (checked against the index) and search.
+
+        ``models`` as :meth:`add` takes them (an ``nn.Module``, a path, ``(spec,
+        state_dict)``, ...); one list of hits per model, in order (a directory counts as its
+        files).
+        """
         self.check_embedder(embedder)
-        return self.search(embed_loaded(embedder, models), k, filters=filters)
+        loaded = list(self.models_from(models))
+        if not loaded:
+            raise WeightspaceError("no models to search with")
+        return self.search(embed_loaded(embedder, loaded), k, filters=filters)

@@ -39,19 +39,20 @@ from weightspace.index.catalog import (
     parse_filters,
 )
 from weightspace.index.embedders import (
-    IMPORT_REFERENCE,
     Embedder,
     embed_loaded,
     embedder_fingerprint,
     encoder_from_manifest,
+    is_import_reference,
     normalise,
 )
 from weightspace.index.errors import EncoderMismatchError, IndexFormatError
 from weightspace.index.writing import AddReport, ProgressCallback, declared_dim
 
 if TYPE_CHECKING:
+    from weightspace.models import ModelInput
     from weightspace.nn.encoder import Encoder
-    from weightspace.sources import LoadedModel
+    from weightspace.sources import LoadedModel, ModelLoader
 
 __all__ = ["PostgresIndex", "POSTGRES_FORMAT_VERSION", "BACKEND"]
 
@@ -214,7 +215,7 @@ class PostgresIndex:
     def build(
         cls,
         dsn: str,
-        models: Iterable[LoadedModel],
+        models: Iterable[LoadedModel | ModelInput],
         embedder: Embedder,
         *,
         schema: str = "weightspace",
@@ -222,13 +223,18 @@ class PostgresIndex:
         overwrite: bool = False,
         batch_size: int = 64,
         on_progress: ProgressCallback | None = None,
+        vector_index: bool = True,
     ) -> tuple[PostgresIndex, AddReport]:
         """Create the index's tables in ``schema`` and add ``models``; ``overwrite`` drops an
-        index already there (in the same transaction that creates the new tables)."""
+        index already there (in the same transaction that creates the new tables).
+        ``vector_index=False`` leaves the HNSW index to the caller (:meth:`create_vector_index`
+        once its own bulk ``add_vectors`` are done, as ``index build --ray`` does)."""
         schema = cls._check_schema_name(schema)
-        if encoder is not None and (IMPORT_REFERENCE.fullmatch(str(encoder)) or "://" in encoder):
+        if encoder is not None and (is_import_reference(encoder) or "://" in encoder):
             raise WeightspaceError(f"an index records only an encoder directory, not {encoder!r}")
-        models = iter(models)
+        from weightspace.sources import iter_models
+
+        models = iter(iter_models(models))
         first = next(models, None)
         if first is None or getattr(embedder, "dim", None) is not None:
             embedder_dim = declared_dim(embedder)
@@ -277,7 +283,8 @@ class PostgresIndex:
         index = cls(dsn, manifest, schema=schema)
         chained = models if first is None else _chain(first, models)
         report = index.add(chained, embedder, batch_size=batch_size, on_progress=on_progress)
-        index.create_vector_index()
+        if vector_index:
+            index.create_vector_index()
         return index, report
 
     def create_vector_index(self) -> None:
@@ -295,7 +302,7 @@ class PostgresIndex:
     # -------------------------------------------------------------- writing
     def add(
         self,
-        models: Iterable[LoadedModel],
+        models: Iterable[LoadedModel | ModelInput],
         embedder: Embedder,
         *,
         batch_size: int = 64,
@@ -320,7 +327,7 @@ class PostgresIndex:
                 if on_progress is not None:
                     on_progress("embed", done, 0)
 
-        for model in models:
+        for model in self.models_from(models):
             digest = content_hash(model.spec_json, model.tensors)
             row = model_row(
                 {
@@ -497,17 +504,44 @@ class PostgresIndex:
             connection.rollback()
         return results
 
+    def stored_spec(self, path: str) -> str | None:
+        """The spec JSON stored with the model read from ``path`` (as recorded), or ``None``."""
+        rows = self._read(
+            f"SELECT spec_json FROM {self.schema}.models WHERE path = %s AND spec_json != '' "
+            "LIMIT 1",
+            (str(path),),
+        )
+        return str(rows[0][0]) if rows else None
+
+    def file_loader(self, loader: ModelLoader | None = None) -> ModelLoader:
+        """As :meth:`weightspace.index.ModelIndex.file_loader`."""
+        from weightspace.sources import load_model_file, with_stored_specs
+
+        return with_stored_specs(loader or load_model_file, self.stored_spec)
+
+    def models_from(
+        self, models: Iterable[LoadedModel | ModelInput], *, loader: ModelLoader | None = None
+    ) -> Iterable[LoadedModel]:
+        """As :meth:`weightspace.index.ModelIndex.models_from`."""
+        from weightspace.sources import iter_models
+
+        return iter_models(models, loader=self.file_loader(loader))
+
     def search_models(
         self,
-        models: Sequence[LoadedModel],
+        models: Sequence[LoadedModel | ModelInput],
         embedder: Embedder,
         k: int = 10,
         *,
         filters: Iterable[str] | Mapping[str, Any] | None = None,
     ) -> list[list[SearchHit]]:
-        """Embed ``models`` with ``embedder`` (checked against the index) and search."""
+        """Embed ``models`` (any form :meth:`add` takes) with ``embedder`` (checked against
+        the index) and search."""
         self.check_embedder(embedder)
-        return self.search(embed_loaded(embedder, models), k, filters=filters)
+        loaded = list(self.models_from(models))
+        if not loaded:
+            raise WeightspaceError("no models to search with")
+        return self.search(embed_loaded(embedder, loaded), k, filters=filters)
 
     def vectors(self) -> np.ndarray:
         """Every stored unit vector ``(n, dim)`` in id order."""

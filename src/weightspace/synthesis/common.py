@@ -83,8 +83,9 @@ def check_alpha(alpha: float) -> float:
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the non-interactive Agg backend (figures go to files)."""
-    import matplotlib
+    from weightspace.extras import require
 
+    matplotlib = require("matplotlib", "bench", feature="synthesis figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -264,7 +264,10 @@ def _load_breast_cancer() -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
 
 @register_task("mnist1d")
 def _load_mnist1d() -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-    from mnist1d.data import get_dataset_args, make_dataset
+    from weightspace.extras import require
+
+    mnist1d_data = require("mnist1d.data", "bench", feature="the mnist1d task")
+    get_dataset_args, make_dataset = mnist1d_data.get_dataset_args, mnist1d_data.make_dataset
 
     args = get_dataset_args()
     args.num_samples = MNIST1D_SAMPLES
