@@ -45,6 +45,7 @@ by a constant (softmax ignores it) is kept as is.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -53,6 +54,7 @@ from torch import Tensor, nn
 
 from weightspace.errors import SymmetryError, UnsupportedLayerError
 from weightspace.lora import LoraFactors, canonical_factors
+from weightspace.spec import Op
 
 __all__ = [
     "AttentionWeights",
@@ -69,6 +71,8 @@ __all__ = [
     "random_invertible",
     "canonical_attention",
     "embedding_weights",
+    "attention_state",
+    "load_attention_state",
 ]
 
 
@@ -228,6 +232,29 @@ def embedding_weights(module: nn.Module, name: str = "embedding") -> Tensor:
             "the table in place; only a plain lookup table is supported"
         )
     return module.weight.detach().clone()
+
+
+def attention_state(op: Op, state_dict: Mapping[str, Tensor]) -> AttentionWeights:
+    """The :class:`AttentionWeights` of an ``attention`` spec op, from a state dict."""
+    name = op.name
+    return AttentionWeights(
+        in_proj=state_dict[f"{name}.in_proj_weight"],
+        in_bias=state_dict.get(f"{name}.in_proj_bias"),
+        out_proj=state_dict[f"{name}.out_proj.weight"],
+        out_bias=state_dict.get(f"{name}.out_proj.bias"),
+        num_heads=int(op.attrs["num_heads"]),
+    )
+
+
+def load_attention_state(op: Op, weights: AttentionWeights) -> dict[str, Tensor]:
+    """The state-dict entries of an ``attention`` spec op holding ``weights``."""
+    out = {f"{op.name}.in_proj_weight": weights.in_proj}
+    out[f"{op.name}.out_proj.weight"] = weights.out_proj
+    if weights.in_bias is not None:
+        out[f"{op.name}.in_proj_bias"] = weights.in_bias
+    if weights.out_bias is not None:
+        out[f"{op.name}.out_proj.bias"] = weights.out_bias
+    return out
 
 
 # ------------------------------------------------------------------------------ symmetries

@@ -20,12 +20,24 @@ Node attributes (``N`` nodes):
 * ``node_activation`` ``(N,)``: index into :data:`weightspace.spec.ACTIVATIONS`;
 * ``node_position`` ``(N,)``: the neuron's index within the input or output layer, ``-1`` for
   hidden neurons — hidden neurons of one layer share one identity, so only true symmetries stay;
+  an attention's query/key/value dimensions carry ``h * d + i`` (head ``h``, dimension ``i``):
+  :func:`~weightspace.attention.canonical_attention` fixes that order (heads sorted, dimensions
+  by singular value), so it is no symmetry left to the encoder;
 * ``node_group`` ``(N,)``: the neuron group (:class:`weightspace.layout.NeuronGroup`).
 
 Edge attributes (``E`` edges): ``edge_index`` ``(2, E)``, ``edge_attr`` ``(E, K)``,
 ``edge_layer`` ``(E,)`` (index of the layer, ``-1`` for residual and norm edges) and ``edge_kind``
-``(E,)`` (0 weight, 1 residual, 2 LayerNorm, 3 RMSNorm). Edges come in that order: layers,
-residuals, norms. ``graph.spec`` holds the :class:`~weightspace.spec.NetworkSpec`.
+``(E,)`` (0 weight, 1 residual, 2 LayerNorm, 3 RMSNorm; attention's 4 query, 5 key, 6 value,
+7 output, 8 query-key pairing; 9 token and 10 position embedding). Edges come in that order:
+layers (attention and embedding links among them), residuals, norms, query-key pairings.
+``graph.spec`` holds the :class:`~weightspace.spec.NetworkSpec`.
+
+Attention and embedding (see :mod:`weightspace.layout`): per attention, edges stream → query,
+key and value head dimensions carry the rows of ``in_proj_weight``, the head dimensions' biases
+the ``in_proj_bias``, edges value dimensions → output stream the ``out_proj`` weight; an
+embedding's edges index neuron ``v`` → stream neuron ``e`` carry ``weight[v, e]``. Weights are
+stored as given: canonicalise first (:func:`weightspace.symmetry.canonicalize` applies
+:func:`weightspace.attention.canonical_attention`) for a form free of the within-head symmetries.
 
 Conversions are vectorised: one tensor operation per layer, no Python loop over edges.
 """
@@ -39,7 +51,17 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 
 from weightspace.errors import NonFiniteWeightsError, ShapeMismatchError, WeightDtypeError
-from weightspace.layout import Layout, layout_of
+from weightspace.layout import (
+    EDGE_ATTENTION_OUTPUT,
+    EDGE_KEY,
+    EDGE_POSITION_EMBEDDING,
+    EDGE_QUERY,
+    EDGE_QUERY_KEY,
+    EDGE_TOKEN_EMBEDDING,
+    EDGE_VALUE,
+    Layout,
+    layout_of,
+)
 from weightspace.limits import Limits, default_limits
 from weightspace.spec import ACTIVATION_IDS, NetworkSpec
 
@@ -52,9 +74,21 @@ __all__ = [
     "check_graph_size",
     "graph_size",
     "WEIGHT_DTYPES",
+    "NUM_EDGE_KINDS",
+    "EDGE_QUERY",
+    "EDGE_KEY",
+    "EDGE_VALUE",
+    "EDGE_ATTENTION_OUTPUT",
+    "EDGE_QUERY_KEY",
+    "EDGE_TOKEN_EMBEDDING",
+    "EDGE_POSITION_EMBEDDING",
 ]
 
 EDGE_WEIGHT, EDGE_RESIDUAL, EDGE_LAYER_NORM, EDGE_RMS_NORM = 0, 1, 2, 3
+#: Number of edge kinds: the four above and the attention and embedding kinds of
+#: :mod:`weightspace.layout` (query, key, value, attention output, query-key pairing, token
+#: embedding, position embedding: 4 to 10).
+NUM_EDGE_KINDS = EDGE_POSITION_EMBEDDING + 1
 #: ``edge_kind`` of a norm's diagonal edges, by the norm op's ``mode``.
 NORM_EDGE_KINDS: dict[str, int] = {"layer": EDGE_LAYER_NORM, "rms": EDGE_RMS_NORM}
 
@@ -118,6 +152,7 @@ def graph_size(spec: NetworkSpec) -> tuple[int, int]:
     edges = sum(layout.groups[k.source].size * layout.groups[k.target].size for k in layout.links)
     edges += sum(layout.groups[skip].size for skip, _ in layout.residuals)
     edges += sum(layout.groups[norm.source].size for norm in layout.norms)
+    edges += sum(layout.groups[query].size for query, _ in layout.pairings)
     return layout.num_nodes, edges
 
 
@@ -236,15 +271,20 @@ def to_graph(
         role[sl] = g.role
         activation[sl] = ACTIVATION_IDS[g.activation]
         group[sl] = g.index
-        if g.role != 1:
+        if g.role != 1 or g.head_dim:  # head dims: fixed order once canonicalised
             position[sl] = torch.arange(g.size)
-        if g.producer is not None and f"{g.producer}.bias" in state_dict:
-            bias[sl, 0] = state_dict[f"{g.producer}.bias"].to(dtype)
+        key = g.bias_name()
+        if key is not None and key in state_dict:
+            bias[sl, 0] = state_dict[key][g.bias_start : g.bias_start + g.size].to(dtype)
 
     edge_index, edge_attr, edge_layer, edge_kind = [], [], [], []
     for link in layout.links:
         src, dst = layout.groups[link.source], layout.groups[link.target]
-        w = state_dict[f"{link.name}.weight"].to(dtype)
+        w = state_dict[link.key].to(dtype)
+        if link.transposed:  # nn.Embedding's (V, E) table: edge v -> e carries weight[v, e]
+            w = w.t()
+        if not link.is_plain:
+            w = w[link.row_start : link.row_start + dst.size]
         feats = w.reshape(dst.size * src.size, link.edge_features)  # (out*in, S*k), row-major
         if link.edge_features < width:
             feats = torch.nn.functional.pad(feats, (0, width - link.edge_features))
@@ -253,7 +293,7 @@ def to_graph(
         edge_index.append(torch.stack([sources, targets]))
         edge_attr.append(feats)
         edge_layer.append(torch.full((feats.shape[0],), link.index, dtype=torch.long))
-        edge_kind.append(torch.full((feats.shape[0],), EDGE_WEIGHT, dtype=torch.long))
+        edge_kind.append(torch.full((feats.shape[0],), link.edge_kind, dtype=torch.long))
     for skip, primary in layout.residuals:
         size = layout.groups[skip].size
         ar = torch.arange(size)
@@ -274,6 +314,15 @@ def to_graph(
         edge_attr.append(feats)
         edge_layer.append(torch.full((size,), -1, dtype=torch.long))
         edge_kind.append(torch.full((size,), NORM_EDGE_KINDS[norm.mode], dtype=torch.long))
+    for query, key in layout.pairings:  # query dim i pairs with key dim i: a fixed 1
+        size = layout.groups[query].size
+        ar = torch.arange(size)
+        edge_index.append(torch.stack([ar + layout.offsets[query], ar + layout.offsets[key]]))
+        feats = torch.zeros(size, width, dtype=dtype, device=device)
+        feats[:, 0] = 1.0
+        edge_attr.append(feats)
+        edge_layer.append(torch.full((size,), -1, dtype=torch.long))
+        edge_kind.append(torch.full((size,), EDGE_QUERY_KEY, dtype=torch.long))
 
     # w.reshape above flattens (out, in, S*k) row-major, which for a linear layer reading a
     # flattened (C, *spatial) tensor is exactly (out, C, S): flatten() is channel-major.
@@ -306,6 +355,7 @@ def to_state_dict(graph: NeuralGraph, *, spec: NetworkSpec | None = None) -> dic
             f"graph has {graph.num_nodes} nodes but its spec describes {layout.num_nodes}"
         )
     state: dict[str, Tensor] = {}
+    pieces: dict[str, list[tuple[int, Tensor]]] = {}  # key -> (first row, rows) of shared tensors
     for link in layout.links:
         src, dst = layout.groups[link.source], layout.groups[link.target]
         op = spec[link.name]
@@ -319,10 +369,25 @@ def to_state_dict(graph: NeuralGraph, *, spec: NetworkSpec | None = None) -> dic
             )
         w = graph.edge_attr.new_zeros(dst.size, src.size, link.edge_features)
         w[targets, sources] = graph.edge_attr[mask, : link.edge_features]
+        if not link.is_plain:  # attention and embedding: a slice of a tensor, maybe transposed
+            w = w[..., 0]
+            pieces.setdefault(link.key, []).append(
+                (link.row_start, w.t() if link.transposed else w)
+            )
+            continue
         state[f"{link.name}.weight"] = w.reshape(op.weight_shape())
         if op.attrs.get("bias", True):
             offset = layout.offsets[dst.index]
             state[f"{link.name}.bias"] = graph.x[offset : offset + dst.size, 0].clone()
+    for group in layout.groups:
+        if group.bias_key is not None:
+            offset = layout.offsets[group.index]
+            bias = graph.x[offset : offset + group.size, 0].clone()
+            pieces.setdefault(group.bias_key, []).append((group.bias_start, bias))
+    shapes = spec.param_shapes()
+    for key, parts in pieces.items():
+        if key in shapes:  # a bias-free attention has no bias tensors (its nodes carry zeros)
+            state[key] = torch.cat([t for _, t in sorted(parts, key=lambda p: p[0])])
     for norm in layout.norms:
         op = spec[norm.name]
         dst = layout.groups[norm.target]

@@ -214,6 +214,10 @@ def from_module(
     """
     import torch.fx as fx
 
+    from weightspace.transformer import is_token_model, token_model_spec
+
+    if is_token_model(module):  # fx cannot trace TransformerEncoderLayer: read by module type
+        return token_model_spec(module, example_input)
     try:
         traced = fx.symbolic_trace(module)
     except Exception as exc:  # fx raises many types for untraceable control flow

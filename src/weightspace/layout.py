@@ -28,6 +28,22 @@ normalised group change the function (the mean and the norm mix every neuron), s
 scalable or flippable. The normalised group itself is: scaling neuron :math:`i` by :math:`c_i`
 through :math:`\gamma_i, \beta_i` and dividing its readers' columns by :math:`c_i` keeps the
 function whenever the group's activations allow it (see :meth:`Layout.scalable_groups`).
+
+**Tokens and attention** (a spec whose input has ``layout: "tokens"``). Ops act on the last
+dimension of ``(B, T, features)`` tensors, so a group is one set of features shared by all
+tokens. An ``embedding`` op is a link from its *index* group to a new group of ``embedding_dim``
+stream neurons: the vocabulary (the token-id input's neurons) or a group of ``num_embeddings``
+position neurons (input role, one per position); its weight ``(V, E)`` is stored transposed
+against a Linear's (``LayerLink.transposed``). An ``attention`` op reading stream group ``s``
+(``E`` neurons, ``H`` heads of ``d``) writes four groups: the head dimensions of the queries,
+keys and values (``E`` neurons each, ``H`` blocks of ``d``; :attr:`NeuronGroup.head_dim` = d) and
+its output (``E``). Its links: ``s → Q``, ``s → K``, ``s → V`` (rows of ``in_proj_weight``, biases
+from ``in_proj_bias``) and ``V → output`` (``out_proj``); query dimension ``i`` is joined to key
+dimension ``i`` by a parameter-free pairing edge (:attr:`Layout.pairings`), since the scores
+are :math:`\sum_i q_i k_i`. Head-dimension groups are never permuted, rescaled or flipped
+neuron-wise here (their true symmetries, head permutations and within-head :math:`GL(d)`, are
+fixed by :func:`weightspace.attention.canonical_attention`); the stream they read and write is
+permuted as one tie set with the residual adds and norms around it.
 """
 
 from __future__ import annotations
@@ -38,11 +54,18 @@ from functools import lru_cache
 from weightspace.errors import SpecError, UnsupportedLayerError
 from weightspace.spec import (
     ODD_ACTIVATIONS,
+    PARAMETRISED_KINDS,
     POSITIVELY_HOMOGENEOUS_ACTIVATIONS,
     NetworkSpec,
+    Op,
 )
 
 __all__ = ["NeuronGroup", "LayerLink", "NormLink", "Layout", "layout_of"]
+
+# Edge kinds of attention and embedding links (weight, residual, LayerNorm, RMSNorm are 0-3, in
+# weightspace.graph): the encoder's edge-kind table has a row for each.
+EDGE_QUERY, EDGE_KEY, EDGE_VALUE, EDGE_ATTENTION_OUTPUT = 4, 5, 6, 7
+EDGE_QUERY_KEY, EDGE_TOKEN_EMBEDDING, EDGE_POSITION_EMBEDDING = 8, 9, 10
 
 _POSITIVELY_HOMOGENEOUS = POSITIVELY_HOMOGENEOUS_ACTIVATIONS
 _ODD = ODD_ACTIVATIONS
@@ -65,6 +88,10 @@ class NeuronGroup:
         tie: index of the tie set (groups joined by residual adds).
         readers: names of the parametrised ops that read the group.
         normalised: whether a ``norm`` op reads the group (then no rescaling or sign flip).
+        head_dim: for the query/key/value dimensions of an attention, the head width ``d``
+            (neurons ``h*d : (h+1)*d`` are head ``h``); 0 otherwise.
+        bias_key: the state-dict key of the group's bias when it is not ``{producer}.bias``,
+            with ``bias_start``: the group's bias is ``state[bias_key][bias_start:][:size]``.
     """
 
     index: int
@@ -77,6 +104,15 @@ class NeuronGroup:
     tie: int = -1
     readers: list[str] = field(default_factory=list)
     normalised: bool = False
+    head_dim: int = 0
+    bias_key: str | None = None
+    bias_start: int = 0
+
+    def bias_name(self) -> str | None:
+        """The state-dict key holding this group's bias (it may be absent from a state dict)."""
+        if self.bias_key is not None:
+            return self.bias_key
+        return None if self.producer is None else f"{self.producer}.bias"
 
     @property
     def activation(self) -> str:
@@ -98,10 +134,24 @@ class LayerLink:
     target: int
     spatial: int
     kernel_numel: int
+    weight_key: str | None = None  # default f"{name}.weight"
+    row_start: int = 0  # the link's weight is rows row_start:row_start + target.size of it
+    transposed: bool = False  # stored (in, out), as nn.Embedding's table
+    edge_kind: int = 0
 
     @property
     def edge_features(self) -> int:
         return self.spatial * self.kernel_numel
+
+    @property
+    def key(self) -> str:
+        """The state-dict key of the tensor holding this link's weight."""
+        return self.weight_key or f"{self.name}.weight"
+
+    @property
+    def is_plain(self) -> bool:
+        """A layer's own ``{name}.weight`` of shape ``(out, in, ...)`` (linear, conv)."""
+        return self.weight_key is None and not self.transposed and self.row_start == 0
 
 
 @dataclass(frozen=True)
@@ -129,6 +179,7 @@ class Layout:
     residuals: tuple[tuple[int, int], ...]  # (source group, primary group) identity edges
     offsets: tuple[int, ...]  # first node index of each group
     norms: tuple[NormLink, ...] = ()  # diagonal edges after the residual ones
+    pairings: tuple[tuple[int, int], ...] = ()  # (query, key) groups: diagonal edges, last
 
     @property
     def num_nodes(self) -> int:
@@ -157,7 +208,15 @@ class Layout:
             for members in self.tie_sets().values()
             if all(self.groups[g].role == ROLE_HIDDEN for g in members)
             and all(self.groups[g].producer is not None for g in members)
+            and not any(self.groups[g].head_dim for g in members)
         ]
+
+    def writer(self, group: int) -> LayerLink | None:
+        """The link that writes ``group`` (``None`` for inputs and norm outputs)."""
+        for link in self.links:
+            if link.target == group:
+                return link
+        return None
 
     def is_free(self, group: int) -> bool:
         """Hidden, written by a layer, and not tied to another group by a residual add."""
@@ -165,6 +224,7 @@ class Layout:
         return (
             g.role == ROLE_HIDDEN
             and g.producer is not None
+            and not g.head_dim
             and len(self.tie_sets()[g.tie]) == 1
             and bool(g.readers)
         )
@@ -232,13 +292,66 @@ def layout_of(spec: NetworkSpec) -> Layout:
         parent[len(groups) - 1] = len(groups) - 1
         return len(groups) - 1
 
+    pairings: list[tuple[int, int]] = []
+    tokens: dict[str, bool] = {}  # op name -> its output is (B, T, features)
+
+    def add_link(op_name: str, source: int, target: int, **kwargs: object) -> None:
+        links.append(LayerLink(op_name, len(links), source, target, 1, 1, **kwargs))  # type: ignore[arg-type]
+
     depth = 0
     for op in spec.ops:
+        if op.kind != "input" and any(tokens.get(name, False) for name in op.inputs):
+            _check_token_reader(op)
         if op.kind == "input":
-            g = new_group(int(spec.input_shape[0]), None, 0)
+            if spec.is_tokens:
+                shape = spec.input_shape
+                size = int(op.attrs["vocab_size"]) if len(shape) == 1 else int(shape[1])
+            else:
+                size = int(spec.input_shape[0])
+            g = new_group(size, None, 0)
             groups[g].role = ROLE_INPUT
             group_of[op.name] = g
-            flat[op.name] = len(spec.input_shape) == 1
+            flat[op.name] = len(spec.input_shape) == 1 or spec.is_tokens
+            tokens[op.name] = spec.is_tokens
+        elif op.kind == "embedding":
+            width = int(op.attrs["embedding_dim"])
+            if op.attrs["index"] == "token":
+                source, kind = group_of[op.inputs[0]], EDGE_TOKEN_EMBEDDING
+            else:
+                source = new_group(int(op.attrs["num_embeddings"]), None, 0)
+                groups[source].role = ROLE_INPUT
+                kind = EDGE_POSITION_EMBEDDING
+            depth += 1
+            target = new_group(width, op.name, depth)
+            add_link(op.name, source, target, transposed=True, edge_kind=kind)
+            group_of[op.name], flat[op.name], tokens[op.name] = target, True, True
+        elif op.kind == "attention":
+            stream = group_of[op.inputs[0]]
+            e, h = int(op.attrs["embed_dim"]), int(op.attrs["num_heads"])
+            if groups[stream].size != e or not tokens.get(op.inputs[0], False):
+                raise UnsupportedLayerError(
+                    f"attention {op.name!r} has embed_dim={e} but reads "
+                    f"{groups[stream].size} features"
+                    + ("" if tokens.get(op.inputs[0], False) else " of a tensor without tokens")
+                )
+            depth += 1
+            heads = []
+            for i, kind in enumerate((EDGE_QUERY, EDGE_KEY, EDGE_VALUE)):
+                g = new_group(e, op.name, depth)
+                groups[g].head_dim = e // h
+                groups[g].bias_key, groups[g].bias_start = f"{op.name}.in_proj_bias", i * e
+                key = f"{op.name}.in_proj_weight"
+                add_link(op.name, stream, g, weight_key=key, row_start=i * e, edge_kind=kind)
+                heads.append(g)
+            pairings.append((heads[0], heads[1]))
+            depth += 1
+            out = new_group(e, op.name, depth)
+            groups[out].bias_key = f"{op.name}.out_proj.bias"
+            key = f"{op.name}.out_proj.weight"
+            add_link(op.name, heads[2], out, weight_key=key, edge_kind=EDGE_ATTENTION_OUTPUT)
+            group_of[op.name], flat[op.name], tokens[op.name] = out, True, True
+        elif op.kind == "token_pool":
+            group_of[op.name], flat[op.name] = group_of[op.inputs[0]], True
         elif op.kind == "norm":
             source = group_of[op.inputs[0]]
             size = int(op.attrs["normalized_size"])
@@ -297,6 +410,7 @@ def layout_of(spec: NetworkSpec) -> Layout:
                 parent[find(other)] = find(primary)
             group_of[op.name] = primary
             flat[op.name] = all(flat[name] for name in op.inputs)
+            tokens[op.name] = all(tokens.get(name, False) for name in op.inputs)
         else:
             g = group_of[op.inputs[0]]
             if op.kind == "activation":
@@ -307,6 +421,8 @@ def layout_of(spec: NetworkSpec) -> Layout:
             flat[op.name] = op.kind in {"flatten", "global_pool"} or (
                 op.kind in {"activation"} and flat[op.inputs[0]]
             )
+        if op.kind in {"norm", "activation"} or op.kind in PARAMETRISED_KINDS:
+            tokens[op.name] = tokens.get(op.inputs[0], False) if op.inputs else False
 
     output_group = group_of[spec.output.name]
     if groups[output_group].producer is None:
@@ -319,4 +435,21 @@ def layout_of(spec: NetworkSpec) -> Layout:
     for g in groups:
         offsets.append(total)
         total += g.size
-    return Layout(tuple(groups), tuple(links), tuple(residuals), tuple(offsets), tuple(norms))
+    return Layout(
+        tuple(groups),
+        tuple(links),
+        tuple(residuals),
+        tuple(offsets),
+        tuple(norms),
+        tuple(pairings),
+    )
+
+
+def _check_token_reader(op: Op) -> None:
+    """Ops that may read a ``(B, T, features)`` tensor: those acting on the last dim."""
+    if op.kind in {"conv1d", "conv2d", "pool", "adaptive_pool", "global_pool", "flatten"}:
+        raise UnsupportedLayerError(
+            f"op {op.name!r} ({op.kind}) reads a token tensor (batch, tokens, features); only "
+            "linear, norm, activation, add, attention and token_pool ops may (pool the tokens "
+            "with a token_pool op first)"
+        )

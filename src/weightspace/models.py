@@ -127,10 +127,11 @@ def _trace(
     """:func:`~weightspace.ingest.from_module`, inferring the example input from a first Linear
     layer; a conv network whose spatial size matters (a flatten) must be given one."""
     from weightspace.ingest import from_module
+    from weightspace.transformer import is_token_model
 
     name = type(module).__name__
     first = _first_layer(module)
-    if example_input is None and isinstance(first, nn.Linear):
+    if example_input is None and isinstance(first, nn.Linear) and not is_token_model(module):
         param = next(first.parameters())
         example_input = torch.zeros(1, first.in_features, dtype=param.dtype, device=param.device)
     try:

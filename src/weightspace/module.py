@@ -1,7 +1,8 @@
 """``SpecModule``: an ``nn.Module`` that runs a :class:`~weightspace.spec.NetworkSpec`.
 
-Parametrised layers are real ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` submodules (and norms
-real ``nn.LayerNorm`` / ``nn.RMSNorm``) placed at their dotted state-dict names, so ``SpecModule(spec).load_state_dict(sd)`` takes the very state
+Parametrised layers are real ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` submodules (norms
+real ``nn.LayerNorm`` / ``nn.RMSNorm``, embeddings ``nn.Embedding``, attentions batch-first
+``nn.MultiheadAttention``) placed at their dotted state-dict names, so ``SpecModule(spec).load_state_dict(sd)`` takes the very state
 dicts that :func:`weightspace.ingest.from_module` returns.
 """
 
@@ -97,6 +98,20 @@ class SpecModule(nn.Module):
                 _set_submodule(self, op.name, _make_layer(op))
             elif op.kind == "norm":
                 _set_submodule(self, op.name, _make_norm(op))
+            elif op.kind == "embedding":
+                a = op.attrs
+                table = nn.Embedding(int(a["num_embeddings"]), int(a["embedding_dim"]))
+                _set_submodule(self, op.name, table)
+            elif op.kind == "attention":
+                a = op.attrs
+                attention = nn.MultiheadAttention(
+                    int(a["embed_dim"]),
+                    int(a["num_heads"]),
+                    bias=bool(a.get("bias", True)),
+                    batch_first=True,
+                )
+                _set_submodule(self, op.name, attention)
+        self._token_ops = _token_ops(spec)
 
     def forward(self, x: Tensor) -> Tensor:
         values: dict[str, Tensor] = {}
@@ -106,13 +121,21 @@ class SpecModule(nn.Module):
                 values[op.name] = x
                 continue
             args = [values[name] for name in op.inputs]
-            if op.kind == "norm" and args[0].dim() > 2:
+            if op.kind == "norm" and args[0].dim() > 2 and op.inputs[0] not in self._token_ops:
                 raise UnsupportedLayerError(
                     f"norm {op.name!r} reads a tensor of shape {list(args[0].shape)}: only a "
                     "norm over the neurons of a (batch, features) tensor is supported, not over "
                     "a spatial dimension"
                 )
-            if op.is_parametrised or op.kind == "norm":
+            if op.kind == "embedding" and a["index"] == "position":
+                table = self.get_submodule(op.name).weight  # (P, E): row t for token t
+                tokens = int(args[0].shape[1])
+                y = table[:tokens].unsqueeze(0).expand(args[0].shape[0], -1, -1)
+            elif op.kind == "attention":
+                y = self.get_submodule(op.name)(args[0], args[0], args[0], need_weights=False)[0]
+            elif op.kind == "token_pool":
+                y = args[0].mean(1) if a["mode"] == "mean" else args[0][:, 0]
+            elif op.is_parametrised or op.kind in {"norm", "embedding"}:
                 y = self.get_submodule(op.name)(args[0])
             elif op.kind == "activation":
                 y = apply_activation(args[0], a)
@@ -148,6 +171,19 @@ class SpecModule(nn.Module):
 
     def extra_repr(self) -> str:
         return self.spec.summary()
+
+
+def _token_ops(spec: NetworkSpec) -> frozenset[str]:
+    """Names of the ops whose output is a ``(B, T, features)`` token tensor."""
+    if not spec.is_tokens:
+        return frozenset()
+    out: set[str] = set()
+    for op in spec.ops:
+        if op.kind == "input" or (
+            op.kind != "token_pool" and any(name in out for name in op.inputs)
+        ):
+            out.add(op.name)
+    return frozenset(out)
 
 
 def to_module(spec: NetworkSpec, state_dict: Mapping[str, Tensor] | None = None) -> SpecModule:

@@ -26,7 +26,21 @@ Op kinds and their ``attrs``:
                 neurons normalised together: the last dim of a ``(B, C)`` tensor), ``eps``
                 (a float; ``None`` for RMSNorm's dtype default), ``affine`` (a ``weight`` of
                 shape ``(C,)``), ``bias`` (LayerNorm only: a ``bias`` of shape ``(C,)``).
+``embedding``   ``num_embeddings``, ``embedding_dim``, ``index`` (``token``: looks up the token
+                ids of the input; ``position``: row ``t`` for token ``t``, a learned positional
+                embedding). State ``{name}.weight`` of shape ``(num_embeddings, embedding_dim)``
+                (``nn.Embedding``'s, transposed against a Linear's).
+``attention``   ``embed_dim``, ``num_heads``, ``bias``: an ``nn.MultiheadAttention`` (self-
+                attention, batch first) reading a token tensor; state ``in_proj_weight``
+                ``(3E, E)``, ``in_proj_bias`` ``(3E,)``, ``out_proj.weight`` ``(E, E)``,
+                ``out_proj.bias`` ``(E,)`` (biases when ``bias``).
+``token_pool``  ``mode`` (``mean`` over tokens, or the ``first`` token): ``(B, T, E)`` to ``(B, E)``.
 ==============  ==================================================================================
+
+**Token inputs.** An input op with ``layout: "tokens"`` reads sequences: ``shape`` ``[T]`` of
+token ids with ``vocab_size`` (the input neurons are the vocabulary; an ``embedding`` op of
+index ``token`` must read them), or ``shape`` ``[T, d]`` of ``d`` features per token. Ops then
+act on the last (feature) dimension of ``(B, T, features)`` tensors until a ``token_pool``.
 
 Parametrised ops (``linear``, ``conv1d``, ``conv2d``) are named by their state-dict prefix, so a
 spec plus ``{f"{op.name}.weight": ..., f"{op.name}.bias": ...}`` is a complete model. A ``norm``
@@ -51,6 +65,8 @@ __all__ = [
     "PARAMETRISED_KINDS",
     "OP_KINDS",
     "NORM_MODES",
+    "EMBEDDING_INDEXES",
+    "TOKEN_POOL_MODES",
     "SPEC_FORMAT_VERSION",
     "Op",
     "NetworkSpec",
@@ -95,7 +111,13 @@ OP_KINDS: frozenset[str] = PARAMETRISED_KINDS | {
     "global_pool",
     "flatten",
     "norm",
+    "embedding",
+    "attention",
+    "token_pool",
 }
+#: ``index`` of an ``embedding`` op; ``mode`` of a ``token_pool`` op.
+EMBEDDING_INDEXES: tuple[str, ...] = ("token", "position")
+TOKEN_POOL_MODES: tuple[str, ...] = ("mean", "first")
 #: ``mode`` of a ``norm`` op: LayerNorm (centre and scale) or RMSNorm (scale only).
 NORM_MODES: tuple[str, ...] = ("layer", "rms")
 
@@ -251,7 +273,23 @@ class NetworkSpec:
                     shapes[f"{op.name}.weight"] = size
                     if op.attrs["mode"] == "layer" and op.attrs.get("bias", True):
                         shapes[f"{op.name}.bias"] = size
+            elif op.kind == "embedding":
+                a = op.attrs
+                shapes[f"{op.name}.weight"] = (int(a["num_embeddings"]), int(a["embedding_dim"]))
+            elif op.kind == "attention":
+                e = int(op.attrs["embed_dim"])
+                shapes[f"{op.name}.in_proj_weight"] = (3 * e, e)
+                if op.attrs.get("bias", True):
+                    shapes[f"{op.name}.in_proj_bias"] = (3 * e,)
+                shapes[f"{op.name}.out_proj.weight"] = (e, e)
+                if op.attrs.get("bias", True):
+                    shapes[f"{op.name}.out_proj.bias"] = (e,)
         return shapes
+
+    @property
+    def is_tokens(self) -> bool:
+        """Whether the input is a sequence of tokens (``layout: "tokens"``)."""
+        return self.ops[0].attrs.get("layout") == "tokens"
 
     @property
     def num_parameters(self) -> int:
@@ -280,6 +318,13 @@ class NetworkSpec:
                 parts.append(f"{op.attrs['mode']}{op.kind}")
             elif op.kind == "norm":
                 parts.append(f"{op.attrs['mode']}norm{op.attrs['normalized_size']}")
+            elif op.kind == "embedding":
+                a = op.attrs
+                parts.append(f"{a['index']}emb{a['num_embeddings']}x{a['embedding_dim']}")
+            elif op.kind == "attention":
+                parts.append(f"attn{op.attrs['embed_dim']}h{op.attrs['num_heads']}")
+            elif op.kind == "token_pool":
+                parts.append(f"{op.attrs['mode']}tokens")
             else:
                 parts.append(op.kind)
         return "-".join(parts)
@@ -293,6 +338,7 @@ class NetworkSpec:
             raise SpecError(f"the first op must be the input, got {self.ops[0].kind!r}")
         if "shape" not in self.ops[0].attrs or not self.ops[0].attrs["shape"]:
             raise SpecError("the input op needs a non-empty 'shape' attribute")
+        _check_input_layout(self.ops[0])
         seen: set[str] = set()
         for op in self.ops:
             if op.name in seen:
@@ -316,6 +362,8 @@ class NetworkSpec:
                     _check_w0(op)
             if op.kind == "norm":
                 _check_norm(op)
+            if op.kind in {"embedding", "attention", "token_pool"}:
+                _check_token_op(op, self.ops[0])
             if op.is_parametrised:
                 required = (
                     ("in_features", "out_features")
@@ -414,6 +462,73 @@ def _check_norm(op: Op) -> None:
     ok = isinstance(eps, int | float) and not isinstance(eps, bool)
     if not ok or not math.isfinite(float(eps)) or float(eps) <= 0:
         raise SpecError(f"op {op.name!r}: {mode} norm eps={eps!r} must be a finite positive number")
+
+
+def _positive_int(op: Op, key: str) -> int:
+    value = op.attrs.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise SpecError(f"op {op.name!r} ({op.kind}): {key}={value!r} must be a positive integer")
+    return value
+
+
+def _check_input_layout(op: Op) -> None:
+    """A token input: ``[T]`` ids with a ``vocab_size``, or ``[T, d]`` features."""
+    layout = op.attrs.get("layout")
+    if layout is None:
+        return
+    if layout != "tokens":
+        raise SpecError(f"input {op.name!r}: layout {layout!r} is unknown; valid: ['tokens']")
+    shape = op.attrs["shape"]
+    if len(shape) not in (1, 2) or any(not isinstance(s, int) or s <= 0 for s in shape):
+        raise SpecError(
+            f"input {op.name!r}: a token input has shape [T] (ids) or [T, d] (features), got "
+            f"{list(shape)}"
+        )
+    if len(shape) == 1:
+        _positive_int(op, "vocab_size")
+
+
+def _check_token_op(op: Op, first: Op) -> None:
+    """Embedding, attention and token pooling need a token input and sane sizes."""
+    if first.attrs.get("layout") != "tokens":
+        raise SpecError(
+            f"op {op.name!r} ({op.kind}) needs a token input (input attrs layout='tokens')"
+        )
+    if len(op.inputs) != 1:
+        raise SpecError(f"op {op.name!r} ({op.kind}) reads exactly one tensor")
+    if op.kind == "embedding":
+        _positive_int(op, "num_embeddings")
+        _positive_int(op, "embedding_dim")
+        index = op.attrs.get("index")
+        if index not in EMBEDDING_INDEXES:
+            raise SpecError(
+                f"op {op.name!r}: embedding index {index!r} is not one of {list(EMBEDDING_INDEXES)}"
+            )
+        if index == "token":
+            vocab = first.attrs.get("vocab_size")
+            if op.inputs[0] != first.name or vocab is None:
+                raise SpecError(
+                    f"op {op.name!r}: a token embedding reads the token-id input directly"
+                )
+            if int(op.attrs["num_embeddings"]) != int(vocab):
+                raise SpecError(
+                    f"op {op.name!r}: num_embeddings={op.attrs['num_embeddings']} differs from "
+                    f"the input's vocab_size={vocab}"
+                )
+        elif int(op.attrs["num_embeddings"]) < int(first.attrs["shape"][0]):
+            raise SpecError(
+                f"op {op.name!r}: {op.attrs['num_embeddings']} positions for sequences of "
+                f"{first.attrs['shape'][0]} tokens"
+            )
+    elif op.kind == "attention":
+        e, h = _positive_int(op, "embed_dim"), _positive_int(op, "num_heads")
+        if e % h:
+            raise SpecError(f"op {op.name!r}: embed_dim={e} is not a multiple of num_heads={h}")
+    elif op.attrs.get("mode") not in TOKEN_POOL_MODES:
+        raise SpecError(
+            f"op {op.name!r}: token_pool mode {op.attrs.get('mode')!r} is not one of "
+            f"{list(TOKEN_POOL_MODES)}"
+        )
 
 
 def _with_sine_defaults(ops: tuple[Op, ...]) -> tuple[Op, ...]:

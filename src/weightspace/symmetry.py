@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from weightspace.errors import SymmetryError
 from weightspace.graph import NeuralGraph, check_state_dict, to_graph, to_state_dict
-from weightspace.layout import ROLE_INPUT, Layout, layout_of
+from weightspace.layout import ROLE_INPUT, LayerLink, Layout, layout_of
 from weightspace.module import SpecModule, to_module
 from weightspace.spec import POSITIVELY_HOMOGENEOUS_ACTIVATIONS, NetworkSpec
 
@@ -106,7 +106,13 @@ def _transform_group(
         readers: rewrite the reading layers' input columns.
     """
     g = layout.groups[group]
-    if rows and g.producer is not None:
+    writer = layout.writer(group)
+    if writer is not None and not writer.is_plain:  # embedding or attention (layout docstring)
+        if rows:
+            _transform_slice(state, writer, g.size, perm, factor, output=True)
+            if g.bias_key is not None and g.bias_key in state:
+                _transform_bias(state, g.bias_key, g.bias_start, g.size, perm, factor)
+    elif rows and g.producer is not None:
         for key in (f"{g.producer}.weight", f"{g.producer}.bias"):
             if key not in state:
                 continue
@@ -126,6 +132,43 @@ def _transform_group(
             if factor is not None:
                 cols = cols / factor.to(w).view(1, -1, 1)
             state[key] = cols.reshape(w.shape)
+        for link in layout.links:
+            if link.source == group and not link.is_plain:
+                _transform_slice(state, link, layout.groups[link.target].size, perm, factor)
+
+
+def _transform_slice(
+    state: StateDict,
+    link: LayerLink,
+    rows: int,
+    perm: Tensor | None,
+    factor: Tensor | None,
+    *,
+    output: bool = False,
+) -> None:
+    """Permute/scale one attention or embedding link's output neurons (``output``) or input
+    neurons (then divide by ``factor``), in its slice of the tensor that holds it."""
+    w = state[link.key]
+    view = w.t() if link.transposed else w  # (out rows, in)
+    block = view[link.row_start : link.row_start + rows]
+    if output:
+        block = block if perm is None else block[perm.to(w.device)]
+        block = block if factor is None else block * factor.to(w).view(-1, 1)
+    else:
+        block = block if perm is None else block[:, perm.to(w.device)]
+        block = block if factor is None else block / factor.to(w).view(1, -1)
+    new = torch.cat([view[: link.row_start], block, view[link.row_start + rows :]])
+    state[link.key] = (new.t() if link.transposed else new).contiguous()
+
+
+def _transform_bias(
+    state: StateDict, key: str, start: int, size: int, perm: Tensor | None, factor: Tensor | None
+) -> None:
+    b = state[key]
+    part = b[start : start + size]
+    part = part if perm is None else part[perm.to(b.device)]
+    part = part if factor is None else part * factor.to(b)
+    state[key] = torch.cat([b[:start], part, b[start + size :]])
 
 
 def _check_perm(perm: Tensor, size: int, what: str) -> Tensor:
@@ -182,6 +225,12 @@ def permute(
     for group, perm in perms.items():
         if not 0 <= group < len(layout.groups):
             raise SymmetryError(f"group {group} does not exist ({len(layout.groups)} groups)")
+        if layout.groups[group].head_dim:
+            raise SymmetryError(
+                f"group {group} holds the head dimensions of attention "
+                f"{layout.groups[group].producer!r}; permuting them neuron-wise changes the "
+                "function (use weightspace.attention.permute_heads / transform_heads)"
+            )
         if group not in set_of:
             raise SymmetryError(
                 f"group {group} (written by {layout.groups[group].producer!r}) holds input or "
@@ -578,7 +627,22 @@ def canonicalize(spec: NetworkSpec, state_dict: Mapping[str, Tensor]) -> StateDi
     rescalings and sign flips (not permutations: those are left to the equivariant encoder), and
     computes the same function.
     """
-    return canonicalize_sign(spec, canonicalize_scale(spec, state_dict))
+    state = canonicalize_sign(spec, canonicalize_scale(spec, state_dict))
+    return canonicalize_attention(spec, state) if spec.is_tokens else state
+
+
+def canonicalize_attention(spec: NetworkSpec, state_dict: Mapping[str, Tensor]) -> StateDict:
+    """Every ``attention`` op of ``spec`` in the canonical form of
+    :func:`weightspace.attention.canonical_attention`: the same for every model in the orbit under
+    head permutations and within-head :math:`GL(d)`, same function."""
+    from weightspace.attention import attention_state, canonical_attention, load_attention_state
+
+    state = dict(state_dict)
+    for op in spec.ops:
+        if op.kind == "attention":
+            weights = canonical_attention(attention_state(op, state))
+            state.update(load_attention_state(op, weights))
+    return state
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ _LEGACY_EDGE_KINDS = 2
 _NORM_EDGE_KINDS = 4  # the kinds before attention
 _NEW_KINDS_SEED = 20260101
 _ATTENTION_KINDS_SEED = 20261129
+_HEAD_POSITION_SEED = 20261130
 
 
 class ScalarFeatures(nn.Module):
@@ -119,11 +120,13 @@ class NodeEmbedding(nn.Module):
         + E_{\mathrm{role}}[r_i] + E_{\mathrm{act}}[a_i]
         + \mathbb{1}[r_i = \mathrm{in}]\,E_{\mathrm{in}}[p_i]
         + \mathbb{1}[r_i = \mathrm{out}]\,E_{\mathrm{out}}[p_i]
+        + \mathbb{1}[r_i = \mathrm{hidden},\ p_i \ge 0]\,E_{\mathrm{head}}[p_i]
 
     where :math:`d_i` is the node's depth, :math:`L` its graph's output depth, :math:`r_i` its
     role, :math:`a_i` its activation and :math:`p_i` its position within the input or output
     layer (taken modulo ``max_positions``). Hidden neurons carry no position, so the embedding is
-    equivariant to permutations of hidden neurons.
+    equivariant to permutations of hidden neurons; the exception are an attention's head
+    dimensions, whose order the canonical form fixes (:mod:`weightspace.graph`).
 
     Args:
         hidden: output width.
@@ -156,6 +159,11 @@ class NodeEmbedding(nn.Module):
         self.activation = nn.Embedding(len(ACTIVATIONS), hidden)
         self.input_position = nn.Embedding(max_positions, hidden)
         self.output_position = nn.Embedding(max_positions, hidden)
+        # Attention head dimensions (hidden nodes with a position); made without drawing from
+        # the global RNG, so seeded encoders initialise every older table as they did.
+        self.head_position = nn.Embedding(
+            max_positions, hidden, _weight=torch.zeros(max_positions, hidden)
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -169,10 +177,17 @@ class NodeEmbedding(nn.Module):
             self.output_position,
         ):
             nn.init.normal_(table.weight, std=0.5)
+        gen = torch.Generator().manual_seed(_HEAD_POSITION_SEED)
+        with torch.no_grad():
+            rows = torch.randn(self.max_positions, self.hidden, generator=gen)
+            self.head_position.weight.copy_(0.5 * rows)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         # Activations are appended to ACTIVATIONS (sine came last); an encoder saved before that
         # has fewer rows. Keep its rows and this module's fresh rows for the newer activations.
+        head = f"{prefix}head_position.weight"
+        if head not in state_dict and f"{prefix}input_position.weight" in state_dict:
+            state_dict[head] = self.head_position.weight.detach().clone()  # saved before it
         key = f"{prefix}activation.weight"
         saved = state_dict.get(key)
         current = self.activation.weight
@@ -220,7 +235,8 @@ class NodeEmbedding(nn.Module):
         pos = position.clamp(min=0) % self.max_positions
         h = h + (role == 0).unsqueeze(-1).to(h.dtype) * self.input_position(pos)
         h = h + (role == 2).unsqueeze(-1).to(h.dtype) * self.output_position(pos)
-        return h
+        head = (role == 1) & (position >= 0)  # attention head dimensions (graph docstring)
+        return h + head.unsqueeze(-1).to(h.dtype) * self.head_position(pos)
 
     def __repr__(self) -> str:
         return (
