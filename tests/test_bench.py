@@ -186,11 +186,11 @@ def test_a_one_architecture_zoo_runs_with_the_defaults(one_arch_zoo: Path, tmp_p
 def test_a_zoo_without_epochs_or_tasks_skips_what_needs_them(
     one_arch_zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import weightspace.bench as bench
+    import weightspace.bench.runner as runner
 
-    original = bench._zoo_table
+    original = runner.zoo_table
     monkeypatch.setattr(
-        bench, "_zoo_table", lambda zoo: original(zoo).drop(columns=["epoch", "task"])
+        runner, "zoo_table", lambda zoo: original(zoo).drop(columns=["epoch", "task"])
     )
     config = BenchConfig(
         zoo=str(one_arch_zoo), out=str(tmp_path), methods=("statnn",), retrieval=("S", "F"), **FAST
@@ -261,12 +261,12 @@ def test_only_reruns_some_sections_and_keeps_the_rest(tiny_zoo: Path, tmp_path: 
 def test_a_late_failure_keeps_the_sections_before_it(
     tiny_zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import weightspace.bench as bench
+    import weightspace.bench.runner as runner
 
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("killed late in the run")
 
-    monkeypatch.setattr(bench, "_held_out", crash)
+    monkeypatch.setattr(runner, "held_out_section", crash)
     config = BenchConfig(
         zoo=str(tiny_zoo), out=str(tmp_path), methods=("metadata",), retrieval=(), **FAST
     )

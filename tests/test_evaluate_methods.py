@@ -210,3 +210,55 @@ def test_bootstrap_spread_is_seeded_and_shrinks_with_better_predictions() -> Non
     )
     none, _, _ = score_predictions(y, predictions, models)
     assert none["good"].bootstrap_std == {}
+
+
+class _Extrapolator(_Features):
+    """Predicts far outside any accuracy on the models with large ``x``."""
+
+    name = "extrapolator"
+
+    def predict_accuracy(self, models: ModelSet) -> np.ndarray:
+        x = models.column("x").astype(float)
+        return np.where(x > 0.8, 50.0 * x, x)
+
+
+def test_every_methods_predictions_are_clipped_to_the_training_range(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import weightspace.evaluate.methods as methods
+    from weightspace.evaluate.comparison import fit_and_score
+    from weightspace.evaluate.results import Results, ZooSummary
+
+    results = Results(config={}, zoo=ZooSummary("zoo", "zoo", 36, 12, [], None))
+    monkeypatch.setitem(methods._FACTORIES, "extrapolator", lambda seed, config: _Extrapolator())
+    table = _zoo_rows().assign(test_accuracy=lambda t: t["x"] / 2)
+    models = ModelSet(_graphs(1) * len(table), table)
+    train, test = models.subset(np.arange(18)), models.subset(np.arange(18, len(table)))
+    y_train = train.column("test_accuracy")
+    _, predictions = fit_and_score(
+        ["extrapolator"], "runs", 0, train, test, MethodConfig(), results, log=lambda m: None
+    )
+    raw = _Extrapolator().predict_accuracy(test)
+    assert raw.max() > 10 * y_train.max()  # the control: the method itself extrapolates
+    clipped = predictions["extrapolator"]
+    assert clipped.max() == pytest.approx(y_train.max()) and clipped.min() >= y_train.min()
+    inside = (raw >= y_train.min()) & (raw <= y_train.max())
+    np.testing.assert_allclose(clipped[inside], raw[inside])  # in range: unchanged
+
+
+def test_canonical_wrappers_share_one_canonicalisation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import weightspace.symmetry as symmetry
+    from weightspace.baselines.methods import Canonical
+
+    calls = []
+    original = symmetry.canonicalize_graph
+    monkeypatch.setattr(
+        symmetry, "canonicalize_graph", lambda graph: calls.append(1) or original(graph)
+    )
+    graphs = _graphs(3)
+    table = pd.DataFrame({"x": [0.1, 0.2, 0.3]})
+    first, second = Canonical(_Features()), Canonical(_Features())
+    a = first.canonical(ModelSet(graphs, table))
+    b = second.canonical(ModelSet(graphs, table))
+    assert len(calls) == 3  # the second wrapper reads the first one's canonical graphs
+    assert all(x is y for x, y in zip(a.graphs, b.graphs, strict=True))

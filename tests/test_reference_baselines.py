@@ -321,3 +321,19 @@ def test_tuning_searches_on_whole_runs_and_refits_on_every_model():
     fixed = {"max_iter": 50, "early_stopping": False, **small.best_params_}  # n < 300
     direct = make_head("gbt", 0, fixed).fit(X, y)
     np.testing.assert_allclose(small.predict(X), direct.predict(X))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gbt"])
+def test_heads_do_not_extrapolate_from_outlying_inputs(kind):
+    from weightspace.baselines.tuning import INPUT_CLIP
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    y = X @ np.array([0.3, -0.2, 0.1])
+    head = make_head(kind, 0, {"max_iter": 50}).fit(X, y)
+    far = np.array([[100.0, 0.0, 0.0], [-100.0, 0.0, 0.0]])
+    edge = np.array([[4 * INPUT_CLIP, 0.0, 0.0], [-4 * INPUT_CLIP, 0.0, 0.0]])
+    # 100 standard deviations out, a head answers as a few standard deviations out
+    if kind == "mlp":
+        np.testing.assert_allclose(head.predict(far), head.predict(edge), atol=1e-6)
+    assert np.abs(head.predict(far)).max() < 5 * np.abs(y).max()

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 from sklearn.decomposition import PCA
-from sklearn.neural_network import MLPRegressor
 from sklearn.random_projection import GaussianRandomProjection
 
 from weightspace.baselines.base import register_embedder
@@ -39,19 +38,25 @@ def flat_weights(pairs: Pairs, length: int | None = None) -> np.ndarray:
     return out
 
 
-def _mlp_regressor(hidden: tuple[int, ...], alpha: float, max_iter: int, seed: int) -> MLPRegressor:
-    return MLPRegressor(
-        hidden_layer_sizes=hidden,
-        alpha=alpha,
-        learning_rate_init=1e-3,
-        max_iter=max_iter,
-        random_state=seed,
-    )
+def _mlp_regressor(hidden: tuple[int, ...], alpha: float, max_iter: int, seed: int) -> Any:
+    """The untuned head: the tuned head's pipeline (inputs clipped to ±5 standard deviations,
+    :data:`weightspace.baselines.tuning.INPUT_CLIP`) at fixed hyper-parameters."""
+    from weightspace.baselines.tuning import make_head
+
+    fixed = {
+        "hidden_layer_sizes": hidden,
+        "alpha": alpha,
+        "max_iter": max_iter,
+        "early_stopping": False,
+    }
+    return make_head("mlp", seed, fixed)
 
 
 @register_embedder("flat-mlp", description="flattened weights, standardised; MLP regressor")
 class FlatMLPEmbedder(FeatureEmbedder):
-    """Standardised flat weights as the embedding; an MLP regressor predicts accuracy.
+    """Standardised flat weights as the embedding; an MLP regressor predicts accuracy from them,
+    clipped to ±5 standard deviations first (:data:`weightspace.baselines.tuning.INPUT_CLIP`:
+    a ReLU MLP extrapolates linearly from the heavy-tailed weights of a few runs).
 
     Args:
         max_dim: above this many parameters the embedding is a Gaussian random projection

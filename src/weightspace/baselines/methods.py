@@ -252,20 +252,23 @@ class Canonical:
 
     Canonical graphs are cached by the identity of the input graph (the cache holds the input
     too, so an identity is never reused while cached), since ``bench`` asks for the same
-    models' embeddings and predictions several times.
+    models' embeddings and predictions several times. The cache is shared by every
+    ``Canonical`` (``statnn+canon``, ``flat-mlp+canon``, ... canonicalise the same graphs once).
 
     Args:
         method: the method to wrap; this one is named ``<method.name>+canon`` and has its
             capabilities. Other attributes (``refused``, ``failed``) are read from it.
-        cache_size: canonical graphs kept.
+        cache_size: canonical graphs kept (in the cache all instances share).
     """
+
+    #: input graph id → (input graph, canonical graph), shared by every instance.
+    _cache: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
 
     def __init__(self, method: Method, cache_size: int = 50_000) -> None:
         self.method = method
         self.cache_size = cache_size
         self.name = f"{method.name}+canon"
         self.capabilities = frozenset(method.capabilities)
-        self._cache: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"Canonical({self.method!r})"

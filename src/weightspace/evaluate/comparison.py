@@ -1,4 +1,4 @@
-"""Every method on one split: fit, predict and score accuracy, then retrieval on a gallery.
+r"""Every method on one split: fit, predict and score accuracy, then retrieval on a gallery.
 
 The loop knows no method by name. Each method's *capabilities*
 (:mod:`weightspace.evaluate.api`) decide what it takes part in:
@@ -9,6 +9,12 @@ The loop knows no method by name. Each method's *capabilities*
 * without ``EMBED`` it skips retrieval; with ``NEEDS_METADATA`` too (derived retrieval queries
   carry no zoo rows);
 * without ``PREDICT`` it is fitted without targets and only retrieves.
+
+Every method's predicted accuracies are clipped to the range of the training targets,
+:math:`\hat y \leftarrow \min(\max(\hat y, \min_i y_i), \max_i y_i)` over the training models
+(one rule for all, from training data only): a regression head that extrapolates far outside
+what any training model reached (an MLP on flat weights of a run with huge weights) is scored
+on a plausible prediction, and a head that never leaves the range (trees, lookups) is unchanged.
 
 A method that raises is reported with its reason (the type as well, for an error that is not a
 :class:`~weightspace.errors.WeightspaceError`) and the loop goes on: one method's failure never
@@ -36,7 +42,13 @@ from weightspace.evaluate.api import (
 from weightspace.evaluate.methods import MethodConfig, build_method
 from weightspace.evaluate.results import Results, RetrievalScore
 
-__all__ = ["RETRIEVAL_PROTOCOLS", "fit_and_score", "no_retrieval_reason", "run_retrieval"]
+__all__ = [
+    "RETRIEVAL_PROTOCOLS",
+    "clip_to_training_range",
+    "fit_and_score",
+    "no_retrieval_reason",
+    "run_retrieval",
+]
 
 RETRIEVAL_PROTOCOLS: tuple[str, ...] = ("S", "L", "F")
 
@@ -59,6 +71,15 @@ def no_retrieval_reason(capabilities: frozenset[str]) -> str | None:
     if NEEDS_METADATA in capabilities:
         return "reads the zoo rows, which derived retrieval queries do not have"
     return None
+
+
+def clip_to_training_range(predicted: np.ndarray, y_train: np.ndarray) -> np.ndarray:
+    """``predicted`` clipped to ``[min(y_train), max(y_train)]``; NaN (not covered) stays NaN."""
+    finite = np.asarray(y_train, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return predicted
+    return np.clip(predicted, finite.min(), finite.max())
 
 
 def _uncovered(method: Any, test: ModelSet, predicted: np.ndarray | None) -> dict[str, str]:
@@ -100,7 +121,7 @@ def fit_and_score(
     seconds: dict[str, float] = {}
     retrievable: dict[str, Method] = {}
     for name in names:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
 
         def make(name: str = name) -> Method:
             return build_method(name, seed, config)
@@ -120,6 +141,7 @@ def fit_and_score(
                 method.fit(train, y_train.astype(float) if PREDICT in capabilities else None)
                 if y_test is not None and PREDICT in capabilities:
                     predicted = np.asarray(method.predict_accuracy(test), dtype=float)
+                    predicted = clip_to_training_range(predicted, y_train.astype(float))
                     predictions[name] = predicted
             uncovered[name] = _uncovered(method, test, predicted)
         except Exception as exc:  # one method's failure must not lose the others' results
@@ -128,6 +150,7 @@ def fit_and_score(
             continue
         seconds[name] = time.perf_counter() - start
         results.time(f"fit+predict {name} (s)", seconds[name])
+        results.time(f"fit+predict {name} (CPU s)", time.process_time() - cpu_start)
         why = no_retrieval_reason(capabilities)
         if why:
             results.skipped.setdefault(f"{name} retrieval", why)
@@ -220,7 +243,7 @@ def run_retrieval(
     chosen = {k: v for k, v in available.items() if k in protocols}
     log(f"  retrieval on a gallery of {len(gallery)} held-out checkpoints")
     for name, method in methods.items():
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for protocol, evaluate in chosen.items():
             try:
                 with warnings.catch_warnings():
@@ -231,3 +254,4 @@ def run_retrieval(
                 continue
             results.add_retrieval(protocol, name, retrieval_score(seed, metrics))
         results.time(f"retrieval {name} (s)", time.perf_counter() - start)
+        results.time(f"retrieval {name} (CPU s)", time.process_time() - cpu_start)

@@ -235,17 +235,30 @@ def _probing_task(seed: int, config: MethodConfig) -> Method:
     return Probing(inputs="task", seed=seed, tune=config.tune)
 
 
-def _baseline(name: str, seed: int, config: MethodConfig) -> Method:
-    """A registered legacy baseline through E1b's adapter, with its bench options."""
+def _baseline(name: str, seed: int, config: MethodConfig, **options: Any) -> Method:
+    """A registered legacy baseline through the :class:`EmbedderMethod` adapter."""
     from weightspace.baselines.methods import EmbedderMethod
 
-    options: dict[str, Any] = {}
-    if name.startswith("nfn") and config.nfn_epochs is not None:
-        options["epochs"] = config.nfn_epochs
-    method = EmbedderMethod(name, seed=seed, tune=config.tune, **options)
-    if name == "weightwatcher":
-        return Subsampled(method, config.weightwatcher_max_models, seed)
-    return method
+    return EmbedderMethod(name, seed=seed, tune=config.tune, **options)
+
+
+def _nfn(name: str) -> Callable[[int, MethodConfig], Method]:
+    def factory(seed: int, config: MethodConfig) -> Method:
+        epochs = {} if config.nfn_epochs is None else {"epochs": config.nfn_epochs}
+        return _baseline(name, seed, config, **epochs)
+
+    return factory
+
+
+for _name in ("nfn-hnp", "nfn-np"):
+    register_method(_name)(_nfn(_name))
+
+
+@register_method("weightwatcher")
+def _weightwatcher(seed: int, config: MethodConfig) -> Method:
+    # WeightWatcher's spectral fits are slow: fitted on a subsample of whole training runs.
+    method = _baseline("weightwatcher", seed, config)
+    return Subsampled(method, config.weightwatcher_max_models, seed)
 
 
 def _baselines() -> list[str]:
