@@ -345,6 +345,13 @@ def write_report(results: Results | Mapping[str, Any], out: str | Path) -> Path:
     ):
         if figure:
             lines += [f"![{figure}]({figure})", "", f"*{caption}.*", ""]
+    if results.classification:
+        lines += [
+            "## Classification (class-target zoo)",
+            "",
+            results.classification["markdown"],
+            "",
+        ]
     if results.synthesis:
         lines += ["## Synthesis", "", *synthesis_lines(results.synthesis), ""]
         lines += [

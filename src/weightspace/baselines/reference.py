@@ -188,7 +188,9 @@ def probe_outputs(
     names = list(states[0])
 
     def run(params: dict[str, Tensor]) -> Tensor:
-        return functional_call(template, params, (inputs,)).log_softmax(-1)
+        y = functional_call(template, params, (inputs,))
+        # one output (a regressor, an INR): its log-softmax is identically 0; keep the raw value
+        return y if y.shape[-1] == 1 else y.log_softmax(-1)
 
     parts = []
     with torch.no_grad():

@@ -148,6 +148,18 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> Res
     _general_notes(config, table, results)
     path = out / "results.json"
     results.save(path)
+    if zoo.manifest.get("target") == "class":  # labels are classes (INRs), not accuracies
+        from weightspace.evaluate.classification import classification_section
+
+        log("classification protocol (class-target zoo): top-1 of each method's embedding")
+        results.classification = classification_section(
+            zoo,
+            config.methods,
+            seed=0,
+            bootstrap=config.bootstrap,
+            encoder=config.encoders[0] if config.encoders else None,
+        )
+        results.save(path)
     if "runs" in sections:
         runs_section(config, zoo, table, graphs, results, log)
     if "held-out" in sections:

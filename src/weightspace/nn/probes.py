@@ -187,7 +187,8 @@ def stacked_state_dict(
 class ProbeOutputs:
     """What :func:`probe_forward` returns for ``B`` models, ``P`` probes, ``C`` classes."""
 
-    log_probs: Tensor  # (B, P, C) log-softmax outputs; 0 on padded classes and unrunnable rows
+    log_probs: Tensor  # (B, P, C) log-softmax outputs (raw for one-output models); 0 on padded
+    # classes and unrunnable rows
     class_mask: Tensor  # (B, C) bool: the model's real classes
     runnable: Tensor  # (B,) bool: the forward ran and every output is finite
     reasons: dict[int, str]  # why rows were not runnable: spec table index -> reason
@@ -288,8 +289,18 @@ def probe_forward(
         state = stacked_state_dict(batch, members, spec, node_ptr, edge_ptr)
         state = {k: v.detach() for k, v in state.items()}
 
-        def run(params: dict[str, Tensor], x: Tensor = x, template: nn.Module = template):
-            return functional_call(template, params, (x,)).log_softmax(-1)
+        # One output (a regressor, an INR's intensity): its log-softmax is identically 0, so the
+        # raw output is what carries the function there.
+        single = outputs_count == 1
+
+        def run(
+            params: dict[str, Tensor],
+            x: Tensor = x,
+            template: nn.Module = template,
+            single: bool = single,
+        ) -> Tensor:
+            y = functional_call(template, params, (x,))
+            return y if single else y.log_softmax(-1)
 
         try:
             out = vmap(run)(state)  # (G, P, c)
