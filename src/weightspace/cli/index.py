@@ -107,7 +107,8 @@ def build(
         str,
         typer.Option(
             "--encoder",
-            help="Encoder directory (from `weightspace train`) or an importable 'module:attr'.",
+            help="Encoder directory (from `weightspace train`), a bundled encoder "
+            "(pretrained:NAME) or an importable 'module:attr'.",
         ),
     ],
     out: Annotated[
@@ -146,10 +147,29 @@ def build(
         typer.Option("--dsn", help="pgvector backend: postgresql://user:password@host/db."),
     ] = None,
     schema: Schema = "weightspace",
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Embed on Ray (the 'distributed' extra), then commit from this process; "
+            "rerunning reuses the finished shards.",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join with --ray (default: a local one).")
+    ] = None,
+    ray_workers: Annotated[
+        int, typer.Option(min=1, help="Embedding actors with --ray (a GPU each if any).")
+    ] = 2,
+    ray_shards: Annotated[
+        Path | None,
+        typer.Option(help="Where --ray keeps its shards (default: OUT.ray-shards beside OUT)."),
+    ] = None,
 ) -> None:
     """Embed checkpoints and store them as a new index; a failed build leaves any previous
     index at OUT untouched."""
     from weightspace.index import ModelIndex, iter_inputs, load_embedder
+    from weightspace.index.embedders import recordable_encoder
 
     if backend not in ("faiss", "pgvector"):
         raise typer.BadParameter(f"unknown backend {backend!r}; use faiss or pgvector")
@@ -157,9 +177,22 @@ def build(
         raise typer.BadParameter("give --out for the faiss backend, --dsn for pgvector")
     if kind not in ("auto", "flat", "ivf", "hnsw"):
         raise typer.BadParameter(f"unknown kind {kind!r}; use auto, flat, ivf or hnsw")
+    if ray:  # weightspace.distributed.ray_index
+        from weightspace.distributed.ray_index import build_on_ray_cli
+
+        arguments = architecture_kwargs(activation, spec, model, allow_nonfinite, "embedding")
+        done = build_on_ray_cli(
+            inputs, encoder, out=out, dsn=dsn, schema=schema, kind=kind,
+            approximate_threshold=approximate_threshold, overwrite=overwrite,
+            batch_size=batch_size, skip_errors=skip_errors, load_kwargs=arguments,
+            address=ray_address, num_workers=ray_workers, work_dir=ray_shards,
+        )  # fmt: skip
+        typer.echo(_summary(done.index, done.added))
+        return
     embedder = load_embedder(encoder)
-    # only a directory is recorded; an importable 'module:attr' must be given again each time
-    encoder_ref = str(Path(encoder).resolve()) if Path(encoder).is_dir() else None
+    # a directory or pretrained:NAME is recorded; an importable 'module:attr' must be given
+    # again each time
+    encoder_ref = recordable_encoder(encoder)
     skips = SkipLog(skip_errors)
     loader = skips.loader(_loader(activation, spec, model, allow_nonfinite))
     models = skips.nonempty(skips.models(inputs, lambda p: iter_inputs(p, loader=loader)))
@@ -201,7 +234,10 @@ def add(
     inputs: Inputs,
     encoder: Annotated[
         str | None,
-        typer.Option("--encoder", help="Override the encoder recorded in the index."),
+        typer.Option(
+            "--encoder",
+            help="Override the encoder recorded in the index (a directory or pretrained:NAME).",
+        ),
     ] = None,
     batch_size: BatchSize = 64,
     activation: Activation = None,
@@ -211,13 +247,14 @@ def add(
     skip_errors: SkipErrors = False,
     schema: Schema = "weightspace",
 ) -> None:
-    """Embed checkpoints and add those not stored yet (same content hash) to an index."""
+    """Embed checkpoints and add those not stored yet (same content hash) to an index. Files the
+    index has read before are read again with the architecture it stored for them."""
     from weightspace.index import iter_inputs
 
     index = _open_index(index_path, schema)
     embedder = _index_embedder(index, encoder)
     skips = SkipLog(skip_errors)
-    loader = skips.loader(_loader(activation, spec, model, allow_nonfinite))
+    loader = skips.loader(index.file_loader(_loader(activation, spec, model, allow_nonfinite)))
     models = skips.nonempty(skips.models(inputs, lambda p: iter_inputs(p, loader=loader)))
     report = index.add(models, embedder, batch_size=batch_size, on_progress=_progress_printer())
     skips.report()
@@ -323,7 +360,11 @@ def search(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     encoder: Annotated[
-        str | None, typer.Option("--encoder", help="Override the encoder recorded in the index.")
+        str | None,
+        typer.Option(
+            "--encoder",
+            help="Override the encoder recorded in the index (a directory or pretrained:NAME).",
+        ),
     ] = None,
     activation: Activation = None,
     spec: SpecFile = None,
@@ -331,10 +372,11 @@ def search(
     allow_nonfinite: AllowNonfinite = False,
     schema: Schema = "weightspace",
 ) -> None:
-    """The stored models nearest to a checkpoint, with cosine score and metadata."""
+    """The stored models nearest to a checkpoint, with cosine score and metadata. A plain state
+    dict the index has read before needs no architecture flags: its stored spec is used."""
     index = _open_index(index_path, schema)
     embedder = _index_embedder(index, encoder)
-    loaded = _loader(activation, spec, model, allow_nonfinite)(query, None)
+    loaded = index.file_loader(_loader(activation, spec, model, allow_nonfinite))(query, None)
     [hits] = index.search_models([loaded], embedder, k=k, filters=filters)
     if as_json:
         typer.echo(json.dumps([hit.to_dict() for hit in hits], indent=2))
@@ -366,7 +408,11 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
     encoder: Annotated[
-        str | None, typer.Option("--encoder", help="Override the encoder recorded in the index.")
+        str | None,
+        typer.Option(
+            "--encoder",
+            help="Override the encoder recorded in the index (a directory or pretrained:NAME).",
+        ),
     ] = None,
     max_upload_mb: Annotated[
         float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload.")
@@ -406,6 +452,9 @@ def serve(
     """Serve the index over HTTP: POST /search, POST /predict, GET /models/{id}, GET /health;
     OpenAPI docs at /docs. Caps default to weightspace.limits (WEIGHTSPACE_MAX_* variables),
     edges to 2M (about 1.5 GB per embedding with the default encoder)."""
+    from weightspace.extras import require_extra
+
+    require_extra("serve", feature="weightspace serve")
     import uvicorn
 
     from weightspace.serve import ServerSettings, create_app, server_limits

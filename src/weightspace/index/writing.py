@@ -34,11 +34,11 @@ from weightspace.index.catalog import (
     now,
 )
 from weightspace.index.embedders import (
-    IMPORT_REFERENCE,
     Embedder,
     content_hash,
     embed_loaded,
     embedder_fingerprint,
+    recordable_encoder,
 )
 from weightspace.index.errors import IndexBusyError
 from weightspace.index.integrity import file_digest, rows_digest, vectors_digest
@@ -60,6 +60,7 @@ __all__ = [
     "write_lock",
     "commit",
     "build_index",
+    "build_index_from_vectors",
     "dedupe_records",
     "resolve_ids",
 ]
@@ -317,11 +318,13 @@ def build_index(
     fingerprint = embedder_fingerprint(embedder)
     path = Path(path)
     if encoder is not None:
-        if IMPORT_REFERENCE.fullmatch(str(encoder)) or not Path(encoder).is_dir():
+        recorded = recordable_encoder(encoder)
+        if recorded is None:
             raise WeightspaceError(
-                f"{path}: an index records only an encoder directory, not {str(encoder)!r}"
+                f"{path}: an index records only an encoder directory or pretrained:NAME, not "
+                f"{str(encoder)!r}"
             )
-        encoder = str(Path(encoder).resolve())
+        encoder = recorded
     if not overwrite and existing_generation(path) is not None:  # fail before embedding
         raise WeightspaceError(
             f"{path}: an index already exists; use `index add` to extend it or "
@@ -391,3 +394,70 @@ def resolve_ids(report: AddReport, first_id: int, count: int) -> None:
         (source, first_id - 1 - existing if existing < 0 else existing)
         for source, existing in report.duplicates
     ]
+
+
+def build_index_from_vectors(
+    path: Path,
+    records: Sequence[Mapping[str, Any]],
+    vectors: np.ndarray,
+    *,
+    fingerprint: str,
+    encoder: str | None = None,
+    kind: IndexKind = "auto",
+    approximate_threshold: int = DEFAULT_APPROXIMATE_THRESHOLD,
+    overwrite: bool = False,
+    on_progress: ProgressCallback | None = None,
+    lock_timeout: float = 10.0,
+) -> AddReport:
+    """:func:`build_index` for vectors embedded elsewhere (``index build --ray``): store
+    ``records`` (``path``, ``content_hash``, optional ``spec_summary``, ``spec_json``,
+    ``metrics``) with their unit ``vectors`` ``(len(records), dim)`` as a new index at ``path``,
+    in one commit, de-duplicated by content hash as :func:`build_index` does (the first of equal
+    models is kept; ids follow the order of ``records``).
+
+    ``vectors`` are stored as given (already normalised by the caller, as
+    :func:`embed_batches` does), so the stored bits are those the caller computed.
+    """
+    path = Path(path)
+    if encoder is not None:
+        recorded = recordable_encoder(encoder)
+        if recorded is None:
+            raise WeightspaceError(
+                f"{path}: an index records only an encoder directory or pretrained:NAME, not "
+                f"{str(encoder)!r}"
+            )
+        encoder = recorded
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(records):
+        raise ValueError(f"got vectors of shape {vectors.shape} for {len(records)} records")
+    keep, rows, report = dedupe_records(records, {})
+    store = VectorStore(
+        int(vectors.shape[1]), kind=kind, approximate_threshold=approximate_threshold
+    )
+    store.add(vectors[keep])
+    manifest = {
+        "format_version": INDEX_FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "encoder": encoder,
+        "dim": int(vectors.shape[1]),
+        "created_at": now(),
+    }
+    path.mkdir(parents=True, exist_ok=True)
+    with write_lock(path, lock_timeout):
+        if existing_generation(path) is not None and not overwrite:
+            raise WeightspaceError(
+                f"{path}: an index already exists; use `index add` to extend it or "
+                f"--overwrite to replace it"
+            )
+        commit(
+            path,
+            manifest,
+            store,
+            rows,
+            vectors[keep],
+            first_id=0,
+            reset=True,
+            on_progress=on_progress,
+        )
+    resolve_ids(report, 0, len(rows))
+    return report

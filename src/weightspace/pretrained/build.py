@@ -34,8 +34,17 @@ BUNDLED_FILES = (
 )
 
 
-def build(zoo: Path, name: str, *, epochs: int, seed: int, out_root: Path | None = None) -> Path:
-    """Train on ``zoo`` and write the bundle ``name``; returns its directory."""
+def build(
+    zoo: Path,
+    name: str,
+    *,
+    epochs: int,
+    seed: int,
+    out_root: Path | None = None,
+    encoder_dir: Path | None = None,
+) -> Path:
+    """Train on ``zoo`` (or take ``encoder_dir``, an encoder that ``weightspace train`` already
+    fitted on ``zoo``, e.g. the demo's) and write the bundle ``name``; returns its directory."""
     from weightspace import __version__
     from weightspace.nn import Encoder
     from weightspace.predict import Predictor
@@ -49,8 +58,12 @@ def build(zoo: Path, name: str, *, epochs: int, seed: int, out_root: Path | None
             *("train", "--zoo", str(zoo), "--out", str(trained)),
             *("--epochs", str(epochs), "--seed", str(seed)),
         ]
-        print(f"$ weightspace {' '.join(command)}", flush=True)
-        subprocess.run([sys.executable, "-m", "weightspace", *command], check=True)
+        if encoder_dir is None:
+            print(f"$ weightspace {' '.join(command)}", flush=True)
+            subprocess.run([sys.executable, "-m", "weightspace", *command], check=True)
+        else:
+            _check_trained_on(Path(encoder_dir), zoo, epochs, seed)
+            shutil.copytree(encoder_dir, trained)
         encoder = Encoder.load(trained)
         for head in ("encoder", "gbt"):  # fills every cache `predict` reads (see BUNDLED_FILES)
             Predictor(trained, head=head)
@@ -78,14 +91,40 @@ def build(zoo: Path, name: str, *, epochs: int, seed: int, out_root: Path | None
     return target
 
 
+def _check_trained_on(encoder_dir: Path, zoo: Path, epochs: int, seed: int) -> None:
+    """Refuse an encoder that was not trained by the bundle's recipe on ``zoo``."""
+    from weightspace.pretrained import PretrainedError
+    from weightspace.train import zoo_fingerprint
+    from weightspace.zoo import Zoo
+
+    try:
+        config = json.loads((encoder_dir / "train_config.json").read_text())
+        fitted = json.loads((encoder_dir / "zoo_fingerprint.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PretrainedError(f"{encoder_dir}: not written by `weightspace train` ({exc})") from None
+    if fitted.get("fingerprint") != zoo_fingerprint(Zoo.open(zoo)):
+        raise PretrainedError(f"{encoder_dir} was not trained on {zoo}")
+    if config.get("epochs") != epochs or config.get("seed") != seed:
+        raise PretrainedError(
+            f"{encoder_dir} was trained for {config.get('epochs')} epochs with seed "
+            f"{config.get('seed')}, not the bundle's {epochs} and {seed}"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, required=True, help="zoo directory to train on")
     parser.add_argument("--name", default="small", help="bundle name (pretrained:NAME)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--encoder",
+        type=Path,
+        default=None,
+        help="bundle this encoder (trained on --zoo with --epochs and --seed) instead of training",
+    )
     args = parser.parse_args(argv)
-    print(build(args.zoo, args.name, epochs=args.epochs, seed=args.seed))
+    print(build(args.zoo, args.name, epochs=args.epochs, seed=args.seed, encoder_dir=args.encoder))
 
 
 if __name__ == "__main__":
