@@ -128,7 +128,7 @@ def test_training_is_deterministic_and_resumable(zoo, tmp_path, monkeypatch) -> 
     import weightspace.train as train_module
 
     calls = {"n": 0}
-    original = train_module._write_log
+    original = train_module.write_log
 
     def interrupt_after_second_epoch(path, rows):
         original(path, rows)
@@ -136,13 +136,13 @@ def test_training_is_deterministic_and_resumable(zoo, tmp_path, monkeypatch) -> 
         if calls["n"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "_write_log", interrupt_after_second_epoch)
+    monkeypatch.setattr(train_module, "write_log", interrupt_after_second_epoch)
     resumed_config = _config(
         zoo, tmp_path / "b", epochs=3, objective="contrastive", max_checkpoints=60
     )
     with pytest.raises(KeyboardInterrupt):
         train(resumed_config)
-    monkeypatch.setattr(train_module, "_write_log", original)
+    monkeypatch.setattr(train_module, "write_log", original)
     resumed = train(resumed_config)
     assert [r["epoch"] for r in resumed.log] == [1, 2, 3]
     assert resumed.encoder.fingerprint == full.encoder.fingerprint
@@ -371,7 +371,9 @@ def test_auto_branches_fall_back_to_graph_when_an_architecture_cannot_run(monkey
     specs = [mlp_spec([6, 10, 3], "tanh"), mlp_spec([4, 5, 2], "relu")]
     branches, domains, classes = train_module.resolve_branches(TrainConfig(), specs)
     assert branches == ("graph", "probe") and domains == ("4", "6") and classes == 3
-    monkeypatch.setattr(train_module, "is_runnable", lambda spec: spec is not specs[1])
+    import weightspace.training.data
+
+    monkeypatch.setattr(weightspace.training.data, "is_runnable", lambda spec: spec is not specs[1])
     assert train_module.resolve_branches(TrainConfig(), specs)[0] == ("graph",)
     # Asked for explicitly, the probe branch stays (unrunnable models fall back one by one).
     explicit = TrainConfig(branches="graph,probe")

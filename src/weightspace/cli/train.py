@@ -86,11 +86,18 @@ def train(
 ) -> None:
     """Train the symmetry-aware encoder on a zoo (contrastive views + supervised heads); write
     weights, config, training log and the zoo's fingerprint to OUT. Rerunning the same command
-    resumes an interrupted run."""
+    resumes an interrupted run.
+
+    Data parallel: `torchrun --nproc_per_node N -m weightspace train ...` (gloo on CPU, NCCL with
+    --device cuda, one GPU per rank): each rank encodes a shard of every global batch of
+    --batch-size, gradients are summed over ranks, rank 0 validates and writes OUT; the result
+    equals one process's up to float summation order."""
     from rich.console import Console
 
+    from weightspace.cli.train_progress import TrainProgress
     from weightspace.train import TrainConfig
     from weightspace.train import train as run_training
+    from weightspace.training.distributed import init_from_environment
 
     config = TrainConfig(
         zoo=str(zoo),
@@ -113,7 +120,22 @@ def train(
         probes=probes,
         batch_by_architecture=batch_by_architecture,
     )
-    result = run_training(config, progress=True)
+    ddp = init_from_environment(device)
+    try:
+        if ddp.is_main:
+            with TrainProgress(epochs) as bar:
+                result = run_training(
+                    config, on_load=bar.on_load, on_step=bar.on_step, on_epoch=bar.on_epoch
+                )
+        else:
+            result = run_training(config)
+    finally:
+        if ddp.world_size > 1:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if not ddp.is_main:
+        return
     console = Console()
     shown = ", ".join(
         f"{k.removeprefix('val_')} {v:.3f}"
