@@ -101,7 +101,9 @@ def _check_trained_on(encoder_dir: Path, zoo: Path, epochs: int, seed: int) -> N
         config = json.loads((encoder_dir / "train_config.json").read_text())
         fitted = json.loads((encoder_dir / "zoo_fingerprint.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise PretrainedError(f"{encoder_dir}: not written by `weightspace train` ({exc})") from None
+        raise PretrainedError(
+            f"{encoder_dir}: not written by `weightspace train` ({exc})"
+        ) from None
     if fitted.get("fingerprint") != zoo_fingerprint(Zoo.open(zoo)):
         raise PretrainedError(f"{encoder_dir} was not trained on {zoo}")
     if config.get("epochs") != epochs or config.get("seed") != seed:
