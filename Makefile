@@ -62,10 +62,10 @@ bench-full: install
 		--only held-out --held-out-epochs $(FULL_EPOCHS)
 
 # The encoder bundled in the package (`weightspace.from_pretrained("small")`, `--encoder
-# pretrained:small`): the demo's recipe (6 epochs, seed 0) on the small preset's zoo.
+# pretrained:small`): the demo's recipe (4 epochs, seed 0) on the small preset's zoo.
 pretrained: install
 	$(PY) -m weightspace zoo generate --preset small --out $(DEMO_OUT)/zoo  # resumes; no-op when done
-	$(PY) -m weightspace.pretrained.build --zoo $(DEMO_OUT)/zoo --name small --epochs 6 --seed 0
+	$(PY) -m weightspace.pretrained.build --zoo $(DEMO_OUT)/zoo --name small --epochs 4 --seed 0
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

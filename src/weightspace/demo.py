@@ -1,6 +1,6 @@
 """``make demo``: generate the small zoo, train one encoder, benchmark everything, write the report.
 
-    python -m weightspace.demo --out demo-out [--preset small] [--epochs 6] [--seeds 1]
+    python -m weightspace.demo --out demo-out [--preset small] [--epochs 4] [--seeds 1]
 
 Each step is an ordinary CLI command (printed before it runs), so the demo is also a recipe:
 
@@ -19,35 +19,26 @@ cores, and give the same figures on any machine. Hence:
   rate decayed), the synthesis decoders by ``--decoder-steps`` with ``--decoder-time-limit 0``,
   every baseline by its own iteration counts. No wall-clock limit is passed: a loaded machine
   takes longer and writes the same report.
-* **One encoder, trained properly, for** :data:`EPOCHS` **= 6 epochs.** The old demo gave each of
-  5 encoders (3 seeds, 2 held-out protocols) 40 s, under 2 epochs, cut before its schedule
-  decayed: its head read τ 0.375 against 0.711 for ``make bench-full``'s 12-epoch encoder. An
-  epoch of the default encoder on the small zoo is 30 steps of 128 checkpoints (3,830 training
-  checkpoints): 92–107 CPU-seconds at one thread, measured with ``time.process_time`` on a
-  machine loaded by others (load 4–17 on 2 cores, which inflates CPU time), plus 18 CPU-seconds
-  of data preparation; on 2 idle cores an epoch takes about 38 s (12 epochs took 7 min 36 s).
-  6 epochs take about 4 minutes; 12 would take half the budget before any baseline runs. The
-  schedule is complete at any epoch count (its 5 % warm-up ends inside the first epoch), and
-  at 6 epochs it has flattened: validation τ of predicted accuracy by epoch 0.457, 0.585,
-  0.629, 0.662, 0.678, 0.679 (R² 0.747, MAE 0.111; seed 0, one thread; a 1-epoch schedule
-  reaches 0.370).
+* **One encoder, graph and probe branches, for** :data:`EPOCHS` **= 4 epochs.** With the probe
+  branch an epoch on the small zoo (30 steps of 128 checkpoints) costs about 100 CPU-seconds at
+  one thread, about 2 % more than the graph branch alone (the graph branch dominates), and
+  64 s of wall time on 2 cores. Validation τ of predicted accuracy by epoch, in a 4-epoch
+  schedule (seed 0): 0.694, 0.756, 0.773, 0.775; the graph branch alone reached
+  0.679 after 6 epochs. The schedule is complete at any epoch count (its 5 % warm-up ends
+  inside the first epoch).
 * **The spread is a bootstrap, one seed.** With one given encoder ``bench`` fixes the split and
-  reports every row (ours and the baselines') as mean ± std over 200 bootstrap resamples of the
-  test runs. More ``--seeds`` would refit every baseline on the same split (they vary only
-  initialisations and retrieval queries) and cost the whole bench again each: one seed of
-  ``bench`` with the demo's methods took 1,200 CPU-seconds at one thread (``/usr/bin/time``, on
-  the loaded machine), of which the tuned heads of ``probing-task``,
-  ``probing-gauss``, ``flat-mlp`` and ``flat-mlp+canon`` took four fifths of the prediction
-  part and the synthesis section about 130 CPU-seconds. ``make bench-full`` trains 3 encoder
-  seeds for 12 epochs and reports mean ± std over them.
-* **Left to** ``make bench-full``: NFN at its reference budget (50 epochs at batch 8 with early
-  stopping, one network per architecture, :mod:`weightspace.baselines.nfn`): about 40
-  CPU-seconds per (task, architecture) group and variant at one thread (23–96 s, 8 fits measured
-  on the loaded machine), so 17 covered groups × HNP and NP cost about 23 CPU-minutes per seed,
-  more than the whole demo; a shortened NFN would be the under-trained baseline the benchmark must
-  not show. Also the held-out architecture and task protocols: each must train its own
-  encoder on its split (a given encoder was trained on another split, so ``bench`` cannot score
-  ours there), two more trainings the budget has no room for.
+  reports every row (ours and the baselines') as mean ± std over :data:`BOOTSTRAP` resamples of
+  the test runs. ``make bench-full`` trains 3 encoder seeds and reports mean ± std over them.
+* **Decoder steps** :data:`DECODER_STEPS` **= 500.** In the 1,500-step demo run the decoders'
+  best validation steps were 100–400 for every task; the distilled-ensemble control gets the
+  same steps.
+* **Left to** ``make bench-full`` (their cost is beyond this budget, their rows are in its
+  report): NFN at its reference budget (50 epochs at batch 8 with early stopping, one network
+  per architecture: about 23 CPU-minutes per seed on this zoo, more than the whole demo; a
+  shortened NFN would be the under-trained baseline the benchmark must not show); the raw
+  flat-MLP and the PCA + MLP rows (about 100 CPU-seconds together; with tuned heads they
+  predict nearly a constant on new runs, R² ≈ 0, and the canonical flat-MLP stays in the
+  demo); the held-out architecture and task protocols, each of which trains its own encoder.
 """
 
 from __future__ import annotations
@@ -60,11 +51,13 @@ import time
 from pathlib import Path
 
 #: Encoder epochs of the demo (the bound of its training; see the module docstring).
-EPOCHS = 6
-#: Methods the demo leaves to ``make bench-full`` (their reference budget exceeds the demo's).
-LEFT_TO_BENCH_FULL = ("nfn-hnp", "nfn-np")
+EPOCHS = 4
+#: Methods the demo leaves to ``make bench-full`` (see the module docstring).
+LEFT_TO_BENCH_FULL = ("nfn-hnp", "nfn-np", "flat-mlp", "pca-mlp", "pca-mlp+canon")
 #: Synthesis decoder steps per task (a step budget, never seconds).
-DECODER_STEPS = 1500
+DECODER_STEPS = 500
+#: Bootstrap resamples of the test runs behind every ±.
+BOOTSTRAP = 100
 
 
 def _run(args: list[str]) -> None:
@@ -104,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         ["bench", "--zoo", str(zoo), "--out", str(bench), "--encoder", str(encoder)]
         + ["--seeds", str(args.seeds), "--methods", ",".join(demo_methods()), "--held-out", ""]
         + ["--decoder-steps", str(DECODER_STEPS), "--decoder-time-limit", "0"]
+        + ["--bootstrap", str(BOOTSTRAP)]
     )
     print(
         f"\nDone in {(time.perf_counter() - start) / 60:.1f} min. Report: {bench / 'report.md'}\n"
