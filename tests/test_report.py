@@ -7,8 +7,10 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from weightspace import report_plots
 from weightspace.evaluate.results import (
     MethodScore,
     Predictions,
@@ -125,3 +127,132 @@ def test_results_round_trip_and_bad_files_are_one_line_errors(
     err = capsys.readouterr().err
     assert err.startswith("error:") and "rerun `weightspace bench`" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# --- figures (issue 17): each checks a property of the drawn figure, not its pixels -----------
+
+
+plt = pytest.importorskip("matplotlib.pyplot")
+
+
+def _synthesis(tasks: int) -> dict:
+    curves = [
+        {"method": m, "alpha": a, "accuracy_mean": 0.5 + a / 4, "accuracy_std": 0.1, "kind": k}
+        for m, k in (("average", "data-free"), ("endpoints", "reference"))
+        for a in (0.0, 0.5, 1.0)
+    ]
+    return {
+        "tasks": {f"task-{i}": {"arch": "mlp", "pairs": 3, "curves": curves} for i in range(tasks)}
+    }
+
+
+def _log(epochs: int) -> pd.DataFrame:
+    rows = [
+        {
+            "epoch": e,
+            "step": 10 * e,
+            "lr": 1e-3 / e,
+            "seconds": 5.0 * e,
+            "partial": 0.0,
+            "train_loss": 2.0 / e,
+            "train_contrastive": 1.5 / e,
+            "val_contrastive": 1.8 / e,
+            "val_accuracy_tau": 0.5 + e / 10,
+        }
+        for e in range(1, epochs + 1)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_predicted_vs_true_panels_share_axes_and_name_tau() -> None:
+    results = _results()
+    results.predictions_seed0 = Predictions(
+        true=[0.1, 0.5, 0.9],
+        predicted={m: [0.2, 0.4, 0.8] for m in ("weightspace", "metadata", "nfn-hnp", "a", "b")},
+    )
+    fig = report_plots.predicted_vs_true_figure(results, "held-out runs")
+    drawn = [ax for ax in fig.axes if ax.axison]
+    assert len(drawn) == 5
+    assert len({(ax.get_xlim(), ax.get_ylim()) for ax in drawn}) == 1
+    for ax in drawn:
+        assert ax.get_xlim() == ax.get_ylim()  # square: the diagonal is the diagonal
+    for ax in drawn:
+        title = ax.get_title()
+        assert "τ within" in title and "pooled" in title, title
+    # every column's lowest drawn panel carries the x axis, also where the last row is short
+    labelled = [ax for ax in drawn if ax.get_xlabel()]
+    assert len(labelled) == 4
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("epochs", [1, 4])
+def test_training_curves_one_quantity_per_axis_with_markers(epochs: int) -> None:
+    fig = report_plots.training_curves_figure(_log(epochs))
+    drawn = [ax for ax in fig.axes if ax.axison]
+    titles = [ax.get_title() for ax in drawn]
+    # bookkeeping columns get no panel; train_/val_ of one quantity share one
+    assert sorted(titles) == ["accuracy_tau", "contrastive", "loss", "lr"]
+    for ax in drawn:
+        lines = ax.get_lines()
+        assert lines and all(line.get_marker() not in (None, "", "None") for line in lines)
+        # one quantity: every series on the axis is that quantity's training or validation
+        assert {line.get_label() for line in lines} <= {"training", "validation"}
+        assert all(len(line.get_xdata()) == epochs for line in lines)  # one epoch still shows
+    contrastive = next(ax for ax in drawn if ax.get_title() == "contrastive")
+    assert len(contrastive.get_lines()) == 2
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(("tasks", "grid"), [(1, (1, 1)), (3, (1, 3)), (5, (2, 3)), (7, (3, 3))])
+def test_merge_curves_are_a_grid(tasks: int, grid: tuple[int, int]) -> None:
+    fig = report_plots.merge_curves_figure(_synthesis(tasks))
+    rows, cols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
+    assert (rows, cols) == grid
+    width, height = fig.get_size_inches()
+    assert width / height < 4  # bench's old one-row strip of five tasks was 6.25 : 1
+    assert sum(ax.axison for ax in fig.axes) == tasks
+    plt.close(fig)
+
+
+def _figures_after_tables(text: str) -> list[str]:
+    """Figure lines not placed under a table of their section, or without a caption."""
+    lines = [*text.splitlines(), "", ""]
+    bad = []
+    for i, line in enumerate(lines):
+        if not line.startswith("!["):
+            continue
+        if not (lines[i + 1] == "" and lines[i + 2].startswith("*") and lines[i + 2].endswith("*")):
+            bad.append(f"{line}: no caption")
+        j = i - 1
+        while j >= 0 and (not lines[j] or lines[j].startswith(("![", "*"))):
+            j -= 1  # blank lines, and the figures (with captions) under the same table
+        if j < 0 or not lines[j].startswith("|"):
+            bad.append(f"{line}: after {lines[j] if j >= 0 else 'nothing'!r}, not a table")
+    return bad
+
+
+def test_every_figure_sits_under_its_table_with_a_caption(tmp_path: Path) -> None:
+    results = _results()
+    results.embedding_map = {"x": [0.0, 1.0], "y": [1.0, 0.0], "task": ["a", "b"]}
+    results.synthesis = _synthesis(2)
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    _log(1).to_csv(encoder / "log.csv", index=False)
+    results.encoder = {"source": ["encoder"]}  # as bench records a given encoder: relative
+    out = tmp_path / "bench"
+    out.mkdir()
+    text = write_report(results, out).read_text()
+    figures = [line for line in text.splitlines() if line.startswith("![")]
+    for name in (
+        "training_curves",
+        "predicted_vs_true",
+        "embedding_map",
+        "recall_at_k",
+        "merge_curves",
+    ):
+        assert any(f"({name}.png)" in f for f in figures), name
+        assert (out / f"{name}.png").is_file()
+    assert _figures_after_tables(text) == []
+    # the control: a figure dumped at the end of the page, after prose, is caught twice
+    dumped = _figures_after_tables(text + "\nprose.\n\n![x](x.png)\n\n")
+    assert dumped == ["![x](x.png): no caption", "![x](x.png): after 'prose.', not a table"]

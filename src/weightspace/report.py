@@ -19,7 +19,7 @@ import numpy as np
 from weightspace import report_plots
 from weightspace.evaluate.methods import OURS, OURS_GBT, REFERENCE_METHODS
 from weightspace.evaluate.results import MethodScore, Results
-from weightspace.synthesis.report import synthesis_lines
+from weightspace.synthesis.report import FIGURE_CAPTIONS, figure_lines, synthesis_lines
 
 __all__ = ["write_report", "summarise", "format_cell", "headline_lines", "synthesis_lines"]
 
@@ -272,14 +272,54 @@ def _retrieval_lines(results: Results, figure: str | None) -> list[str]:
                 cells = [format_cell(per_kind.get(k, [])) for k in names]
                 lines.append(f"| {_label(method)} | " + " | ".join(cells) + " |")
         lines.append("")
-    if figure:
-        lines += [
-            f"![Recall@k]({figure})",
-            "",
-            "*Recall@k against k for every method (mean over seeds).*",
-            "",
-        ]
-    return lines
+    return lines + _figure(
+        figure,
+        "Recall@k",
+        "Recall@k against k for every method, one panel per retrieval protocol (mean over seeds).",
+    )
+
+
+def _figure(name: str | None, alt: str, caption: str) -> list[str]:
+    return figure_lines(name, alt, caption)
+
+
+def _training_lines(results: Results, out: Path) -> list[str]:
+    """The seed-0 encoder's last logged epoch as a table, its training curves under it."""
+    path = report_plots.find_training_log(results, out)
+    if path is None:
+        return []
+    import pandas as pd
+
+    log = pd.read_csv(path)
+    if log.empty or "epoch" not in log.columns:
+        return []
+    last = log.iloc[-1]
+    quantities: dict[str, dict[str, float]] = {}
+    for column in log.columns:
+        if column.startswith(("train_", "val_")) and pd.notna(last[column]):
+            split, _, quantity = column.partition("_")
+            quantities.setdefault(quantity, {})[split] = float(last[column])
+    lines = [
+        "## Encoder training (seed 0)",
+        "",
+        f"`{path.parent.name}/log.csv`, last of {len(log)} logged epochs (epoch "
+        f"{int(last['epoch'])}):",
+        "",
+        "| quantity | training | validation |",
+        "|---|---|---|",
+        *(
+            f"| {q} | {format_cell([v.get('train', math.nan)])} | "
+            f"{format_cell([v.get('val', math.nan)])} |"
+            for q, v in quantities.items()
+        ),
+        "",
+    ]
+    return lines + _figure(
+        report_plots.training_curves(out, path),
+        "training curves",
+        "Training of the seed-0 encoder: one panel per logged quantity against epoch, training "
+        "and validation series of the same quantity together, every epoch marked.",
+    )
 
 
 def _encoder_source(source: Any) -> str:
@@ -321,6 +361,7 @@ def write_report(results: Results | Mapping[str, Any], out: str | Path) -> Path:
     if results.updated_sections:
         lines += [f"Sections updated by the last run: {', '.join(results.updated_sections)}.", ""]
     lines += ["## Headline", "", *headline_lines(results), ""]
+    lines += _training_lines(results, out)
     for protocol in results.prediction:
         section = results.prediction[protocol]
         lines += [f"## Accuracy prediction: {protocol}", ""]
@@ -329,22 +370,20 @@ def write_report(results: Results | Mapping[str, Any], out: str | Path) -> Path:
         lines += [*_prediction_table(results, protocol), ""]
         if protocol == RUNS:
             lines += _per_task_table(results, protocol)
-            figure = report_plots.predicted_vs_true(results, out, protocol)
-            if figure:
-                lines += [
-                    f"![predicted vs true]({figure})",
-                    "",
-                    "*Predicted against true test accuracy of the held-out runs (seed 0), shared "
-                    "axes; the diagonal is a perfect prediction.*",
-                    "",
-                ]
+            lines += _figure(
+                report_plots.predicted_vs_true(results, out, protocol),
+                "predicted vs true",
+                "Predicted against true test accuracy of the held-out runs (seed 0), one panel "
+                "per method on shared axes; each title gives the method's within-group and pooled "
+                "τ; the diagonal is a perfect prediction.",
+            )
+            lines += _figure(
+                report_plots.embedding_map(results, out),
+                "embedding map",
+                "Our seed-0 embedding of the held-out checkpoints in 2-D (PCA), coloured by task "
+                "and by test accuracy.",
+            )
     lines += _retrieval_lines(results, report_plots.recall_at_k(results, out, OURS_METHODS))
-    for figure, caption in (
-        (report_plots.embedding_map(results, out), "Our seed-0 embedding of held-out checkpoints"),
-        (report_plots.training_curves(out), "Training of the seed-0 encoder"),
-    ):
-        if figure:
-            lines += [f"![{figure}]({figure})", "", f"*{caption}.*", ""]
     if results.classification:
         lines += [
             "## Classification (class-target zoo)",
@@ -353,10 +392,14 @@ def write_report(results: Results | Mapping[str, Any], out: str | Path) -> Path:
             "",
         ]
     if results.synthesis:
-        lines += ["## Synthesis", "", *synthesis_lines(results.synthesis), ""]
-        lines += [
-            f"![{p}]({p})\n" for p in results.synthesis.get("plots", []) if (out / p).exists()
-        ]
+        # merge curves are redrawn from the numbers (a grid); the other figures are bench's
+        figures = {report_plots.merge_curves(results, out)} | {
+            p for p in results.synthesis.get("plots", []) if (out / p).exists()
+        }
+        placed = set(FIGURE_CAPTIONS) & figures
+        lines += ["## Synthesis", "", *synthesis_lines(results.synthesis, sorted(placed)), ""]
+        for p in sorted(figures - placed - {None}):
+            lines += _figure(p, p, f"Synthesis figure `{p}`.")
     if results.skipped:
         lines += ["## Skipped, and why", ""]
         lines += [f"- `{what}`: {why}" for what, why in results.skipped.items()]

@@ -3,7 +3,8 @@
 :func:`synthesis_lines` writes one table per kind of measurement: merging at the midpoint (one
 table per kind of method — data-free, data-using, references and the control), reconstructions,
 sampling and the training budgets; then the goals, and per task the curve along α with its rows
-grouped by kind. Every figure is read from the section's entries (see
+grouped by kind. Figures (:data:`FIGURE_CAPTIONS`) sit under their tables, with captions.
+Every number is read from the section's entries (see
 :func:`weightspace.synthesis.benchmark.run_task`); nothing is typed in.
 """
 
@@ -13,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["GOAL_NAMES", "KIND_TITLES", "synthesis_lines"]
+__all__ = ["FIGURE_CAPTIONS", "GOAL_NAMES", "KIND_TITLES", "figure_lines", "synthesis_lines"]
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -351,8 +352,41 @@ def _task_lines(task: str, entry: Mapping[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def synthesis_lines(synthesis: Mapping[str, Any]) -> list[str]:
-    """The report's synthesis section, from ``results["synthesis"]`` alone."""
+#: (alt text, caption) of each synthesis figure; each sits under its table.
+FIGURE_CAPTIONS = {
+    "merge_curves.png": (
+        "merge curves",
+        "Test accuracy along α per task (mean ± std over pairs); references dashed, the "
+        "control dotted, the distilled ensemble (α = 0.5 only) a star.",
+    ),
+    "reconstructions.png": (
+        "reconstructions",
+        "Held-out reconstructions, coloured by task: decoded against original test accuracy "
+        "(left); agreement with their own original against another model's reconstruction's "
+        "agreement with it (right; above the diagonal is faithful).",
+    ),
+    "sampling.png": (
+        "sampling",
+        "Sampled models' test accuracy against novelty, beside zoo models plus noise, per task.",
+    ),
+}
+
+
+def figure_lines(name: str | None, alt: str, caption: str) -> list[str]:
+    """A figure and its italic caption in Markdown (nothing when there is no figure)."""
+    return [f"![{alt}]({name})", "", f"*{caption}*", ""] if name else []
+
+
+def synthesis_lines(
+    synthesis: Mapping[str, Any], figures: Sequence[str] | None = None
+) -> list[str]:
+    """The report's synthesis section, from ``results["synthesis"]`` alone; each of
+    ``figures`` (file names, see :data:`FIGURE_CAPTIONS`) is placed under its table."""
+    shown = set(figures or ())
+
+    def figure(name: str) -> list[str]:
+        return figure_lines(name if name in shown else None, *FIGURE_CAPTIONS[name])
+
     if "tasks" not in synthesis:  # results.json of an older bench: its own Markdown
         return list(synthesis.get("markdown", []))
     tasks = synthesis["tasks"]
@@ -377,6 +411,7 @@ def synthesis_lines(synthesis: Mapping[str, Any]) -> list[str]:
             "### Merging at α = 0.5",
             "",
             *_midpoint_tables(tasks),
+            *figure("merge_curves.png"),
             "### Reconstructions of held-out models",
             "",
             "`agree own`: share of test predictions a reconstruction shares with its original; "
@@ -386,10 +421,12 @@ def synthesis_lines(synthesis: Mapping[str, Any]) -> list[str]:
             "",
             *_reconstruction_table(tasks),
             "",
+            *figure("reconstructions.png"),
             "### Sampling",
             "",
             *_sampling_table(tasks),
             "",
+            *figure("sampling.png"),
             "### Training budgets",
             "",
             "An example pass is one network run on one input, forward and backward.",
