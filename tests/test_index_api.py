@@ -228,3 +228,33 @@ def test_core_dependencies_leave_out_the_extras() -> None:
     extras = project["optional-dependencies"]
     everything = extras["all"][0].split("[")[1].rstrip("]").split(",")
     assert set(everything) == set(extras) - {"all", "test"}
+
+
+# ------------------------------------------------------------------------------ result arrays
+def test_search_arrays_and_frames_agree_with_hits(encoder: ws.Encoder, tmp_path: Path) -> None:
+    from weightspace.index import SearchResults, hits_to_frame
+
+    models = [torch_mlp(act, seed=s) for s in range(4) for act in ("relu", "tanh")]
+    index, report = ModelIndex.build(tmp_path / "idx", models, encoder)
+    queries = encoder.embed(models[:3])
+    hits = index.search(queries, k=3)
+    assert isinstance(hits, SearchResults) and isinstance(hits, list)
+    scores, ids = index.search_arrays(queries, k=3)
+    assert scores.shape == ids.shape == (3, 3) and ids.dtype == np.int64
+    for row, query_hits in enumerate(hits):
+        assert list(ids[row]) == [h.record.id for h in query_hits]
+        np.testing.assert_allclose(scores[row], [h.score for h in query_hits], rtol=1e-6)
+        assert np.all(np.diff(scores[row]) <= 1e-6)  # best first
+    assert list(ids[:, 0]) == report.added[:3]  # each model finds itself first
+    # fewer candidates than k: FAISS's padding
+    scores, ids = index.search_arrays(queries[0], k=len(models) + 2)
+    assert list(ids[0, -2:]) == [-1, -1] and np.all(scores[0, -2:] < -1e38)
+    assert (ids[0, :-2] >= 0).all()
+    # one row per hit, metrics as columns
+    frame = hits.to_frame()
+    assert len(frame) == 9 and list(frame["query"]) == [0] * 3 + [1] * 3 + [2] * 3
+    assert list(frame["id"]) == [h.record.id for q in hits for h in q]
+    np.testing.assert_allclose(frame["score"], [h.score for q in hits for h in q])
+    single = hits_to_frame(hits[1])
+    assert list(single["id"]) == [h.record.id for h in hits[1]] and set(single["query"]) == {0}
+    assert hits_to_frame([]).empty and "score" in hits_to_frame([]).columns

@@ -1,7 +1,8 @@
 """``weightspace index build|add|info|repair``, ``weightspace search`` and ``weightspace serve``.
 
-Without ``--encoder``, commands load the encoder directory the index records (never code an
-index names) and check its fingerprint.
+Without ``--encoder``, ``index build`` uses the bundled ``pretrained:small``; the other commands
+load the encoder directory the index records (never code an index names) and check its
+fingerprint.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from weightspace.cli.app import app
+from weightspace.cli.default_encoder import DEFAULT_HELP, encoder_or_default
 from weightspace.cli.options import (
     Activation,
     AllowNonfinite,
@@ -104,13 +106,14 @@ def _summary(index: ModelIndex | PostgresIndex, report: AddReport) -> str:
 def build(
     inputs: Inputs,
     encoder: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--encoder",
             help="Encoder directory (from `weightspace train`), a bundled encoder "
-            "(pretrained:NAME) or an importable 'module:attr'.",
+            f"(pretrained:NAME) or an importable 'module:attr'. {DEFAULT_HELP}",
+            show_default=False,
         ),
-    ],
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Index directory to create (FAISS backend).")
     ] = None,
@@ -177,6 +180,7 @@ def build(
         raise typer.BadParameter("give --out for the faiss backend, --dsn for pgvector")
     if kind not in ("auto", "flat", "ivf", "hnsw"):
         raise typer.BadParameter(f"unknown kind {kind!r}; use auto, flat, ivf or hnsw")
+    encoder = str(encoder_or_default(encoder, "index build"))
     if ray:  # weightspace.distributed.ray_index
         from weightspace.distributed.ray_index import build_on_ray_cli
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from weightspace.cli.app import app
+from weightspace.cli.default_encoder import DEFAULT_HELP, encoder_or_default
 from weightspace.cli.options import (
     Activation,
     AllowNonfinite,
@@ -38,9 +39,13 @@ def predict(
         ),
     ],
     encoder: Annotated[
-        str,
-        typer.Option("--encoder", help="Encoder directory (weightspace train) or pretrained:NAME."),
-    ],
+        str | None,
+        typer.Option(
+            "--encoder",
+            help=f"Encoder directory (weightspace train) or pretrained:NAME. {DEFAULT_HELP}",
+            show_default=False,
+        ),
+    ] = None,
     head: Annotated[
         str,
         typer.Option(
@@ -73,6 +78,7 @@ def predict(
     from weightspace.predict_reference import checkpoint_task
     from weightspace.sources import iter_inputs, load_model_file
 
+    encoder = str(encoder_or_default(encoder, "predict"))
     predictor = Predictor(encoder, head=head, k=k, coverage=coverage, device=device)
     kwargs = architecture_kwargs(activation, spec, model, allow_nonfinite, "embedding")
     skips = SkipLog(skip_errors)

@@ -99,6 +99,21 @@ def _synthesizer(encoder: Path | None, needed: bool) -> Any:
     return Synthesizer.load(resolve_encoder_reference(encoder))
 
 
+def _merge_encoder(encoder: Path | None) -> Path | None:
+    """``--encoder`` if given, else the bundled ``pretrained:small`` when it holds a decoder
+    (so ``--method embedding`` and the default work without flags), else None."""
+    from weightspace.cli.default_encoder import (
+        DEFAULT_PRETRAINED,
+        default_encoder_available,
+    )
+    from weightspace.pretrained import PREFIX
+
+    if encoder is not None or not default_encoder_available():
+        return encoder
+    bundled = Path(PREFIX + DEFAULT_PRETRAINED)
+    return bundled if _has_decoder(bundled) else None
+
+
 def _has_decoder(encoder: Path | None) -> bool:
     if encoder is None:
         return False
@@ -198,7 +213,8 @@ def merge_command(
         str | None,
         typer.Option(
             "--method",
-            help="embedding (average embeddings, decode; needs --encoder with a trained decoder), "
+            help="embedding (average embeddings, decode; needs --encoder with a trained decoder, "
+            "default: the bundled pretrained:small when it has one), "
             "average (naive weight averaging), rebasin (weight matching onto the first model, "
             "then averaging), ensemble (output averaging as one wider network). Default: "
             "embedding when --encoder has a decoder, else rebasin (said once on stderr).",
@@ -266,6 +282,7 @@ def merge_command(
     )
     # unknown methods, and a named method that needs a missing decoder, fail before any file
     # is read; the default falls back to weight matching without a decoder, saying so once
+    encoder = _merge_encoder(encoder)
     method, note = choose_merge_method(method, _has_decoder(encoder))
     chosen = get_merge_method(method)
     if mix is not None:

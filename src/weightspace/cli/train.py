@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from weightspace.cli.app import app
+from weightspace.cli.default_encoder import DEFAULT_HELP, encoder_or_default
 from weightspace.cli.options import (
     Activation,
     AllowNonfinite,
@@ -195,11 +196,15 @@ def _collect_models(
 @app.command()
 def embed(
     inputs: Annotated[list[Path], typer.Argument(help="Zoo directories and/or checkpoint files.")],
-    encoder: Annotated[
-        Path,
-        typer.Option("--encoder", help="Encoder directory (train --out) or pretrained:NAME."),
-    ],
     out: Annotated[Path, typer.Option("--out", help="Output file: .npy or .parquet.")],
+    encoder: Annotated[
+        Path | None,
+        typer.Option(
+            "--encoder",
+            help=f"Encoder directory (train --out) or pretrained:NAME. {DEFAULT_HELP}",
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Models per forward pass.")] = 512,
     activation: Activation = None,
@@ -239,7 +244,8 @@ def embed(
     from weightspace.nn.encoder import Encoder, EncoderError
     from weightspace.pretrained import resolve_encoder_reference
 
-    encoder = resolve_encoder_reference(encoder)  # pretrained:NAME → the bundled directory
+    # pretrained:NAME → the bundled directory
+    encoder = resolve_encoder_reference(encoder_or_default(encoder, "embed"))
     if ray:
         from weightspace.distributed.ray_embed import embed_on_ray_cli
 

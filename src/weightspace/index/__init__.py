@@ -57,6 +57,7 @@ from weightspace.index.errors import (
     IndexCorruptError,
     IndexFormatError,
 )
+from weightspace.index.frames import SearchResults, hits_to_frame
 from weightspace.index.model_index import ModelIndex
 from weightspace.index.postgres import PostgresIndex
 from weightspace.index.vectors import (
@@ -77,6 +78,8 @@ from weightspace.sources import (
 )
 
 __all__ = [
+    "SearchResults",
+    "hits_to_frame",
     "INDEX_FORMAT_VERSION",
     "READABLE_FORMAT_VERSIONS",
     "DEFAULT_APPROXIMATE_THRESHOLD",

@@ -28,7 +28,6 @@ from weightspace.index.catalog import (
     META_FILE,
     RECORD_COLUMNS,
     ModelRecord,
-    SearchHit,
     catalog_errors,
     connect,
     filter_query,
@@ -47,6 +46,7 @@ from weightspace.index.embedders import (
     normalise,
 )
 from weightspace.index.errors import EncoderMismatchError, IndexCorruptError, IndexFormatError
+from weightspace.index.frames import SearchResults
 from weightspace.index.integrity import check_catalog, check_file
 from weightspace.index.vectors import DEFAULT_APPROXIMATE_THRESHOLD, IndexKind, VectorStore
 from weightspace.index.writing import (
@@ -408,8 +408,10 @@ class ModelIndex:
         k: int = 10,
         *,
         filters: Iterable[str] | Mapping[str, Any] | None = None,
-    ) -> list[list[SearchHit]]:
-        """Nearest stored models of each query vector ``(q, dim)`` (or ``(dim,)``).
+    ) -> SearchResults:
+        """Nearest stored models of each query vector ``(q, dim)`` (or ``(dim,)``): a list of
+        hit lists, one per query (``.to_frame()`` makes a table; :meth:`search_arrays` gives
+        FAISS-style arrays).
 
         Args:
             queries: embeddings from this index's encoder; normalised here.
@@ -417,6 +419,21 @@ class ModelIndex:
             filters: ``key=value`` strings or a mapping; keys are metric names (``task``,
                 ``epoch``, ...) or ``path``, ``content_hash``, ``arch_summary``.
         """
+        scores, rows = self._search_rows(queries, k, filters)
+        ids = sorted({int(r) for r in rows.ravel() if r >= 0})
+        records: dict[int, ModelRecord] = {}
+        if ids:
+            placeholders = ",".join("?" * len(ids))
+            for row in self.query_catalog(
+                f"SELECT {RECORD_COLUMNS} FROM models WHERE id IN ({placeholders})", ids
+            ):
+                records[row[0]] = record_from_row(row, self.path)
+        return SearchResults(hits_from(scores, rows, records))
+
+    def _search_rows(
+        self, queries: np.ndarray, k: int, filters: Iterable[str] | Mapping[str, Any] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Checked, normalised queries searched in the vector store: ``(scores, rows)``."""
         if k < 1:
             raise WeightspaceError(f"k must be at least 1, got {k}")
         queries = np.asarray(queries, dtype=np.float32)
@@ -429,16 +446,31 @@ class ModelIndex:
         queries = normalise(queries, source="query")
         parsed = parse_filters(filters)
         allowed = self._allowed_rows(parsed) if parsed else None
-        scores, rows = self.store.search(queries, k, allowed_rows=allowed)
-        ids = sorted({int(r) for r in rows.ravel() if r >= 0})
-        records: dict[int, ModelRecord] = {}
-        if ids:
-            placeholders = ",".join("?" * len(ids))
-            for row in self.query_catalog(
-                f"SELECT {RECORD_COLUMNS} FROM models WHERE id IN ({placeholders})", ids
-            ):
-                records[row[0]] = record_from_row(row, self.path)
-        return hits_from(scores, rows, records)
+        return self.store.search(queries, k, allowed_rows=allowed)
+
+    def search_arrays(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        filters: Iterable[str] | Mapping[str, Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` as FAISS answers: ``(scores, ids)``, both ``(q, k)``.
+
+        ``scores[i, j]`` is the cosine similarity :math:`\\langle \\hat q_i, \\hat x_{id}
+        \\rangle` (larger is nearer), rows sorted best first; ``ids`` are catalog ids for
+        :meth:`get`. Where fewer than ``k`` models qualify, ``ids`` is ``-1`` and ``scores`` is
+        ``-FLT_MAX``, as FAISS pads inner-product results.
+        """
+        scores, rows = self._search_rows(queries, k, filters)
+        pad = k - rows.shape[1]
+        ids = np.pad(rows.astype(np.int64), ((0, 0), (0, pad)), constant_values=-1)
+        filled = np.pad(
+            scores.astype(np.float32),
+            ((0, 0), (0, pad)),
+            constant_values=-np.finfo(np.float32).max,
+        )
+        return filled, ids
 
     def search_models(
         self,
@@ -447,7 +479,7 @@ class ModelIndex:
         k: int = 10,
         *,
         filters: Iterable[str] | Mapping[str, Any] | None = None,
-    ) -> list[list[SearchHit]]:
+    ) -> SearchResults:
         """Embed ``models`` with ``embedder`` (checked against the index) and search.
 
         ``models`` as :meth:`add` takes them (an ``nn.Module``, a path, ``(spec,

@@ -644,19 +644,52 @@ class Encoder(nn.Module):
         except EncoderError as exc:
             raise EncoderError(f"{config_path}: {exc}") from None
 
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
+        """Hugging Face's name for :meth:`save`: ``config.json`` + ``encoder.safetensors`` in
+        ``save_directory``, which :meth:`from_pretrained` (or ``--encoder DIR``) reads back."""
+        return self.save(save_directory)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_directory: str | os.PathLike[str] = "small",
+        *,
+        device: torch.device | str | None = None,
+    ) -> Encoder:
+        """Load a bundled encoder (``"small"`` or ``"pretrained:small"``) or an encoder
+        directory (from :meth:`save_pretrained` or ``weightspace train``), in eval mode.
+
+        A bare name is a bundled encoder when one of that name is installed and no directory
+        of that name exists here; anything else is read as a directory.
+
+        Raises:
+            EncoderError: the directory is missing, corrupt, or incompatible.
+            PretrainedError: ``pretrained:NAME`` names no bundled encoder.
+        """
+        from weightspace.pretrained import PREFIX, list_pretrained
+
+        text = os.fspath(name_or_directory)
+        if not text.startswith(PREFIX) and not Path(text).exists() and text in list_pretrained():
+            text = PREFIX + text
+        return cls.load(text, device=device)
+
     @classmethod
     def load(
         cls, directory: str | os.PathLike[str], *, device: torch.device | str | None = None
     ) -> Encoder:
-        """Load an encoder directory written by :meth:`save` (in eval mode).
+        """Load an encoder directory written by :meth:`save` (in eval mode); ``pretrained:NAME``
+        loads the bundled encoder ``NAME``.
 
         Raises:
             EncoderError: the directory is missing, corrupt, or incompatible with this version.
+            PretrainedError: ``pretrained:NAME`` names no bundled encoder.
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        path = Path(directory)
+        from weightspace.pretrained import resolve_encoder_reference
+
+        path = resolve_encoder_reference(os.fspath(directory))
         config = cls.read_config(path)
         weights_path = path / WEIGHTS_FILE
         if not weights_path.is_file():
