@@ -8,8 +8,8 @@ The models are the user's own: small MLPs built with torch, with random weights,
 the ``weightspace`` CLI with only paths: ``convert`` is given the architecture once
 (``--activation relu``, which a bare state dict cannot carry), every later command reads it from
 the converted files and uses the default encoder (the bundled ``pretrained:small``) unless
-``--encoder`` is passed here. ``convert`` takes one file per call, so its calls run ``--jobs`` at
-a time. Seconds are wall-clock, so they move with the machine's load (reported beside them).
+``--encoder`` is passed here. ``convert`` takes all the files in one call (``--out-dir``), as a
+user would type it. Seconds are wall-clock, so they move with the machine's load (reported beside them).
 Goal: at most 60 s in all for 100 models.
 """
 
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -79,30 +79,41 @@ def weightspace(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished subprocesses."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+#: CPU seconds per command (its subprocess's user + system time): less moved by the machine's
+#: load than the wall-clock seconds, though still slowed by contention for caches and memory
+CPU_SECONDS: dict[str, float] = {}
+
+
 def timed(step: str, seconds: dict[str, float], fn) -> None:  # noqa: ANN001
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _children_cpu()
     fn()
     seconds[step] = time.perf_counter() - start
-    print(f"{step}: {seconds[step]:.1f} s", file=sys.stderr, flush=True)
+    CPU_SECONDS[step] = _children_cpu() - cpu_start
+    print(
+        f"{step}: {seconds[step]:.1f} s ({CPU_SECONDS[step]:.1f} s CPU)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
-def run(count: int, encoder: str | None, jobs: int, work: Path) -> dict[str, float]:
+def run(count: int, encoder: str | None, work: Path) -> dict[str, float]:
     """The five commands on ``count`` models under ``work``; seconds per command."""
     raw = save_user_models(user_models(count), work / "mine")
     converted = work / "converted"
-    converted.mkdir()
     chosen = ("--encoder", encoder) if encoder else ()
     seconds: dict[str, float] = {}
 
-    def convert_all() -> None:
-        def one(path: Path) -> None:
-            out = converted / f"{path.stem}.safetensors"
-            weightspace("convert", path, "--out", out, "--activation", "relu")
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            list(pool.map(one, raw))
-
-    timed("convert", seconds, convert_all)
+    timed(
+        "convert",
+        seconds,
+        lambda: weightspace("convert", *raw, "--out-dir", converted, "--activation", "relu"),
+    )
     index = work / "index"
     timed(
         "index build",
@@ -127,28 +138,28 @@ def main(argv: list[str] | None = None) -> None:
         help="Encoder directory or pretrained:NAME (default: none given, so the commands use "
         "the bundled pretrained:small).",
     )
-    parser.add_argument(
-        "--jobs", type=int, default=os.cpu_count() or 1, help="convert calls run at once."
-    )
     parser.add_argument("--name", default="bench_newcomer", help="JSON name under results/.")
     args = parser.parse_args(argv)
     if args.models < 7:
         parser.error("--models must be at least 7 (merge takes models 0 and 6)")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="weightspace-newcomer-") as tmp:
-        seconds = run(args.models, args.encoder, args.jobs, Path(tmp))
+        seconds = run(args.models, args.encoder, Path(tmp))
     total = sum(seconds.values())
-    rows = [{"command": step, "seconds": value} for step, value in seconds.items()]
-    rows.append({"command": "total", "seconds": total})
+    rows = [
+        {"command": step, "seconds": value, "cpu_seconds": CPU_SECONDS[step]}
+        for step, value in seconds.items()
+    ]
+    rows.append({"command": "total", "seconds": total, "cpu_seconds": sum(CPU_SECONDS.values())})
     print_table(rows, f"newcomer session: {args.models} models (goal ≤ {GOAL_SECONDS:g} s at 100)")
     path = write_json(
         args.name,
         {
             "models": args.models,
             "encoder": args.encoder or "default (pretrained:small)",
-            "convert_jobs": args.jobs,
             "seconds": seconds,
             "total_seconds": total,
+            "cpu_seconds": CPU_SECONDS,
             "goal_seconds": GOAL_SECONDS,
             "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
         },

@@ -141,3 +141,81 @@ def test_model_factory_resolves_from_the_working_directory(
     )
     assert code == 0, err
     assert load_checkpoint(out)[0].activations == ("tanh",)
+
+
+def test_convert_many_files_into_a_folder_in_one_call(
+    capsys: pytest.CaptureFixture, plain: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in _mlp().state_dict().items()}, str(other))
+    out_dir = tmp_path / "converted"  # created by the command
+    code, _, err = run(
+        capsys, "convert", str(plain), str(other), "--activation", "tanh", "--out-dir", str(out_dir)
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["other.safetensors", "plain.safetensors"]
+    x = torch.randn(3, 6)
+    from weightspace.module import to_module
+
+    for name in ("plain", "other"):
+        spec, state = load_checkpoint(out_dir / f"{name}.safetensors")
+        torch.testing.assert_close(to_module(spec, state)(x), _mlp()(x))
+
+
+def test_convert_many_reports_each_failure_by_name(
+    capsys: pytest.CaptureFixture, plain: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    missing = tmp_path / "missing.pt"
+    out_dir = tmp_path / "out"
+    args = ("convert", str(broken), str(plain), str(missing), "--activation", "tanh")
+    code, _, err = run(capsys, *args, "--out-dir", str(out_dir))
+    assert code == 1 and "Traceback" not in err
+    assert str(broken) in err and str(missing) in err and "2 of 3" in err
+    # the good file is still converted, the bad ones leave nothing behind
+    assert [p.name for p in out_dir.iterdir()] == ["plain.safetensors"]
+    # --skip-errors: exit 0 while any file converted, still listing the failures ...
+    code, _, err = run(capsys, *args, "--out-dir", str(out_dir), "--overwrite", "--skip-errors")
+    assert code == 0, err
+    assert str(broken) in err and str(missing) in err
+    # ... and 1 when every file failed
+    code, _, err = run(
+        capsys,
+        "convert",
+        str(broken),
+        "--activation",
+        "tanh",
+        "--out-dir",
+        str(tmp_path / "n"),
+        "--skip-errors",
+    )
+    assert code == 1 and "all 1 inputs failed" in err
+    assert not any((tmp_path / "n").iterdir())
+
+
+def test_convert_output_flags_are_checked_before_any_work(
+    capsys: pytest.CaptureFixture, plain: Path, tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "out"
+    code, _, err = run(
+        capsys,
+        "convert",
+        str(plain),
+        str(plain),
+        "--activation",
+        "tanh",
+        "--out",
+        str(tmp_path / "x.safetensors"),
+    )
+    assert code == 1 and "--out-dir" in err and not (tmp_path / "x.safetensors").exists()
+    code, _, err = run(capsys, "convert", str(plain), "--activation", "tanh")
+    assert code == 1 and "--out" in err
+    twin = tmp_path / "plain.safetensors"  # same stem as plain.pt: one output for two inputs
+    twin.write_bytes(b"")
+    code, _, err = run(
+        capsys, "convert", str(plain), str(twin), "--activation", "tanh", "--out-dir", str(out_dir)
+    )
+    assert code == 1 and str(twin) in err and not out_dir.exists()

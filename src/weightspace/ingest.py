@@ -32,7 +32,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -47,16 +47,13 @@ from weightspace.errors import (
     UnsupportedLayerError,
     WeightspaceError,
 )
-from weightspace.graph import (
-    NeuralGraph,
-    check_graph_size,
-    check_state_dict,
-    graph_size,
-    to_graph,
-)
+from weightspace.graph_checks import check_graph_size, check_state_dict, graph_size
 from weightspace.limits import Limits
 from weightspace.norm import NORM_MODULES, norm_op, norm_weights
 from weightspace.spec import ACTIVATIONS, NetworkSpec, Op
+
+if TYPE_CHECKING:  # weightspace.graph imports torch_geometric: only where a graph is built
+    from weightspace.graph import NeuralGraph
 
 __all__ = [
     "from_module",
@@ -533,6 +530,8 @@ def _check_traced(module: nn.Module, spec: NetworkSpec, weights: dict, example: 
 
 def graph_from_module(module: nn.Module, example_input: Tensor | None = None) -> NeuralGraph:
     """``to_graph(*from_module(module, example_input))``."""
+    from weightspace.graph import to_graph
+
     return to_graph(*from_module(module, example_input))
 
 
@@ -814,6 +813,8 @@ def _stored_spec(path: Path, text: str) -> NetworkSpec:
 
 def load_graph(path: str | Path, **kwargs: Any) -> NeuralGraph:
     """``to_graph(*load_checkpoint(path, **kwargs))``."""
+    from weightspace.graph import to_graph
+
     spec, state = load_checkpoint(path, **kwargs)
     return to_graph(spec, state, check=False)
 
