@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from weightspace.errors import WeightspaceError
+from weightspace.index.base import IndexBase
 from weightspace.index.catalog import (
     INDEX_FORMAT_VERSION,
     META_FILE,
@@ -65,12 +66,12 @@ if TYPE_CHECKING:
 
     from weightspace.models import ModelInput
     from weightspace.nn.encoder import Encoder
-    from weightspace.sources import LoadedModel, ModelLoader
+    from weightspace.sources import LoadedModel
 
 __all__ = ["ModelIndex"]
 
 
-class ModelIndex:
+class ModelIndex(IndexBase):
     """A persistent, de-duplicated index of model embeddings with metadata.
 
     Open one with :meth:`open`, or make one with :meth:`build`. Reads (``search``, ``get``) are
@@ -84,21 +85,6 @@ class ModelIndex:
         self._local = threading.local()
 
     # -------------------------------------------------------------- properties
-    @property
-    def fingerprint(self) -> str:
-        return str(self.manifest["fingerprint"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["dim"])
-
-    @property
-    def encoder(self) -> str | None:
-        """The encoder directory recorded at build time, if any (never imported: see
-        :meth:`load_encoder`)."""
-        value = self.manifest.get("encoder")
-        return None if value is None else str(value)
-
     def load_encoder(self) -> Encoder:
         """The recorded encoder directory, loaded with ``weightspace.nn.Encoder.load`` and
         checked against the index's fingerprint.
@@ -356,22 +342,6 @@ class ModelIndex:
         )
         return str(rows[0][0]) if rows else None
 
-    def file_loader(self, loader: ModelLoader | None = None) -> ModelLoader:
-        """``loader`` (default :func:`~weightspace.sources.load_model_file`) falling back to the
-        spec this index stored for a file it read before (:meth:`stored_spec`)."""
-        from weightspace.sources import load_model_file, with_stored_specs
-
-        return with_stored_specs(loader or load_model_file, self.stored_spec)
-
-    def models_from(
-        self, models: Iterable[LoadedModel | ModelInput], *, loader: ModelLoader | None = None
-    ) -> Iterable[LoadedModel]:
-        """``models`` in any accepted form as :class:`~weightspace.sources.LoadedModel` objects,
-        files read with :meth:`file_loader`."""
-        from weightspace.sources import iter_models
-
-        return iter_models(models, loader=self.file_loader(loader))
-
     def _hash_to_id(self) -> dict[str, int]:
         return hash_to_id(self.path / META_FILE)
 
@@ -434,16 +404,7 @@ class ModelIndex:
         self, queries: np.ndarray, k: int, filters: Iterable[str] | Mapping[str, Any] | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Checked, normalised queries searched in the vector store: ``(scores, rows)``."""
-        if k < 1:
-            raise WeightspaceError(f"k must be at least 1, got {k}")
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None, :]
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise WeightspaceError(
-                f"query vectors have shape {queries.shape}; this index holds dim {self.dim}"
-            )
-        queries = normalise(queries, source="query")
+        queries = self._checked_queries(queries, k)
         parsed = parse_filters(filters)
         allowed = self._allowed_rows(parsed) if parsed else None
         return self.store.search(queries, k, allowed_rows=allowed)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from weightspace.errors import WeightspaceError
+from weightspace.index.base import IndexBase
 from weightspace.index.catalog import (
     ModelRecord,
     SearchHit,
@@ -52,7 +53,7 @@ from weightspace.index.writing import AddReport, ProgressCallback, declared_dim
 if TYPE_CHECKING:
     from weightspace.models import ModelInput
     from weightspace.nn.encoder import Encoder
-    from weightspace.sources import LoadedModel, ModelLoader
+    from weightspace.sources import LoadedModel
 
 __all__ = ["PostgresIndex", "POSTGRES_FORMAT_VERSION", "BACKEND"]
 
@@ -87,7 +88,7 @@ def _safe_dsn(dsn: str) -> str:
     return f"{scheme}://{credentials.partition(':')[0]}@{tail}"
 
 
-class PostgresIndex:
+class PostgresIndex(IndexBase):
     """A de-duplicated index of model embeddings in PostgreSQL + pgvector.
 
     Args (of :meth:`open` and :meth:`build`):
@@ -132,19 +133,6 @@ class PostgresIndex:
             self._connection = None
 
     # -------------------------------------------------------------- properties
-    @property
-    def fingerprint(self) -> str:
-        return str(self.manifest["fingerprint"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["dim"])
-
-    @property
-    def encoder(self) -> str | None:
-        value = self.manifest.get("encoder")
-        return None if value is None else str(value)
-
     @property
     def path(self) -> str:
         """Where the index lives, for messages: the DSN without its password, and the schema."""
@@ -457,16 +445,7 @@ class PostgresIndex:
     ) -> list[list[SearchHit]]:
         """Nearest stored models of each query vector ``(q, dim)`` (or ``(dim,)``), as
         :meth:`ModelIndex.search <weightspace.index.ModelIndex.search>`."""
-        if k < 1:
-            raise WeightspaceError(f"k must be at least 1, got {k}")
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None, :]
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise WeightspaceError(
-                f"query vectors have shape {queries.shape}; this index holds dim {self.dim}"
-            )
-        queries = normalise(queries, source="query")
+        queries = self._checked_queries(queries, k)
         clauses, values = [], []
         for key, value in parse_filters(filters).items():
             if key in _COLUMN_FILTERS:
@@ -512,20 +491,6 @@ class PostgresIndex:
             (str(path),),
         )
         return str(rows[0][0]) if rows else None
-
-    def file_loader(self, loader: ModelLoader | None = None) -> ModelLoader:
-        """As :meth:`weightspace.index.ModelIndex.file_loader`."""
-        from weightspace.sources import load_model_file, with_stored_specs
-
-        return with_stored_specs(loader or load_model_file, self.stored_spec)
-
-    def models_from(
-        self, models: Iterable[LoadedModel | ModelInput], *, loader: ModelLoader | None = None
-    ) -> Iterable[LoadedModel]:
-        """As :meth:`weightspace.index.ModelIndex.models_from`."""
-        from weightspace.sources import iter_models
-
-        return iter_models(models, loader=self.file_loader(loader))
 
     def search_models(
         self,

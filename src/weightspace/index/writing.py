@@ -295,6 +295,29 @@ def commit(
             stray.unlink()
 
 
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    """Refuse to build over a committed index at ``path`` unless ``overwrite``."""
+    if not overwrite and existing_generation(path) is not None:
+        raise WeightspaceError(
+            f"{path}: an index already exists; use `index add` to extend it or "
+            f"--overwrite to replace it"
+        )
+
+
+def _recorded_encoder(path: Path, encoder: str | None) -> str | None:
+    """``encoder`` as an index records it (:func:`recordable_encoder`), or ``None`` for none;
+    an importable ``module:attr`` is refused (an index never names code)."""
+    if encoder is None:
+        return None
+    recorded = recordable_encoder(encoder)
+    if recorded is None:
+        raise WeightspaceError(
+            f"{path}: an index records only an encoder directory or pretrained:NAME, not "
+            f"{str(encoder)!r}"
+        )
+    return recorded
+
+
 def build_index(
     path: Path,
     models: Iterable[LoadedModel],
@@ -317,19 +340,8 @@ def build_index(
     """
     fingerprint = embedder_fingerprint(embedder)
     path = Path(path)
-    if encoder is not None:
-        recorded = recordable_encoder(encoder)
-        if recorded is None:
-            raise WeightspaceError(
-                f"{path}: an index records only an encoder directory or pretrained:NAME, not "
-                f"{str(encoder)!r}"
-            )
-        encoder = recorded
-    if not overwrite and existing_generation(path) is not None:  # fail before embedding
-        raise WeightspaceError(
-            f"{path}: an index already exists; use `index add` to extend it or "
-            f"--overwrite to replace it"
-        )
+    encoder = _recorded_encoder(path, encoder)
+    _refuse_existing(path, overwrite)  # fail before embedding
     records, vectors, report = embed_batches(
         models, embedder, known_hashes={}, batch_size=batch_size, on_progress=on_progress
     )
@@ -345,12 +357,7 @@ def build_index(
     }
     path.mkdir(parents=True, exist_ok=True)
     with write_lock(path, lock_timeout):
-        previous = existing_generation(path)
-        if previous is not None and not overwrite:
-            raise WeightspaceError(
-                f"{path}: an index already exists; use `index add` to extend it or "
-                f"--overwrite to replace it"
-            )
+        _refuse_existing(path, overwrite)
         commit(
             path,
             manifest,
@@ -419,14 +426,7 @@ def build_index_from_vectors(
     :func:`embed_batches` does), so the stored bits are those the caller computed.
     """
     path = Path(path)
-    if encoder is not None:
-        recorded = recordable_encoder(encoder)
-        if recorded is None:
-            raise WeightspaceError(
-                f"{path}: an index records only an encoder directory or pretrained:NAME, not "
-                f"{str(encoder)!r}"
-            )
-        encoder = recorded
+    encoder = _recorded_encoder(path, encoder)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != len(records):
         raise ValueError(f"got vectors of shape {vectors.shape} for {len(records)} records")
@@ -444,11 +444,7 @@ def build_index_from_vectors(
     }
     path.mkdir(parents=True, exist_ok=True)
     with write_lock(path, lock_timeout):
-        if existing_generation(path) is not None and not overwrite:
-            raise WeightspaceError(
-                f"{path}: an index already exists; use `index add` to extend it or "
-                f"--overwrite to replace it"
-            )
+        _refuse_existing(path, overwrite)
         commit(
             path,
             manifest,

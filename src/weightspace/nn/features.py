@@ -45,6 +45,19 @@ _ATTENTION_KINDS_SEED = 20261129
 _HEAD_POSITION_SEED = 20261130
 
 
+def _extend_rows(state_dict: dict[str, Tensor], key: str, current: Tensor) -> None:
+    """Let an embedding saved with fewer rows load: ``state_dict[key]`` keeps its saved rows and
+    takes ``current``'s rows for the ones appended since (same width only; else unchanged)."""
+    saved = state_dict.get(key)
+    if (
+        saved is not None
+        and saved.dim() == 2
+        and saved.shape[1] == current.shape[1]
+        and saved.shape[0] < current.shape[0]
+    ):
+        state_dict[key] = torch.cat([saved, current.detach()[saved.shape[0] :].to(saved)])
+
+
 class ScalarFeatures(nn.Module):
     r"""A fixed elementwise map of each scalar to ``F`` features, zero at zero.
 
@@ -188,16 +201,7 @@ class NodeEmbedding(nn.Module):
         head = f"{prefix}head_position.weight"
         if head not in state_dict and f"{prefix}input_position.weight" in state_dict:
             state_dict[head] = self.head_position.weight.detach().clone()  # saved before it
-        key = f"{prefix}activation.weight"
-        saved = state_dict.get(key)
-        current = self.activation.weight
-        if (
-            saved is not None
-            and saved.dim() == 2
-            and saved.shape[1] == current.shape[1]
-            and saved.shape[0] < current.shape[0]
-        ):
-            state_dict[key] = torch.cat([saved, current.detach()[saved.shape[0] :].to(saved)])
+        _extend_rows(state_dict, f"{prefix}activation.weight", self.activation.weight)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
@@ -283,16 +287,7 @@ class EdgeEmbedding(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         # Edge kinds are appended (the norm kinds came after weight and residual); an encoder
         # saved before has fewer rows. Keep its rows and this module's fresh ones for the rest.
-        key = f"{prefix}kind.weight"
-        saved = state_dict.get(key)
-        current = self.kind.weight
-        if (
-            saved is not None
-            and saved.dim() == 2
-            and saved.shape[1] == current.shape[1]
-            and saved.shape[0] < current.shape[0]
-        ):
-            state_dict[key] = torch.cat([saved, current.detach()[saved.shape[0] :].to(saved)])
+        _extend_rows(state_dict, f"{prefix}kind.weight", self.kind.weight)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self) -> None:

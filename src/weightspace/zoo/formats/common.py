@@ -4,6 +4,7 @@ into shards and a table, and the atomic zoo writer."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,34 +14,34 @@ import numpy as np
 import pandas as pd
 import torch
 
-from weightspace.zoo.store import TABLE, WEIGHTS, ZooError, write_manifest, write_shard, write_table
+from weightspace.zoo.store import (
+    CORE_COLUMNS,
+    TABLE,
+    WEIGHTS,
+    ZooError,
+    write_manifest,
+    write_shard,
+    write_table,
+)
 
 __all__ = [
     "CheckpointRecord",
     "ReleaseError",
     "check_out",
+    "finish_import",
     "load_torch_file",
     "pack_records",
+    "refuse_nonfinite",
+    "release_paths",
     "safe_id",
+    "user_column",
     "write_zoo",
 ]
 
+#: Columns an imported zoo table defines itself (the core columns and a few more).
+TABLE_COLUMNS = (*CORE_COLUMNS, "num_params", "split", "source_row")
 #: Columns the zoo table defines itself; release columns of these names become ``user_<name>``.
-RESERVED_COLUMNS = (
-    "checkpoint_id",
-    "run_id",
-    "epoch",
-    "task",
-    "arch",
-    "spec",
-    "shard",
-    "weights_form",
-    "test_accuracy",
-    "num_params",
-    "split",
-    "source_row",
-    "source",
-)
+RESERVED_COLUMNS = (*TABLE_COLUMNS, "source")
 
 
 class ReleaseError(ZooError):
@@ -72,6 +73,34 @@ def load_torch_file(path: Path) -> Any:
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReleaseError(path, f"unreadable checkpoint ({reason[:200]})") from None
+
+
+def release_paths(source: str | Path, out: str | Path) -> tuple[Path, Path]:
+    """``(source, out)`` as paths, refusing a ``source`` that is not a directory."""
+    source, out = Path(source), Path(out)
+    if not source.is_dir():
+        raise ReleaseError(source, "release directory not found")
+    return source, out
+
+
+def refuse_nonfinite(nonfinite: Sequence[Path], drop_nonfinite: bool, what: str) -> None:
+    """Refuse a release some of whose ``what`` (e.g. ``"checkpoints"``) hold NaN/Inf, naming the
+    first such file, unless ``drop_nonfinite`` (then they were left out and this does nothing)."""
+    if nonfinite and not drop_nonfinite:
+        raise ReleaseError(
+            nonfinite[0],
+            f"{len(nonfinite)} {what} hold NaN/Inf (this one first); pass --drop-nonfinite to "
+            "leave them out",
+        )
+
+
+def user_column(name: Any, reserved: Sequence[str], taken: Mapping[str, Any]) -> str:
+    """The table column for a release field ``name``: ``user_`` is prefixed while the name is
+    ``reserved`` by the zoo or already ``taken``."""
+    column = str(name)
+    while column in reserved or column in taken:
+        column = f"user_{column}"
+    return column
 
 
 def safe_id(text: str) -> str:
@@ -152,10 +181,7 @@ def pack_records(
     names = sorted({key for r in records for key in r.extra}, key=str)
     extra: dict[str, list[Any]] = {}
     for key in names:
-        column = str(key)
-        while column in RESERVED_COLUMNS or column in extra:
-            column = f"user_{column}"
-        extra[column] = [r.extra.get(key) for r in records]
+        extra[user_column(key, RESERVED_COLUMNS, extra)] = [r.extra.get(key) for r in records]
     if extra:
         table = pd.concat([table, pd.DataFrame(extra)], axis=1)
     return shards, table
@@ -219,3 +245,27 @@ def write_zoo(
         )
 
     _write_directory(out, fill)
+
+
+def finish_import(
+    out: Path,
+    shards: Sequence[tuple[str, Mapping[str, torch.Tensor]]],
+    table: pd.DataFrame,
+    manifest: Mapping[str, Any],
+    started: float,
+    task_data: Any = None,
+) -> Any:
+    """Complete ``manifest`` (library versions, no failures or skips, seconds since
+    ``started``, a :func:`time.perf_counter` value), write the zoo with :func:`write_zoo` and
+    open it."""
+    from weightspace.zoo.store import Zoo, library_versions
+
+    full = {
+        **manifest,
+        "versions": library_versions(),
+        "failed": [],
+        "skipped": [],
+        "import_seconds": round(time.perf_counter() - started, 3),
+    }
+    write_zoo(out, shards, table, full, task_data=task_data)
+    return Zoo.open(out)

@@ -42,11 +42,13 @@ from weightspace.zoo.formats.common import (
     CheckpointRecord,
     ReleaseError,
     check_out,
+    finish_import,
     load_torch_file,
     pack_records,
+    refuse_nonfinite,
+    release_paths,
     safe_id,
     split_counts,
-    write_zoo,
 )
 
 __all__ = ["DWSNETS_W0", "import_release", "inr_spec", "label_from_path"]
@@ -187,12 +189,8 @@ def import_release(
     Raises:
         ReleaseError: one line naming the file and the field; nothing is written then.
     """
-    from weightspace.zoo.store import Zoo, library_versions
-
     started = time.perf_counter()
-    source, out = Path(source), Path(out)
-    if not source.is_dir():
-        raise ReleaseError(source, "release directory not found")
+    source, out = release_paths(source, out)
     if not isinstance(w0, int | float) or not math.isfinite(w0) or w0 <= 0:
         raise ReleaseError(source, f"field w0: {w0!r} is unknown; give a finite positive --w0")
     check_out(out)
@@ -239,12 +237,7 @@ def import_release(
                 extra={"label": label, "inr_file": relative},
             )
         )
-    if nonfinite and not drop_nonfinite:
-        raise ReleaseError(
-            nonfinite[0],
-            f"{len(nonfinite)} INRs hold NaN/Inf (this one first); pass --drop-nonfinite to "
-            "leave them out",
-        )
+    refuse_nonfinite(nonfinite, drop_nonfinite, "INRs")
     if not records:
         raise ReleaseError(source, "no INR could be imported")
     ids = [r.checkpoint_id for r in records]
@@ -271,10 +264,5 @@ def import_release(
             str(k): int(v)
             for k, v in zip(*np.unique(table["label"], return_counts=True), strict=True)
         },
-        "versions": library_versions(),
-        "failed": [],
-        "skipped": [],
-        "import_seconds": round(time.perf_counter() - started, 3),
     }
-    write_zoo(out, shards, table, manifest, task_data=task_data)
-    return Zoo.open(out)
+    return finish_import(out, shards, table, manifest, started, task_data=task_data)

@@ -46,11 +46,13 @@ from weightspace.zoo.formats.common import (
     CheckpointRecord,
     ReleaseError,
     check_out,
+    finish_import,
     load_torch_file,
     pack_records,
+    refuse_nonfinite,
+    release_paths,
     safe_id,
     split_counts,
-    write_zoo,
 )
 
 __all__ = ["IMAGE_SIZE", "POOL_AFTER_CONV", "import_release", "model_zoo_spec", "run_split"]
@@ -269,12 +271,8 @@ def import_release(
         ReleaseError: a missing file or malformed field (one line naming both); nothing is
             written then.
     """
-    from weightspace.zoo.store import Zoo, library_versions
-
     started = time.perf_counter()
-    source, out = Path(source), Path(out)
-    if not source.is_dir():
-        raise ReleaseError(source, "release directory not found")
+    source, out = release_paths(source, out)
     check_out(out)
     folders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
@@ -333,12 +331,7 @@ def import_release(
                     extra=extra,
                 )
             )
-    if nonfinite and not drop_nonfinite:
-        raise ReleaseError(
-            nonfinite[0],
-            f"{len(nonfinite)} checkpoints hold NaN/Inf (this one first); pass "
-            "--drop-nonfinite to leave them out",
-        )
+    refuse_nonfinite(nonfinite, drop_nonfinite, "checkpoints")
     if not records:
         raise ReleaseError(source, "no checkpoint has a result.json record for its epoch")
     shards, table = pack_records(records)
@@ -358,10 +351,5 @@ def import_release(
         "published_split": False,
         "dropped_nonfinite": len(nonfinite),
         "no_result": no_result,
-        "versions": library_versions(),
-        "failed": [],
-        "skipped": [],
-        "import_seconds": round(time.perf_counter() - started, 3),
     }
-    write_zoo(out, shards, table, manifest, task_data=task_data)
-    return Zoo.open(out)
+    return finish_import(out, shards, table, manifest, started, task_data=task_data)

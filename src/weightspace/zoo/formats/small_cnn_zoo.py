@@ -45,7 +45,14 @@ import pandas as pd
 import torch
 
 from weightspace.spec import ACTIVATIONS, NetworkSpec, Op
-from weightspace.zoo.formats.common import ReleaseError, check_out, write_zoo
+from weightspace.zoo.formats.common import (
+    TABLE_COLUMNS,
+    ReleaseError,
+    check_out,
+    finish_import,
+    release_paths,
+    user_column,
+)
 from weightspace.zoo.formats.tf_layout import (
     LayoutEntry,
     layers_of,
@@ -73,20 +80,7 @@ IMAGE_SIZE = {"cifar10": 32, "svhn_cropped": 32, "svhn": 32, "mnist": 28, "fashi
 #: Models per safetensors shard.
 SHARD_SIZE = 1024
 #: Columns the zoo table defines itself; release columns of these names become ``user_<name>``.
-_RESERVED = (
-    "checkpoint_id",
-    "run_id",
-    "epoch",
-    "task",
-    "arch",
-    "spec",
-    "shard",
-    "weights_form",
-    "test_accuracy",
-    "num_params",
-    "split",
-    "source_row",
-)
+_RESERVED = TABLE_COLUMNS
 
 
 def _metrics_path(source: Path) -> Path:
@@ -256,12 +250,8 @@ def import_release(
         ReleaseError: a file is missing or malformed (one line naming the file and the field).
             Nothing is written then.
     """
-    from weightspace.zoo.store import Zoo, library_versions
-
     started = time.perf_counter()
-    source, out = Path(source), Path(out)
-    if not source.is_dir():
-        raise ReleaseError(source, "release directory not found")
+    source, out = release_paths(source, out)
     check_out(out)
     weights_path = source / "weights.npy"
     metrics_path = _metrics_path(source)
@@ -382,10 +372,7 @@ def import_release(
     for column in kept_metrics.columns:
         if column in ("step", "test_accuracy"):
             continue
-        name = str(column)
-        while name in _RESERVED or name in extra:
-            name = f"user_{name}"
-        extra[name] = kept_metrics[column].to_numpy()
+        extra[user_column(column, _RESERVED, extra)] = kept_metrics[column].to_numpy()
     table = pd.concat([table, pd.DataFrame(extra)], axis=1)
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -403,10 +390,5 @@ def import_release(
         "splits": {name: int((split == name).sum()) for name in ("train", "val", "test")},
         "published_split": split_file is not None,
         "dropped_nonfinite": dropped,
-        "versions": library_versions(),
-        "failed": [],
-        "skipped": [],
-        "import_seconds": round(time.perf_counter() - started, 3),
     }
-    write_zoo(out, shards, table, manifest, task_data=task_data)
-    return Zoo.open(out)
+    return finish_import(out, shards, table, manifest, started, task_data=task_data)

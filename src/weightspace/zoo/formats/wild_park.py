@@ -41,11 +41,13 @@ from weightspace.zoo.formats.common import (
     CheckpointRecord,
     ReleaseError,
     check_out,
+    finish_import,
     load_torch_file,
     pack_records,
+    refuse_nonfinite,
+    release_paths,
     safe_id,
     split_counts,
-    write_zoo,
 )
 from weightspace.zoo.formats.model_zoo import run_split
 
@@ -221,12 +223,8 @@ def import_release(
     Raises:
         ReleaseError: one line naming the file and the field; nothing is written then.
     """
-    from weightspace.zoo.store import Zoo, library_versions
-
     started = time.perf_counter()
-    source, out = Path(source), Path(out)
-    if not source.is_dir():
-        raise ReleaseError(source, "release directory not found")
+    source, out = release_paths(source, out)
     check_out(out)
     files = {
         p.relative_to(source).as_posix(): p for p in sorted(source.glob("*/*/*/checkpoint.pt"))
@@ -287,12 +285,7 @@ def import_release(
                 },
             )
         )
-    if nonfinite and not drop_nonfinite:
-        raise ReleaseError(
-            nonfinite[0],
-            f"{len(nonfinite)} checkpoints hold NaN/Inf (this one first); pass "
-            "--drop-nonfinite to leave them out",
-        )
+    refuse_nonfinite(nonfinite, drop_nonfinite, "checkpoints")
     if not records:
         raise ReleaseError(source, "no checkpoint could be imported")
     shards, table = pack_records(records)
@@ -310,10 +303,5 @@ def import_release(
         "published_split": split_file is not None,
         "not_in_split": len(files) - len(published),
         "dropped_nonfinite": len(nonfinite),
-        "versions": library_versions(),
-        "failed": [],
-        "skipped": [],
-        "import_seconds": round(time.perf_counter() - started, 3),
     }
-    write_zoo(out, shards, table, manifest, task_data=task_data)
-    return Zoo.open(out)
+    return finish_import(out, shards, table, manifest, started, task_data=task_data)
