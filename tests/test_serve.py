@@ -328,11 +328,17 @@ def test_embeddings_are_bounded_and_excess_uploads_get_429(
     from weightspace.serve import ServerSettings
 
     index, _ = ModelIndex.build(tmp_path / "idx", iter_inputs(zoo_files), StandInEmbedder())
+    from weightspace.serve import _Admission
+
     embedder = GatedEmbedder()
     settings = ServerSettings(max_concurrent_embeddings=2, max_queued_uploads=3)
     payload = zoo_files[1].read_bytes()
+    app = create_app(index, embedder, settings=settings)
+    admission = app
+    while not isinstance(admission, _Admission):
+        admission = admission.app
     with (
-        running_server(create_app(index, embedder, settings=settings)) as url,
+        running_server(app) as url,
         ThreadPoolExecutor(5) as pool,
     ):
 
@@ -343,6 +349,10 @@ def test_embeddings_are_bounded_and_excess_uploads_get_429(
         admitted = [pool.submit(post) for _ in range(5)]  # 2 embedding + 3 waiting
         for _ in range(2):
             assert embedder.entered.acquire(timeout=30)
+        deadline = time.monotonic() + 60  # on a loaded machine the 3 waiting uploads arrive late
+        while admission.in_progress < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert admission.in_progress == 5, admission.in_progress
         deadline = time.monotonic() + 10
         with httpx.Client(base_url=url, timeout=30) as http:
             while True:  # the three others are admitted and wait for a slot
