@@ -160,7 +160,12 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> Res
             encoder=config.encoders[0] if config.encoders else None,
         )
         results.save(path)
-    if "runs" in sections:
+    classes = zoo.manifest.get("target") == "class"
+    if "runs" in sections and classes:
+        results.skipped["held-out runs"] = (
+            "the zoo's labels are classes, not accuracies: see the classification section"
+        )
+    elif "runs" in sections:
         runs_section(config, zoo, table, graphs, results, log)
     if "held-out" in sections:
         _held_out_sections(config, table, graphs, results, path, log)
