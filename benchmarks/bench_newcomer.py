@@ -3,14 +3,16 @@ predict → merge, as the command lines they would type.
 
 ``python benchmarks/bench_newcomer.py [--models 100] [--encoder DIR|pretrained:NAME]``
 
-The models are the user's own: small MLPs built with torch, with random weights, saved half as
-``torch.save`` state dicts (``.pt``) and half as plain safetensors, in a temporary directory. Each command runs as a subprocess of
+The models are the user's own: small MLPs and, one in five, small CNNs with global average
+pooling before their head (so no fixed image size), built with torch, with random weights, saved
+half as ``torch.save`` state dicts (``.pt``) and half as plain safetensors, in a temporary
+directory. Each command runs as a subprocess of
 the ``weightspace`` CLI with only paths: ``convert`` is given the architecture once
 (``--activation relu``, which a bare state dict cannot carry), every later command reads it from
 the converted files and uses the default encoder (the bundled ``pretrained:small``) unless
 ``--encoder`` is passed here. ``convert`` takes all the files in one call (``--out-dir``), as a
-user would type it. Seconds are wall-clock, so they move with the machine's load (reported beside them).
-Goal: at most 60 s in all for 100 models.
+user would type it; no CNN needs a flag for its image size. Seconds are wall-clock, so they move
+with the machine's load (reported beside them). Goal: at most 60 s in all for 100 models.
 """
 
 from __future__ import annotations
@@ -35,15 +37,30 @@ GOAL_SECONDS = 60.0
 
 
 def user_models(count: int, seed: int = 0) -> list[tuple[str, nn.Module]]:
-    """``count`` small MLPs of a user's own on 64 inputs (8×8 images, flattened) with 10
-    outputs: widths 16, 32 and 48, one or two hidden layers; named ``mlp-h32-d2-000`` and the
-    like. (CNNs are left out: a CNN whose head follows global pooling converts with
-    ``--activation`` but has no fixed input size, which ``pretrained:small``'s probes need.)"""
+    """``count`` small models of a user's own with 10 outputs. Every fifth (``i % 5 == 4``) is a
+    CNN on one-channel images: two 3×3 convs of 8 or 16 channels, global average pooling, a
+    linear head (``cnn-c8-004``); its weights fix no image size, so the commands probe it on
+    the encoder's trained one-channel image shape (:mod:`weightspace.input_domains`). The
+    rest are MLPs on 64 inputs (8×8 images, flattened): widths 16, 32 and 48, one or two hidden
+    layers (``mlp-h32-d2-000``)."""
     generator = torch.Generator().manual_seed(seed)
     models = []
     for i in range(count):
         width, depth = (16, 32, 48)[(i // 2) % 3], 1 + i % 2
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        if i % 5 == 4:
+            channels = (8, 16)[(i // 5) % 2]
+            cnn = nn.Sequential(
+                nn.Conv2d(1, channels, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(channels, channels, 3, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(channels, 10),
+            )
+            models.append((f"cnn-c{channels}-{i:03d}", cnn))
+            continue
         layers: list[nn.Module] = [nn.Linear(64, width), nn.ReLU()]
         for _ in range(depth - 1):
             layers += [nn.Linear(width, width), nn.ReLU()]

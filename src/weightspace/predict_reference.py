@@ -82,6 +82,19 @@ def _shape_text(shape: Any) -> str:
     return "[" + ", ".join(str(int(s)) for s in shape) + "]"
 
 
+def _seen_shape(shape: Any, seen: list[str]) -> tuple[int, ...]:
+    """``shape``; for a free input size (global pooling) the first seen shape it fits
+    (:func:`weightspace.input_domains.matching_domains`), as the probes assume it."""
+    from weightspace.input_domains import has_free_size, matching_domains
+
+    shape = tuple(int(s) for s in shape)
+    if not has_free_size(shape):
+        return shape
+    keys = ["x".join(part.strip() for part in text.strip("[]").split(",")) for text in seen]
+    found = matching_domains(shape, keys)
+    return tuple(int(s) for s in found[0].split("x")) if found else shape
+
+
 def _listing(values: list[Any], limit: int = 8) -> str:
     shown = [str(v) for v in values[:limit]]
     return ", ".join(shown) + (f", ... ({len(values)} in all)" if len(values) > limit else "")
@@ -174,8 +187,8 @@ class ZooReference:
     ) -> DistributionCheck:
         """Compare a query (its spec, embedding ``z (d,)`` and task if known) with the zoo."""
         reasons = []
-        shape = _shape_text(spec.input_shape)
         domain = self.domain
+        shape = _shape_text(_seen_shape(spec.input_shape, domain["input_shapes"]))
         if shape not in domain["input_shapes"]:
             reasons.append(
                 f"input shape {shape} was never seen in training "

@@ -22,17 +22,15 @@ on a pool of ``max_concurrent_embeddings`` threads; at most ``max_queued_uploads
 one, and further uploads get 429 before their body is read; and a model over the
 parameter, node or edge caps (:class:`weightspace.limits.Limits`) gets 413 before its graph is
 built (parameters are counted from the safetensors header, before any tensor is read). A damaged
-index gets 503 with a JSON body.
+index gets 503 with a JSON body. The checks of an upload are :mod:`weightspace.serve_uploads`, the
+middleware :mod:`weightspace.serve_middleware`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
 import os
-import re
 import shutil
 import struct
 import tempfile
@@ -55,19 +53,9 @@ except ModuleNotFoundError as exc:  # the `serve` extra is not installed
         exc, "serve", feature="the HTTP service (weightspace.serve)"
     ) from None
 
-from weightspace.errors import (
-    CheckpointError,
-    MissingArchitectureError,
-    NonFiniteWeightsError,
-    ShapeMismatchError,
-    SpecError,
-    UnsupportedLayerError,
-    WeightspaceError,
-)
+from weightspace.errors import WeightspaceError
 from weightspace.index import (
     Embedder,
-    IndexBusyError,
-    IndexFormatError,
     LoadedModel,
     ModelIndex,
     ModelLoader,
@@ -77,7 +65,19 @@ from weightspace.index import (
     load_model_file,
     parse_filters,
 )
-from weightspace.limits import Limits, ResourceLimitError, default_limits
+from weightspace.limits import Limits, default_limits
+from weightspace.serve_middleware import UPLOAD_PATHS, Admission, UploadLimit
+from weightspace.serve_uploads import (
+    UploadError,
+    check_declared_graph,
+    check_safetensors_header,
+    declared_parameters,
+    safe_name,
+    status_of,
+)
+
+#: the old private names, for code that imported them from here
+_Admission, _UploadLimit, _UPLOAD_PATHS = Admission, UploadLimit, UPLOAD_PATHS
 
 if TYPE_CHECKING:
     from weightspace.index.postgres import PostgresIndex
@@ -96,7 +96,6 @@ __all__ = [
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 2**20
 _MAX_K = 1000
 _REFRESH_SECONDS = 2.0
-_UPLOAD_PATHS = frozenset({"/search", "/predict"})
 #: The server's default cap on an uploaded model's graph edges. One embedding with the default
 #: encoder configuration holds about 740 bytes per edge at its peak (measured with
 #: benchmarks/bench_serve_memory.py: a 1M-edge MLP raised the server from 0.42 to 1.16 GiB), so
@@ -135,163 +134,6 @@ class ServerSettings:
             raise ValueError("max_concurrent_embeddings must be >= 1, max_queued_uploads >= 0")
 
 
-class UploadError(WeightspaceError):
-    """An upload is not a usable safetensors checkpoint; ``status`` is the HTTP status."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def check_safetensors_header(data: bytes, filename: str) -> None:
-    """Raise :class:`UploadError` unless ``data`` starts like a safetensors file.
-
-    A safetensors file is an 8-byte little-endian header length ``n``, then ``n`` bytes of JSON
-    describing the tensors, then their raw bytes. Pickles and zip archives (``torch.save``) are
-    named as such, so the client knows to convert them. A header length can itself begin with
-    pickle's or zip's magic bytes (640 is ``80 02 00 ..``), so the magic only counts when the
-    bytes after it are no safetensors header.
-    """
-    looks_like_pickle = data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
-    if (looks_like_pickle or data[:2] == b"PK") and not _has_json_header(data):
-        raise UploadError(
-            f"{filename}: looks like a torch.save/pickle file; only safetensors is accepted over "
-            f"HTTP (convert with safetensors.torch.save_file)",
-            415,
-        )
-    if len(data) < 10:
-        raise UploadError(f"{filename}: {len(data)} bytes is too short for a safetensors file")
-    (header_length,) = struct.unpack("<Q", data[:8])
-    if header_length < 2 or 8 + header_length > len(data):
-        raise UploadError(
-            f"{filename}: not a safetensors file (header length {header_length} does not fit in "
-            f"{len(data)} bytes; truncated or another format)"
-        )
-    header = data[8 : 8 + header_length]
-    if not header.lstrip().startswith(b"{"):
-        raise UploadError(f"{filename}: not a safetensors file (its header is not JSON)")
-    try:
-        json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UploadError(f"{filename}: corrupted safetensors header ({exc})") from None
-
-
-def _has_json_header(data: bytes) -> bool:
-    if len(data) < 10:
-        return False
-    (length,) = struct.unpack("<Q", data[:8])
-    return 2 <= length and 8 + length <= len(data) and data[8:9] == b"{"
-
-
-def declared_parameters(header: bytes) -> int:
-    """Parameters a safetensors header declares: the sum over tensors of the product of their
-    shapes, read before any tensor is (``__metadata__`` skipped; malformed entries count 0)."""
-    try:
-        entries = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return 0
-    total = 0
-    for name, entry in entries.items() if isinstance(entries, dict) else ():
-        shape = entry.get("shape") if isinstance(entry, dict) and name != "__metadata__" else None
-        if isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape):
-            total += math.prod(shape)
-    return total
-
-
-def _check_declared_graph(filename: str, spec: str | None, header: bytes, limits: Limits) -> None:
-    """Refuse (413) a model whose declared architecture (the ``spec`` field, else the spec in
-    the safetensors metadata) exceeds the node or edge caps, before any tensor is read. An
-    unreadable spec is left to the loader, which names the problem."""
-    from weightspace.graph import check_graph_size
-    from weightspace.ingest import SPEC_METADATA_KEY
-    from weightspace.spec import NetworkSpec
-
-    text = spec
-    if text is None:
-        try:
-            metadata = json.loads(header).get("__metadata__") or {}
-            text = metadata.get(SPEC_METADATA_KEY) if isinstance(metadata, dict) else None
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            return
-    if not isinstance(text, str):
-        return
-    try:
-        declared = NetworkSpec.from_json(text)
-    except (WeightspaceError, ValueError, TypeError, KeyError):
-        return
-    try:
-        check_graph_size(declared, source=filename, limits=limits)
-    except ResourceLimitError:
-        raise
-    except (WeightspaceError, ValueError, TypeError, KeyError):
-        return
-
-
-def _status_of(exc: WeightspaceError) -> int:
-    if isinstance(exc, UploadError):
-        return exc.status
-    if isinstance(exc, ResourceLimitError):
-        return 413
-    if isinstance(exc, IndexBusyError):
-        return 503
-    if isinstance(exc, IndexFormatError):
-        return 503
-    if isinstance(exc, CheckpointError):
-        return 400
-    if isinstance(
-        exc,
-        MissingArchitectureError
-        | UnsupportedLayerError
-        | SpecError
-        | ShapeMismatchError
-        | NonFiniteWeightsError,
-    ):
-        return 422
-    return 400
-
-
-def _safe_name(filename: str | None) -> str:
-    name = Path(filename or "upload.safetensors").name
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:100] or "upload.safetensors"
-
-
-class _UploadLimit:
-    """ASGI middleware refusing bodies over ``max_bytes`` with 413, streamed ones included."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _message(self) -> str:
-        return (
-            f"upload too large: the limit is {self.max_bytes} bytes "
-            f"({self.max_bytes / 2**20:.1f} MiB); start the server with a larger --max-upload-mb"
-        )
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await JSONResponse({"detail": self._message()}, status_code=413)(scope, receive, send)
-            return
-        received = 0
-
-        async def limited_receive() -> Any:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    # FastAPI re-raises an HTTPException from body parsing as is
-                    raise HTTPException(status_code=413, detail=self._message())
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
 @dataclass(frozen=True)
 class _Embedded:
     """What an embedding thread hands back for one upload."""
@@ -301,36 +143,6 @@ class _Embedded:
     content_hash: str
     vector: np.ndarray  # (1, dim), unit norm
     predicted_accuracy: float | None
-
-
-class _Admission:
-    """ASGI middleware answering 429 to uploads beyond ``capacity`` in progress, before their
-    body is read (so waiting uploads cost neither memory nor disk)."""
-
-    def __init__(self, app: Any, capacity: int) -> None:
-        self.app = app
-        self.capacity = capacity
-        self.in_progress = 0  # only touched on the event loop thread
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path") not in _UPLOAD_PATHS:
-            await self.app(scope, receive, send)
-            return
-        if self.in_progress >= self.capacity:
-            detail = (
-                f"server busy: {self.in_progress} uploads are being embedded or waiting; "
-                f"retry later"
-            )
-            response = JSONResponse(
-                {"detail": detail}, status_code=429, headers={"Retry-After": "1"}
-            )
-            await response(scope, receive, send)
-            return
-        self.in_progress += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_progress -= 1
 
 
 def create_app(
@@ -390,7 +202,7 @@ def create_app(
 
     @application.exception_handler(WeightspaceError)
     async def _user_error(_request: Request, exc: WeightspaceError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=_status_of(exc))
+        return JSONResponse({"detail": str(exc)}, status_code=status_of(exc))
 
     @application.exception_handler(Exception)
     async def _server_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -411,7 +223,7 @@ def create_app(
             refresh_lock.release()
 
     def load_upload(file: UploadFile, spec: str | None) -> LoadedModel:
-        filename = _safe_name(file.filename)
+        filename = safe_name(file.filename)
         head = file.file.read(8)
         if len(head) == 8:  # the header, then its declared parameter count, before any tensor
             (length,) = struct.unpack("<Q", head)
@@ -422,7 +234,7 @@ def create_app(
             spec = None
         if spec is not None and not spec.lstrip().startswith("{"):
             raise UploadError(f"{filename}: the 'spec' field must be a NetworkSpec JSON object")
-        _check_declared_graph(filename, spec, head[8:], limits)
+        check_declared_graph(filename, spec, head[8:], limits)
         with tempfile.TemporaryDirectory(prefix="weightspace-upload-") as folder:
             path = Path(folder) / (Path(filename).stem + ".safetensors")
             with open(path, "wb") as target:  # copied in chunks: the body is never held whole
@@ -432,7 +244,7 @@ def create_app(
                 loaded = loader(path, spec)
             except WeightspaceError as exc:
                 message = str(exc).replace(str(path), filename).replace(folder, "")
-                raise UploadError(message, _status_of(exc)) from None
+                raise UploadError(message, status_of(exc)) from None
             except Exception as exc:  # a file the loader could not parse at all
                 raise UploadError(f"{filename}: cannot read the checkpoint ({exc})") from None
         return dataclasses.replace(loaded, path=filename, metrics={})
@@ -564,4 +376,4 @@ def create_app(
 
     application.router.on_shutdown.append(lambda: embedding_pool.shutdown(wait=False))
     capacity = settings.max_concurrent_embeddings + settings.max_queued_uploads
-    return _UploadLimit(_Admission(application, capacity), max_upload_bytes)
+    return UploadLimit(Admission(application, capacity), max_upload_bytes)

@@ -42,6 +42,7 @@ __all__ = [
     "iter_models",
     "as_loaded_model",
     "with_stored_specs",
+    "checkpoint_files_in",
     "StoredSpecLookup",
 ]
 
@@ -219,7 +220,7 @@ def iter_inputs(
         if path.is_dir() and is_zoo(path):
             yield from iter_zoo(path)
         elif path.is_dir():
-            files = sorted(p for p in _walk_files(path) if p.suffix in CHECKPOINT_SUFFIXES)
+            files = checkpoint_files_in(path)
             if not files:
                 raise CheckpointError(
                     path,
@@ -244,6 +245,15 @@ def _resolve_input(path: Path) -> Path:
         problem = "symlink loop" if "loop" in str(exc).lower() else exc.strerror or str(exc)
         raise CheckpointError(path, problem) from None
     return resolved
+
+
+def checkpoint_files_in(directory: Path) -> list[Path]:
+    """The checkpoint files under ``directory`` (suffixes in
+    :data:`weightspace.checkpoint_files.CHECKPOINT_SUFFIXES`), sorted; no directory symlink is
+    followed."""
+    from weightspace.checkpoint_files import CHECKPOINT_SUFFIXES
+
+    return sorted(p for p in _walk_files(directory) if p.suffix in CHECKPOINT_SUFFIXES)
 
 
 def _walk_files(directory: Path) -> Iterator[Path]:

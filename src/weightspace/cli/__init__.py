@@ -20,7 +20,18 @@ __all__ = ["app", "main"]
 #: command modules: each imports only Typer and its option types at module level and defers
 #: the implementation (torch, PyG, FAISS, ...) to the command body, so ``--help`` and
 #: ``--version`` never load torch
-_COMMAND_MODULES = ("inspect", "convert", "zoo", "train", "index", "bench", "predict", "synth")
+_COMMAND_MODULES = (
+    "inspect",
+    "convert",
+    "zoo",
+    "train",
+    "index",
+    "search",
+    "bench",
+    "predict",
+    "merge",
+    "synth",
+)
 
 #: command (or command group) name → the module that registers it, so ``weightspace NAME ...``
 #: builds only that module's commands; a name missing here falls back to registering them all
@@ -32,11 +43,11 @@ _COMMAND_OWNERS: dict[str, str] = {
     "train": "train",
     "embed": "train",
     "index": "index",
-    "search": "index",
-    "serve": "index",
+    "search": "search",
+    "serve": "search",
     "bench": "bench",
     "predict": "predict",
-    "merge": "synth",
+    "merge": "merge",
     "sample": "synth",
     "train-decoder": "synth",
 }

@@ -88,6 +88,7 @@ def convert(
         _convert_one(files[0], out, kwargs, overwrite=overwrite)
         return
     assert out_dir is not None
+    files = _without_twins(files)
     targets = output_paths(files, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = SkipLog(enabled=True)
@@ -107,6 +108,18 @@ def convert(
             f"the other {done} were written"
         )
     typer.echo(f"converted {done} of {len(files)} files into {out_dir}")
+
+
+def _without_twins(files: list[Path]) -> list[Path]:
+    """``files`` with later twins of the same weights left out (said on stderr): ``a.pt`` and
+    ``a.safetensors`` would both be written to ``DIR/a.safetensors``. Twins whose weights differ
+    stay, and :func:`output_paths` refuses them."""
+    from weightspace.twins import find_twins, report_twins
+
+    groups = [group for group in find_twins(files) if group.same]
+    report_twins(groups, lambda group: f"converted once, from {group.files[0]}")
+    dropped = {file for group in groups for file in group.files[1:]}
+    return [file for file in files if file not in dropped]
 
 
 def output_paths(files: list[Path], out_dir: Path) -> list[Path]:

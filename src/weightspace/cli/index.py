@@ -1,4 +1,5 @@
-"""``weightspace index build|add|info|repair``, ``weightspace search`` and ``weightspace serve``.
+"""``weightspace index build|add|info|repair`` (``search`` and ``serve`` are
+:mod:`weightspace.cli.search`).
 
 Without ``--encoder``, ``index build`` uses the bundled ``pretrained:small``; the other commands
 load the encoder directory the index records (never code an index names) and check its
@@ -10,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -28,6 +29,7 @@ from weightspace.cli.skipping import SkipErrors, SkipLog
 if TYPE_CHECKING:  # the index loads on first use, so `weightspace --help` stays fast
     from weightspace.index import AddReport, Embedder, ModelIndex, ModelLoader, ProgressCallback
     from weightspace.index.postgres import PostgresIndex
+    from weightspace.twins import TwinGroup
 
 index_app = typer.Typer(
     help="Build and extend a persistent vector index of checkpoints (FAISS + SQLite).",
@@ -51,14 +53,48 @@ Schema = Annotated[
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Models embedded at once.")]
 
 
-def _loader(
+def checkpoint_loader(
     activation: str | None, spec: Path | None, model: str | None, allow: bool
 ) -> ModelLoader:
+    """The loader of checkpoint files for these architecture options (finite weights needed:
+    they will be embedded)."""
     from weightspace.index import load_model_file
 
     return functools.partial(
         load_model_file, **architecture_kwargs(activation, spec, model, allow, "embedding")
     )
+
+
+def domain_checked(loader: ModelLoader, embedder: Embedder) -> ModelLoader:
+    """``loader``, refusing (naming the file) a model of free input size that the encoder's
+    probes cannot take and saying once which trained input shape it is probed on
+    (:mod:`weightspace.input_domains`)."""
+    from weightspace.input_domains import cli_warning, with_input_domains
+
+    return with_input_domains(loader, embedder, say=cli_warning)
+
+
+def _twins(inputs: list[Path]) -> list[TwinGroup]:
+    """The ``.pt``/``.safetensors`` twins among the files ``inputs`` name."""
+    from weightspace.twins import checkpoint_files_of, find_twins
+
+    return find_twins(checkpoint_files_of(inputs))
+
+
+def _report_twins(groups: list[TwinGroup], report: AddReport) -> None:
+    """Name each twin group and what the index did with it: a later twin whose content hash
+    (spec and tensors) was stored already counts as already stored."""
+    from weightspace.twins import report_twins
+
+    stored = {str(Path(path)): existing for path, existing in report.duplicates}
+
+    def consequence(group: TwinGroup) -> str:
+        kept = [str(f.resolve()) for f in group.files if str(f.resolve()) in stored]
+        if kept:
+            return f"stored once (id {stored[kept[0]]}; {len(kept)} counted as already stored)"
+        return "each stored (their architectures or weights differ)"
+
+    report_twins(groups, consequence)
 
 
 def _progress_printer() -> ProgressCallback:
@@ -77,7 +113,7 @@ def _progress_printer() -> ProgressCallback:
     return report
 
 
-def _open_index(text: str, schema: str = "weightspace") -> ModelIndex | PostgresIndex:
+def open_index(text: str, schema: str = "weightspace") -> ModelIndex | PostgresIndex:
     """The index at ``text``: a PostgreSQL DSN (pgvector backend) or an index directory."""
     if "://" in text:
         from weightspace.index.postgres import PostgresIndex
@@ -198,8 +234,11 @@ def build(
     # again each time
     encoder_ref = recordable_encoder(encoder)
     skips = SkipLog(skip_errors)
-    loader = skips.loader(_loader(activation, spec, model, allow_nonfinite))
+    loader = skips.loader(
+        domain_checked(checkpoint_loader(activation, spec, model, allow_nonfinite), embedder)
+    )
     models = skips.nonempty(skips.models(inputs, lambda p: iter_inputs(p, loader=loader)))
+    twins = _twins(inputs)
     if dsn is not None:
         from weightspace.index.postgres import PostgresIndex
 
@@ -214,6 +253,7 @@ def build(
             on_progress=_progress_printer(),
         )
         skips.report()
+        _report_twins(twins, report)
         typer.echo(_summary(pg_index, report))
         return
     assert out is not None
@@ -229,6 +269,7 @@ def build(
         on_progress=_progress_printer(),
     )
     skips.report()
+    _report_twins(twins, report)
     typer.echo(_summary(index, report))
 
 
@@ -255,13 +296,16 @@ def add(
     index has read before are read again with the architecture it stored for them."""
     from weightspace.index import iter_inputs
 
-    index = _open_index(index_path, schema)
-    embedder = _index_embedder(index, encoder)
+    index = open_index(index_path, schema)
+    embedder = index_embedder(index, encoder)
     skips = SkipLog(skip_errors)
-    loader = skips.loader(index.file_loader(_loader(activation, spec, model, allow_nonfinite)))
+    base = index.file_loader(checkpoint_loader(activation, spec, model, allow_nonfinite))
+    loader = skips.loader(domain_checked(base, embedder))
     models = skips.nonempty(skips.models(inputs, lambda p: iter_inputs(p, loader=loader)))
+    twins = _twins(inputs)
     report = index.add(models, embedder, batch_size=batch_size, on_progress=_progress_printer())
     skips.report()
+    _report_twins(twins, report)
     typer.echo(_summary(index, report))
 
 
@@ -283,7 +327,7 @@ def info(
     from weightspace.index import ModelIndex
     from weightspace.index.integrity import verify_index
 
-    index = _open_index(index_path, schema)  # quick checks: catalog counts, vector checksum
+    index = open_index(index_path, schema)  # quick checks: catalog counts, vector checksum
     if not isinstance(index, ModelIndex):  # pgvector: PostgreSQL keeps its own pages whole
         if verify:
             raise typer.BadParameter("--verify checks the FAISS + SQLite files; not for pgvector")
@@ -329,7 +373,7 @@ def repair(
     )
 
 
-def _index_embedder(index: ModelIndex | PostgresIndex, encoder: str | None) -> Embedder:
+def index_embedder(index: ModelIndex | PostgresIndex, encoder: str | None) -> Embedder:
     """``--encoder`` if given (a directory or an importable 'module:attr' the user typed), else
     the encoder directory the index records; checked against the index's fingerprint."""
     from weightspace.index import load_embedder
@@ -339,139 +383,3 @@ def _index_embedder(index: ModelIndex | PostgresIndex, encoder: str | None) -> E
     embedder = load_embedder(encoder)
     index.check_embedder(embedder)
     return embedder
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-@app.command()
-def search(
-    index_path: IndexPath,
-    query: Annotated[Path, typer.Argument(help="The query checkpoint file.")],
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours to return.")] = 10,
-    filters: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--filter",
-            help="Keep only models whose metadata has key=value (task=digits, epoch=10, "
-            "path=..., arch_summary=...); repeatable.",
-        ),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    encoder: Annotated[
-        str | None,
-        typer.Option(
-            "--encoder",
-            help="Override the encoder recorded in the index (a directory or pretrained:NAME).",
-        ),
-    ] = None,
-    activation: Activation = None,
-    spec: SpecFile = None,
-    model: ModelFactory = None,
-    allow_nonfinite: AllowNonfinite = False,
-    schema: Schema = "weightspace",
-) -> None:
-    """The stored models nearest to a checkpoint, with cosine score and metadata. A plain state
-    dict the index has read before needs no architecture flags: its stored spec is used."""
-    index = _open_index(index_path, schema)
-    embedder = _index_embedder(index, encoder)
-    loaded = index.file_loader(_loader(activation, spec, model, allow_nonfinite))(query, None)
-    [hits] = index.search_models([loaded], embedder, k=k, filters=filters)
-    if as_json:
-        typer.echo(json.dumps([hit.to_dict() for hit in hits], indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    metric_keys = ["task", "run", "epoch", "test_accuracy"]
-    shown = [key for key in metric_keys if any(key in hit.record.metrics for hit in hits)]
-    table = Table(title=f"{len(hits)} nearest of {len(index)} models to {query}")
-    for column in ["rank", "score", "id", "path", "arch", *shown]:
-        table.add_column(column, justify="right" if column in ("rank", "score", "id") else "left")
-    for hit in hits:
-        record = hit.record
-        table.add_row(
-            str(hit.rank),
-            f"{hit.score:.4f}",
-            str(record.id),
-            record.path,
-            record.spec_summary,
-            *(_cell(record.metrics.get(key)) for key in shown),
-        )
-    Console(width=200).print(table)
-
-
-@app.command()
-def serve(
-    index_path: IndexPath,
-    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
-    encoder: Annotated[
-        str | None,
-        typer.Option(
-            "--encoder",
-            help="Override the encoder recorded in the index (a directory or pretrained:NAME).",
-        ),
-    ] = None,
-    max_upload_mb: Annotated[
-        float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload.")
-    ] = 64.0,
-    max_concurrent_embeddings: Annotated[
-        int,
-        typer.Option(
-            "--max-concurrent-embeddings",
-            min=1,
-            help="Uploads loaded and embedded at once; peak memory grows with it.",
-        ),
-    ] = 2,
-    max_queued_uploads: Annotated[
-        int,
-        typer.Option(
-            "--max-queued-uploads",
-            min=0,
-            help="Uploads waiting for an embedding slot; more get 429 before being read.",
-        ),
-    ] = 32,
-    max_params: Annotated[
-        int | None,
-        typer.Option("--max-params", min=0, help="Parameters per uploaded model (0: no cap)."),
-    ] = None,
-    max_nodes: Annotated[
-        int | None,
-        typer.Option("--max-nodes", min=0, help="Neural-graph nodes per uploaded model."),
-    ] = None,
-    max_edges: Annotated[
-        int | None,
-        typer.Option(
-            "--max-edges", min=0, help="Neural-graph edges per uploaded model (default 2M)."
-        ),
-    ] = None,
-    schema: Schema = "weightspace",
-) -> None:
-    """Serve the index over HTTP: POST /search, POST /predict, GET /models/{id}, GET /health;
-    OpenAPI docs at /docs. Caps default to weightspace.limits (WEIGHTSPACE_MAX_* variables),
-    edges to 2M (about 1.5 GB per embedding with the default encoder)."""
-    from weightspace.extras import require_extra
-
-    require_extra("serve", feature="weightspace serve")
-    import uvicorn
-
-    from weightspace.serve import ServerSettings, create_app, server_limits
-
-    index = _open_index(index_path, schema)
-    embedder = _index_embedder(index, encoder)
-    settings = ServerSettings(
-        max_upload_bytes=int(max_upload_mb * 2**20),
-        max_concurrent_embeddings=max_concurrent_embeddings,
-        max_queued_uploads=max_queued_uploads,
-        limits=server_limits().with_overrides(
-            max_params=max_params, max_nodes=max_nodes, max_edges=max_edges
-        ),
-    )
-    application = create_app(index, embedder, settings=settings)
-    uvicorn.run(application, host=host, port=port, log_level="warning")

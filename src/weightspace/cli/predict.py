@@ -74,9 +74,11 @@ def predict(
     ] = False,
 ) -> None:
     """See ``_HELP``."""
+    from weightspace.input_domains import cli_warning, with_input_domains
     from weightspace.predict import Predictor
     from weightspace.predict_reference import checkpoint_task
     from weightspace.sources import iter_inputs, load_model_file
+    from weightspace.twins import each_read, report_input_twins
 
     encoder = str(encoder_or_default(encoder, "predict"))
     predictor = Predictor(encoder, head=head, k=k, coverage=coverage, device=device)
@@ -85,6 +87,8 @@ def predict(
 
     def load(path: Path, spec_json: str | None = None) -> Any:
         return load_model_file(path, spec_json, **kwargs)
+
+    load = with_input_domains(load, predictor.encoder, say=cli_warning)
 
     loaded = list(skips.models(inputs, lambda paths: iter_inputs(paths, loader=skips.loader(load))))
 
@@ -95,6 +99,7 @@ def predict(
         return result
 
     results = skips.each(loaded, one, lambda item: item.path)
+    report_input_twins(inputs, each_read("predicted"))
     skips.finish(done=len(results))
     single = len(inputs) == 1 and len(results) == 1 and Path(inputs[0]).is_file()
     if as_json:

@@ -262,6 +262,12 @@ def embed(
         inputs, architecture_kwargs(activation, spec, model, allow_nonfinite, "embedding"), skips
     )
     skips.finish(done=len(models))  # lists what was skipped; fails here if nothing is left
+    from weightspace.input_domains import check_input_domains, cli_warning
+    from weightspace.twins import each_read, report_input_twins
+
+    report_input_twins(inputs, each_read("embedded"))  # .pt/.safetensors twins, named
+    specs, sources = [m[0] for m in models], [r["source"] for r in rows]
+    check_input_domains(specs, sources, model_encoder, say=cli_warning)  # free input sizes
     embeddings = model_encoder.embed(models, batch_size=batch_size, device=device, compile=compile)
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":

@@ -50,7 +50,8 @@ import pandas as pd
 import torch
 
 from weightspace.errors import WeightspaceError
-from weightspace.synthesis.common import SynthesisError, pyplot, save_figure
+from weightspace.synthesis.common import SynthesisError
+from weightspace.synthesis.figures import plot_reconstructions, plot_sampling
 
 __all__ = [
     "SynthesisGroup",
@@ -600,56 +601,6 @@ def summary_row(entry: Mapping[str, Any]) -> dict[str, Any]:
         }
     )
     return row
-
-
-def plot_sampling(frames: Mapping[str, Mapping[str, pd.DataFrame]], path: str | Path) -> Path:
-    """Accuracy vs novelty per task: the samples, the noise baseline's curve, the zoo's level."""
-    plt = pyplot()
-
-    tasks = [t for t in frames if not frames[t]["sampling"].empty]
-    if not tasks:
-        raise SynthesisError("no samples to plot")
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.3), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        per_sample, curve = frames[task]["sampling"], frames[task]["noise_curve"]
-        ax.scatter(per_sample["novelty"], per_sample["accuracy"], s=8, alpha=0.6, label="samples")
-        if not curve.empty:
-            curve = curve.sort_values("novelty")
-            ax.plot(curve["novelty"], curve["accuracy"], "k--", marker="x", label="zoo + noise")
-        ax.set_title(task, fontsize=9)
-        ax.set_xlabel("novelty (1 − agreement with nearest zoo model)")
-        ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def plot_reconstructions(
-    frames: Mapping[str, Mapping[str, pd.DataFrame]], path: str | Path
-) -> Path:
-    """Decoded vs original test accuracy of held-out models, one colour per task."""
-    plt = pyplot()
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for task, frame in frames.items():
-        recon = frame["reconstruction"]
-        if recon.empty:
-            continue
-        axes[0].scatter(recon["accuracy"], recon["decoded_accuracy"], s=10, label=task)
-        axes[1].scatter(recon["agreement_cross"], recon["agreement"], s=10, label=task)
-    for ax in axes:
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
-        ax.grid(alpha=0.3)
-    axes[0].set_xlabel("original test accuracy")
-    axes[0].set_ylabel("reconstruction's test accuracy")
-    axes[0].set_title("held-out reconstructions", fontsize=9)
-    axes[1].set_xlabel("agreement of another model's reconstruction with the original")
-    axes[1].set_ylabel("agreement of own reconstruction")
-    axes[1].set_title("faithfulness (above the diagonal: faithful)", fontsize=9)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, path)
 
 
 def run_section(

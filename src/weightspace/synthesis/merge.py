@@ -30,24 +30,34 @@ data-using baseline outside this registry (it needs the task's data):
 Every method returns a :class:`MergeResult` (spec, state dict, notes); :func:`merge` and
 :func:`merge_models` check the inputs (same architecture, same task when known, ``alpha`` in
 ``[0, 1]``, weights finite and non-negative) before dispatching. New methods register with
-:func:`register_merge_method`.
+:func:`register_merge_method` (:mod:`weightspace.synthesis.merge_registry`; the built-in ones
+are :mod:`weightspace.synthesis.merge_methods`).
 
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
 from weightspace.spec import NetworkSpec
-from weightspace.synthesis.common import StateDict, SynthesisError, check_alpha, check_mergeable
+from weightspace.synthesis import merge_methods  # noqa: F401  (registers the built-in methods)
+from weightspace.synthesis.common import SynthesisError, check_alpha, check_mergeable
 from weightspace.synthesis.ensemble_network import ensemble, ensemble_spec
-from weightspace.synthesis.rebasin import align, interpolate, rebasin_interpolate
+from weightspace.synthesis.merge_registry import (
+    DEFAULT_METHOD,
+    FALLBACK_METHOD,
+    MERGE_METHODS,
+    MergeMethod,
+    MergeResult,
+    choose_merge_method,
+    get_merge_method,
+    list_merge_methods,
+    register_merge_method,
+)
 
 if TYPE_CHECKING:
     from weightspace.synthesis.decoder import Synthesizer
@@ -67,123 +77,6 @@ __all__ = [
     "merge_models",
     "register_merge_method",
 ]
-
-#: The method ``weightspace merge`` uses when none is named.
-DEFAULT_METHOD = "embedding"
-#: What the default falls back to without a decoder: data-free and needs nothing but weights.
-FALLBACK_METHOD = "rebasin"
-
-
-@dataclass
-class MergeResult:
-    """A merged model.
-
-    Attributes:
-        spec: its architecture (the inputs' spec, or a wider ensemble spec).
-        state_dict: its tensors.
-        info: method-specific notes (JSON-able), written into the checkpoint metadata.
-    """
-
-    spec: NetworkSpec
-    state_dict: StateDict
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-MergeFunction = Callable[..., MergeResult]
-
-
-@dataclass(frozen=True)
-class MergeMethod:
-    """A registered merge method.
-
-    Attributes:
-        name: registry name (``--method``).
-        description: one line for ``--help`` and error messages.
-        function: ``(spec, states, weights, *, synthesizer, seed, specs, target_spec) ->
-            MergeResult`` for ``K >= 2`` state dicts of ``spec`` (``specs``: each model's own
-            spec, which differ only with ``target_spec``) and ``K`` weights; with two models,
-            ``weights == (1 - alpha, alpha)`` exactly.
-        needs_synthesizer: whether it needs an encoder with a trained decoder.
-        same_spec: whether the result has the inputs' spec (a drop-in replacement).
-        uses_data: whether the method (or a model it relies on, such as the decoder) was fitted
-            on task data; the bench reports data-free and data-using methods apart.
-    """
-
-    name: str
-    description: str
-    function: MergeFunction
-    needs_synthesizer: bool = False
-    same_spec: bool = True
-    uses_data: bool = False
-
-
-MERGE_METHODS: dict[str, MergeMethod] = {}
-
-
-def register_merge_method(
-    name: str,
-    description: str,
-    *,
-    needs_synthesizer: bool = False,
-    same_spec: bool = True,
-    uses_data: bool = False,
-) -> Callable[[MergeFunction], MergeFunction]:
-    """Decorator registering a merge function under ``name`` (see :class:`MergeMethod`)."""
-
-    def decorator(function: MergeFunction) -> MergeFunction:
-        MERGE_METHODS[name] = MergeMethod(
-            name, description, function, needs_synthesizer, same_spec, uses_data
-        )
-        return function
-
-    return decorator
-
-
-def list_merge_methods() -> list[str]:
-    """Names of the registered merge methods."""
-    return list(MERGE_METHODS)
-
-
-def get_merge_method(name: str) -> MergeMethod:
-    """The method called ``name``; an unknown name raises listing the valid ones."""
-    if name not in MERGE_METHODS:
-        raise SynthesisError(
-            f"unknown merge method {name!r}; valid: {', '.join(list_merge_methods())}"
-        )
-    return MERGE_METHODS[name]
-
-
-def choose_merge_method(method: str | None, has_decoder: bool) -> tuple[str, str | None]:
-    """The method to run, and a note to show once when the default had to fall back.
-
-    Args:
-        method: the method asked for, or ``None`` for :data:`DEFAULT_METHOD`.
-        has_decoder: whether an encoder directory with a trained decoder was given.
-
-    Returns:
-        ``(name, note)``: ``note`` is ``None`` unless no method was named and the default needs
-        a decoder that is missing; then ``name`` is :data:`FALLBACK_METHOD`.
-
-    Raises:
-        SynthesisError: an unknown method (listing the valid ones), or a method that was named
-            explicitly and needs the missing decoder (saying what it needs), before any work.
-    """
-    if method is None:
-        if get_merge_method(DEFAULT_METHOD).needs_synthesizer and not has_decoder:
-            return FALLBACK_METHOD, (
-                f"no encoder with a trained decoder given: merging by weight matching "
-                f"(--method {FALLBACK_METHOD}); for embedding merges pass --encoder DIR with a "
-                "decoder (`weightspace train-decoder`)"
-            )
-        return DEFAULT_METHOD, None
-    chosen = get_merge_method(method)
-    if chosen.needs_synthesizer and not has_decoder:
-        raise SynthesisError(
-            f"merge method {method!r} needs an encoder directory with a trained decoder "
-            "(--encoder DIR; train one with `weightspace train-decoder`); without one use "
-            f"--method {FALLBACK_METHOD}, average or ensemble"
-        )
-    return method, None
 
 
 def check_weights(
@@ -354,86 +247,3 @@ def _run(
     if len(specs) > 2:
         result.info.setdefault("weights", weights)
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# registered methods
-# ---------------------------------------------------------------------------------------------
-def _weighted_average(
-    spec: NetworkSpec, states: list[StateDict], weights: list[float]
-) -> StateDict:
-    r""":math:`\sum_m w_m \theta_m`; for two models with :math:`w_1 + w_2 = 1`, exactly
-    :func:`~weightspace.synthesis.rebasin.interpolate` at :math:`\alpha = w_2` (so 0 and 1
-    return the endpoints bit for bit)."""
-    if len(states) == 2 and math.isclose(weights[0] + weights[1], 1.0, abs_tol=1e-12):
-        return interpolate(spec, states[0], states[1], weights[1])
-    ref = states[0]
-    return {
-        key: sum(w * s[key].to(ref[key]) for w, s in zip(weights, states, strict=True))
-        for key in spec.param_shapes()
-    }
-
-
-@register_merge_method("average", "naive weight averaging Σ w_m·θ_m ((1-α)·θ_A + α·θ_B)")
-def _merge_average(
-    spec: NetworkSpec, states: list[StateDict], weights: list[float], **_: Any
-) -> MergeResult:
-    return MergeResult(spec, _weighted_average(spec, states, weights))
-
-
-@register_merge_method(
-    "rebasin",
-    "weight matching (Git Re-Basin, tanh signs and ReLU scales aligned too) of every model onto "
-    "the first, then averaging",
-)
-def _merge_rebasin(
-    spec: NetworkSpec,
-    states: list[StateDict],
-    weights: list[float],
-    *,
-    seed: int = 0,
-    **_: Any,
-) -> MergeResult:
-    if len(states) == 2 and math.isclose(weights[0] + weights[1], 1.0, abs_tol=1e-12):
-        merged = rebasin_interpolate(spec, states[0], states[1], weights[1], seed=seed)
-        return MergeResult(spec, merged)
-    aligned = [states[0], *(align(spec, states[0], s, seed=seed) for s in states[1:])]
-    return MergeResult(spec, _weighted_average(spec, aligned, weights))
-
-
-@register_merge_method(
-    "ensemble",
-    "output ensembling Σ w_m·f_m ((1-α)·f_A + α·f_B) as one wider network (an ensemble spec)",
-    same_spec=False,
-)
-def _merge_ensemble(
-    spec: NetworkSpec, states: list[StateDict], weights: list[float], **_: Any
-) -> MergeResult:
-    return ensemble(spec, states, weights)
-
-
-@register_merge_method(
-    "embedding",
-    "average the encoder's embeddings and decode (needs a trained decoder)",
-    needs_synthesizer=True,
-    uses_data=True,  # the decoder is trained on task data
-)
-def _merge_embedding(
-    spec: NetworkSpec,
-    states: list[StateDict],
-    weights: list[float],
-    *,
-    synthesizer: Synthesizer,
-    specs: list[NetworkSpec] | None = None,
-    target_spec: NetworkSpec | None = None,
-    **_: Any,
-) -> MergeResult:
-    target = target_spec or spec
-    specs = specs or [spec] * len(states)
-    z = synthesizer.embed(list(zip(specs, states, strict=True)))  # (K, d)
-    if len(states) == 2 and math.isclose(weights[0] + weights[1], 1.0, abs_tol=1e-12):
-        mid = torch.lerp(z[0], z[1], weights[1]).unsqueeze(0)  # (1, d)
-    else:
-        mid = (torch.tensor(weights, dtype=z.dtype).unsqueeze(1) * z).sum(0, keepdim=True)
-    (state,) = synthesizer.decode(mid, target)
-    return MergeResult(target, state, {"decoder": synthesizer.decoder.fingerprint[:16]})
