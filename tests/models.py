@@ -20,11 +20,13 @@ from weightspace.spec import ACTIVATIONS, NetworkSpec, Op, mlp_spec
 
 __all__ = [
     "ACTIVATIONS",
+    "ACTIVATION_MODULES",
     "ARCHITECTURES",
     "build",
     "make_state_dict",
     "make_inputs",
     "make_model",
+    "small_encoder_config",
     "tiny_encoder",
     "torch_mlp",
     "torch_residual_cnn",
@@ -234,7 +236,7 @@ def make_model(
 # ---------------------------------------------------------------------------------------------
 # real nn.Modules (traced by weightspace.ingest.from_module), BatchNorm with non-trivial statistics
 # ---------------------------------------------------------------------------------------------
-_ACTIVATION_MODULES: dict[str, Callable[[], nn.Module]] = {
+ACTIVATION_MODULES: dict[str, Callable[[], nn.Module]] = {
     "identity": nn.Identity,
     "relu": nn.ReLU,
     "leaky_relu": lambda: nn.LeakyReLU(0.2),
@@ -264,9 +266,9 @@ def torch_mlp(act: str, seed: int = 1) -> nn.Module:
         module = nn.Sequential(
             nn.Linear(6, 8),
             nn.BatchNorm1d(8),
-            _ACTIVATION_MODULES[act](),
+            ACTIVATION_MODULES[act](),
             nn.Linear(8, 7),
-            _ACTIVATION_MODULES[act](),
+            ACTIVATION_MODULES[act](),
             nn.Dropout(0.1),
             nn.Linear(7, 3),
         )
@@ -285,7 +287,7 @@ class TorchResidualCNN(nn.Module):
         self.stem_norm = norm(4)
         self.conv = conv(4, 4, 3, padding=1)
         self.norm = norm(4)
-        self.act = _ACTIVATION_MODULES[act]()
+        self.act = ACTIVATION_MODULES[act]()
         self.pool = pool(2)
         self.head = nn.Linear(4 * (3 if dims == 1 else 9), 3)
 
@@ -318,6 +320,16 @@ def tiny_train_config() -> Any:
 
     return EncoderConfig(
         hidden=32, edge_hidden=16, num_layers=2, embedding_dim=32, projection_dim=32, head_hidden=32
+    )
+
+
+def small_encoder_config() -> Any:
+    """The two-layer :class:`~weightspace.nn.EncoderConfig` the symmetry tests build encoders
+    from (untrained; small enough to run in float64)."""
+    from weightspace.nn.encoder import EncoderConfig
+
+    return EncoderConfig(
+        hidden=16, edge_hidden=8, num_layers=2, embedding_dim=12, projection_dim=8, head_hidden=8
     )
 
 

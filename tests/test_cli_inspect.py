@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from cli_runner import run_cli as run_in_process
 from weightspace.ingest import from_module, save_checkpoint
 
 
@@ -19,19 +20,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "weightspace", *args], capture_output=True, text=True, timeout=120
     )
-
-
-def run_in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """Run the ``weightspace`` entry point in this process: (exit code, stdout, stderr)."""
-    from weightspace.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

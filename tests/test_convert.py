@@ -12,23 +12,11 @@ import pytest
 import torch
 from torch import nn
 
+from cli_runner import run_cli
 from weightspace.cli.options import ConflictingOptionsError, activation_name, architecture_kwargs
 from weightspace.errors import SpecError
 from weightspace.ingest import load_checkpoint
 from weightspace.spec import ACTIVATIONS, NetworkSpec
-
-
-def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """The ``weightspace`` entry point in this process: (exit code, stdout, stderr)."""
-    from weightspace.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _mlp() -> nn.Module:
@@ -67,7 +55,7 @@ def test_convert_stores_the_spec_so_later_commands_need_no_flag(
     capsys: pytest.CaptureFixture, plain: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "mlp.safetensors"
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         capsys, "convert", str(plain), "--activation", "TANH", "--out", str(out)
     )
     assert code == 0, err
@@ -78,7 +66,7 @@ def test_convert_stores_the_spec_so_later_commands_need_no_flag(
     from weightspace.module import to_module
 
     torch.testing.assert_close(to_module(spec, state)(x), original(x))
-    code, stdout, err = run(capsys, "inspect", str(out), "--json")
+    code, stdout, err = run_cli(capsys, "inspect", str(out), "--json")
     assert code == 0, err
     assert json.loads(stdout)["activations"] == ["tanh"]
 
@@ -86,12 +74,14 @@ def test_convert_stores_the_spec_so_later_commands_need_no_flag(
 def test_inspect_json_feeds_back_as_spec(
     capsys: pytest.CaptureFixture, plain: Path, tmp_path: Path
 ) -> None:
-    code, stdout, err = run(capsys, "inspect", str(plain), "--activation", "tanh", "--json")
+    code, stdout, err = run_cli(capsys, "inspect", str(plain), "--activation", "tanh", "--json")
     assert code == 0, err
     spec_file = tmp_path / "inspect.json"
     spec_file.write_text(stdout)
     out = tmp_path / "from-spec.safetensors"
-    code, _, err = run(capsys, "convert", str(plain), "--spec", str(spec_file), "--out", str(out))
+    code, _, err = run_cli(
+        capsys, "convert", str(plain), "--spec", str(spec_file), "--out", str(out)
+    )
     assert code == 0, err
     assert load_checkpoint(out)[0] == NetworkSpec.from_dict(json.loads(stdout)["spec"])
     # the bare spec object (what to_json writes) is read the same way
@@ -104,19 +94,21 @@ def test_convert_refuses_conflicts_unknown_names_and_bad_outputs(
     capsys: pytest.CaptureFixture, plain: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out.safetensors"
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "convert", str(plain), "--activation", "tanh", "--model", "m:f", "--out", str(out)
     )
     assert code == 1 and "give only one" in err and "Traceback" not in err
     assert not out.exists()
-    code, _, err = run(capsys, "convert", str(plain), "--activation", "swish", "--out", str(out))
+    code, _, err = run_cli(
+        capsys, "convert", str(plain), "--activation", "swish", "--out", str(out)
+    )
     assert code == 1 and "leaky_relu" in err and not out.exists()
-    code, _, err = run(capsys, "convert", str(plain), "--activation", "tanh", "--out", "x.pt")
+    code, _, err = run_cli(capsys, "convert", str(plain), "--activation", "tanh", "--out", "x.pt")
     assert code == 1 and ".safetensors" in err
     out.write_bytes(b"keep me")
-    code, _, err = run(capsys, "convert", str(plain), "--activation", "tanh", "--out", str(out))
+    code, _, err = run_cli(capsys, "convert", str(plain), "--activation", "tanh", "--out", str(out))
     assert code == 1 and "--overwrite" in err and out.read_bytes() == b"keep me"
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "convert", str(plain), "--activation", "tanh", "--out", str(out), "--overwrite"
     )
     assert code == 0, err
@@ -136,7 +128,7 @@ def test_model_factory_resolves_from_the_working_directory(
     )
     monkeypatch.chdir(project)
     out = tmp_path / "traced.safetensors"
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "convert", str(plain), "--model", f"{module_name}:mlp", "--out", str(out)
     )
     assert code == 0, err
@@ -151,7 +143,7 @@ def test_convert_many_files_into_a_folder_in_one_call(
     other = tmp_path / "other.safetensors"
     save_file({k: v.contiguous() for k, v in _mlp().state_dict().items()}, str(other))
     out_dir = tmp_path / "converted"  # created by the command
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "convert", str(plain), str(other), "--activation", "tanh", "--out-dir", str(out_dir)
     )
     assert code == 0, err
@@ -172,17 +164,17 @@ def test_convert_many_reports_each_failure_by_name(
     missing = tmp_path / "missing.pt"
     out_dir = tmp_path / "out"
     args = ("convert", str(broken), str(plain), str(missing), "--activation", "tanh")
-    code, _, err = run(capsys, *args, "--out-dir", str(out_dir))
+    code, _, err = run_cli(capsys, *args, "--out-dir", str(out_dir))
     assert code == 1 and "Traceback" not in err
     assert str(broken) in err and str(missing) in err and "2 of 3" in err
     # the good file is still converted, the bad ones leave nothing behind
     assert [p.name for p in out_dir.iterdir()] == ["plain.safetensors"]
     # --skip-errors: exit 0 while any file converted, still listing the failures ...
-    code, _, err = run(capsys, *args, "--out-dir", str(out_dir), "--overwrite", "--skip-errors")
+    code, _, err = run_cli(capsys, *args, "--out-dir", str(out_dir), "--overwrite", "--skip-errors")
     assert code == 0, err
     assert str(broken) in err and str(missing) in err
     # ... and 1 when every file failed
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys,
         "convert",
         str(broken),
@@ -200,7 +192,7 @@ def test_convert_output_flags_are_checked_before_any_work(
     capsys: pytest.CaptureFixture, plain: Path, tmp_path: Path
 ) -> None:
     out_dir = tmp_path / "out"
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys,
         "convert",
         str(plain),
@@ -211,11 +203,11 @@ def test_convert_output_flags_are_checked_before_any_work(
         str(tmp_path / "x.safetensors"),
     )
     assert code == 1 and "--out-dir" in err and not (tmp_path / "x.safetensors").exists()
-    code, _, err = run(capsys, "convert", str(plain), "--activation", "tanh")
+    code, _, err = run_cli(capsys, "convert", str(plain), "--activation", "tanh")
     assert code == 1 and "--out" in err
     twin = tmp_path / "plain.safetensors"  # same stem as plain.pt: one output for two inputs
     twin.write_bytes(b"")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "convert", str(plain), str(twin), "--activation", "tanh", "--out-dir", str(out_dir)
     )
     assert code == 1 and str(twin) in err and not out_dir.exists()

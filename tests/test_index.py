@@ -16,6 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cli_runner import run_cli
 from weightspace.errors import WeightspaceError
 from weightspace.index import (
     INDEX_FORMAT_VERSION,
@@ -404,17 +405,6 @@ def test_exact_store_returns_the_stored_vector_first(n: int, seed: int, k: int) 
 
 
 # ------------------------------------------------------------------------------ CLI
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """Run the ``weightspace`` entry point in-process: (exit code, stdout, stderr)."""
-    from weightspace.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_build_add_search(tmp_path: Path, checkpoints, capsys) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import weightspace as ws
+from cli_runner import run_cli
 from models import tiny_encoder, torch_inputs, torch_mlp
 from weightspace.errors import MissingArchitectureError, WeightspaceError
 from weightspace.extras import MissingExtraError
@@ -25,19 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def encoder() -> ws.Encoder:
     return tiny_encoder()
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """Run the ``weightspace`` entry point in-process: (exit code, stdout, stderr)."""
-    from weightspace.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def save_plain_state_dict(path: Path, activation: str, seed: int) -> Path:

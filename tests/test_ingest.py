@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from models import ACTIVATION_MODULES
 from weightspace.errors import (
     CheckpointError,
     MissingArchitectureError,
@@ -23,16 +24,6 @@ from weightspace.errors import (
 from weightspace.graph import to_graph, to_state_dict
 from weightspace.ingest import from_module, load_checkpoint, save_checkpoint
 from weightspace.module import to_module
-
-ACTIVATION_MODULES = {
-    "relu": nn.ReLU,
-    "leaky_relu": lambda: nn.LeakyReLU(0.2),
-    "tanh": nn.Tanh,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "sigmoid": nn.Sigmoid,
-    "identity": nn.Identity,
-}
 
 
 class ResidualCNN(nn.Module):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import cli_runner
 import weightspace as ws
 from weightspace import input_domains
 from weightspace.input_domains import (
@@ -68,16 +69,9 @@ def bundled() -> ws.Encoder:
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str | Path) -> tuple[int, str, str]:
-    from weightspace.cli import main
-
+    """The shared in-process runner, with the once-per-process notices forgotten first."""
     input_domains._ANNOUNCED.clear()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return cli_runner.run_cli(capsys, *args)
 
 
 # ------------------------------------------------------------------------------ matching

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import weightspace
-from weightspace.cli import main
+from cli_runner import run_cli
+from models import small_encoder_config
 from weightspace.errors import SpecError, SymmetryError, UnsupportedLayerError
 from weightspace.graph import (
     EDGE_LAYER_NORM,
@@ -24,7 +25,7 @@ from weightspace.graph import (
 from weightspace.ingest import from_module, load_checkpoint, save_checkpoint
 from weightspace.layout import layout_of
 from weightspace.module import to_module
-from weightspace.nn import Encoder, EncoderConfig
+from weightspace.nn import Encoder
 from weightspace.nn.augment import flip_signs as flip_view
 from weightspace.nn.augment import rescale as rescale_view
 from weightspace.nn.batch import GraphBank
@@ -45,9 +46,7 @@ from weightspace.testing import assert_function_preserved, assert_invariant
 
 torch.set_num_threads(1)
 
-SMALL = EncoderConfig(
-    hidden=16, edge_hidden=8, num_layers=2, embedding_dim=12, projection_dim=8, head_hidden=8
-)
+SMALL = small_encoder_config()
 
 
 class Block(nn.Module):
@@ -297,13 +296,9 @@ def test_encoders_saved_before_norm_edges_still_load() -> None:
 def test_inspect_reports_the_graph_size(tmp_path, capsys: pytest.CaptureFixture) -> None:
     spec, state = _traced()
     path = save_checkpoint(tmp_path / "ln.safetensors", spec, state)
-    try:
-        main(["inspect", str(path), "--json"])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    assert code == 0
-    info = json.loads(capsys.readouterr().out)
+    code, out, err = run_cli(capsys, "inspect", str(path), "--json")
+    assert code == 0, err
+    info = json.loads(out)
     assert (info["num_nodes"], info["num_edges"]) == graph_size(spec)
     assert info["num_parameters"] == spec.num_parameters
 

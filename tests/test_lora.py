@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from models import small_encoder_config
 from weightspace.errors import CheckpointError, WeightspaceError
 from weightspace.ingest import from_module
 from weightspace.lora import (
@@ -29,13 +30,11 @@ from weightspace.lora import (
     save_adapter,
 )
 from weightspace.module import to_module
-from weightspace.nn import Encoder, EncoderConfig
+from weightspace.nn import Encoder
 
 torch.set_num_threads(1)
 
-SMALL = EncoderConfig(
-    hidden=16, edge_hidden=8, num_layers=2, embedding_dim=12, projection_dim=8, head_hidden=8
-)
+SMALL = small_encoder_config()
 BASE = "tiny-mlp"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cli_runner import run_cli
 from models import build, make_inputs, make_state_dict
 from weightspace.ingest import load_checkpoint, save_checkpoint
 from weightspace.module import to_module
@@ -113,16 +114,6 @@ def test_merged_checkpoint_round_trips(tmp_path) -> None:
 # ---------------------------------------------------------------------------------------------
 # the `weightspace merge` command, in process
 # ---------------------------------------------------------------------------------------------
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    from weightspace.cli import main
-
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_merge_writes_a_loadable_checkpoint(tmp_path, capsys) -> None:
@@ -132,7 +123,7 @@ def test_cli_merge_writes_a_loadable_checkpoint(tmp_path, capsys) -> None:
     save_checkpoint(tmp_path / "b.safetensors", spec, b, {"task": "digits"})
     for method in ("rebasin", "ensemble"):
         out = tmp_path / f"{method}.safetensors"
-        code, stdout, err = _cli(
+        code, stdout, err = run_cli(
             capsys, "merge", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
             "--method", method, "--alpha", "0.25", "--out", str(out),
         )  # fmt: skip
@@ -159,7 +150,7 @@ def test_cli_merge_refusals_are_one_line_errors(tmp_path, capsys) -> None:
         ("c", "embedding"): "--encoder",
     }
     for (second, method), message in cases.items():
-        code, _, err = _cli(
+        code, _, err = run_cli(
             capsys, "merge", str(tmp_path / "a.safetensors"), str(tmp_path / f"{second}.safetensors"),
             "--method", method, "--out", str(tmp_path / "m.safetensors"),
         )  # fmt: skip

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_runner import run_cli
 from models import make_state_dict
 from weightspace.ingest import load_checkpoint, save_checkpoint
 from weightspace.spec import mlp_spec
@@ -33,18 +34,6 @@ parameters:
   normalize: true
 seed: 3
 """
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    from weightspace.cli import main
-
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -88,7 +77,9 @@ def test_yaml_json_and_toml_recipes_read_the_same(folder: Path) -> None:
 def test_cli_recipe_merges_as_the_api_does(folder: Path, capsys: pytest.CaptureFixture) -> None:
     (folder / "r.yaml").write_text(RECIPE_YAML)
     out = folder / "merged.safetensors"
-    code, stdout, err = _cli(capsys, "merge", "--recipe", str(folder / "r.yaml"), "--out", str(out))
+    code, stdout, err = run_cli(
+        capsys, "merge", "--recipe", str(folder / "r.yaml"), "--out", str(out)
+    )
     assert code == 0, err
     assert "average merge of 3 models" in stdout and "note:" not in err
     loaded = [load_checkpoint(folder / "models" / f"{n}.safetensors") for n in "bac"]
@@ -103,7 +94,9 @@ def test_recipe_without_weights_or_method_uses_the_defaults(
 ) -> None:
     (folder / "r.yaml").write_text("models: [models/a.safetensors, models/b.safetensors]\n")
     out = folder / "merged.safetensors"
-    code, stdout, err = _cli(capsys, "merge", "--recipe", str(folder / "r.yaml"), "--out", str(out))
+    code, stdout, err = run_cli(
+        capsys, "merge", "--recipe", str(folder / "r.yaml"), "--out", str(out)
+    )
     assert code == 0, err
     assert "rebasin merge at alpha=0.5" in stdout and err.count("weight matching") == 1
 
@@ -157,7 +150,7 @@ def test_bad_recipes_are_refused_naming_the_entry(
         load_recipe(path)
     assert str(path) in str(info.value) and message in str(info.value)
     out = tmp_path / "m.safetensors"
-    code, _, err = _cli(capsys, "merge", "--recipe", str(path), "--out", str(out))
+    code, _, err = run_cli(capsys, "merge", "--recipe", str(path), "--out", str(out))
     assert code == 1 and "Traceback" not in err and message in " ".join(err.split())
     assert not out.exists()
 
@@ -191,12 +184,12 @@ def test_recipe_and_command_line_never_both_say_one_thing(
         (["--weights", "1,1,1"], "--weights and the recipe"),
         (["--seed", "1"], "--seed and the recipe"),
     ):
-        code, _, err = _cli(capsys, "merge", *recipe, *extra, "--out", out)
+        code, _, err = run_cli(capsys, "merge", *recipe, *extra, "--out", out)
         assert code == 1 and message in " ".join(err.split()), (extra, err)
     assert not Path(out).exists()
     # what the recipe leaves open, the command line may say
     (folder / "open.yaml").write_text("models: [models/a.safetensors, models/c.safetensors]\n")
-    code, stdout, err = _cli(
+    code, stdout, err = run_cli(
         capsys, "merge", "--recipe", str(folder / "open.yaml"), "--method", "average",
         "--alpha", "0.25", "--out", out,
     )  # fmt: skip

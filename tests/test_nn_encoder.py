@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import ARCHITECTURES, make_model
+from models import ARCHITECTURES, make_model, small_encoder_config
 from weightspace.errors import WeightspaceError
 from weightspace.graph import to_graph
 from weightspace.module import to_module
@@ -25,9 +25,7 @@ from weightspace.symmetry import (
 
 torch.set_num_threads(1)
 
-SMALL = EncoderConfig(
-    hidden=16, edge_hidden=8, num_layers=2, embedding_dim=12, projection_dim=8, head_hidden=8
-)
+SMALL = small_encoder_config()
 
 
 @pytest.fixture(scope="module")

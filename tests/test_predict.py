@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cli_runner import run_cli
 from models import make_state_dict, tiny_encoder
 from weightspace.ingest import save_checkpoint
 from weightspace.predict import GBT_FILE, Predictor, predict_checkpoint
@@ -81,18 +82,6 @@ def _fresh_encoder(setup: tuple[Path, Path], tmp_path: Path) -> Path:
     return encoder
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    from weightspace.cli import main
-
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_a_zoo_model_is_in_distribution(setup: tuple[Path, Path], tmp_path: Path) -> None:
     encoder, zoo_dir = setup
     zoo = Zoo.open(zoo_dir)
@@ -113,7 +102,7 @@ def test_a_model_of_another_shape_is_answered_with_the_reasons(
     path = save_checkpoint(
         tmp_path / "digits.safetensors", digits, make_state_dict(digits, seed=3), {"task": "digits"}
     )
-    code, out, err = _cli(capsys, "predict", str(path), "--encoder", str(setup[0]), "--json")
+    code, out, err = run_cli(capsys, "predict", str(path), "--encoder", str(setup[0]), "--json")
     assert code == 0, err
     result = json.loads(out)
     assert math.isfinite(result["predicted_test_accuracy"])  # still answered
@@ -123,7 +112,7 @@ def test_a_model_of_another_shape_is_answered_with_the_reasons(
     assert "10 outputs were never seen" in reasons
     assert "task 'digits' is not among the training tasks (wine)" in reasons
     assert "nearest zoo models have input shape [13] (task wine), not [64]" in reasons
-    code, out, err = _cli(capsys, "predict", str(path), "--encoder", str(setup[0]))
+    code, out, err = run_cli(capsys, "predict", str(path), "--encoder", str(setup[0]))
     assert code == 0, err
     assert "out of distribution" in out and "input shape [64]" in " ".join(out.split())
 
@@ -196,7 +185,7 @@ def test_gbt_head_is_tuned_once_and_refit_identically(
     fresh = _fresh_encoder(setup, tmp_path)
     zoo = Zoo.open(setup[1])
     path = save_checkpoint(tmp_path / "m.safetensors", WINE, zoo.state_dict("r14-e1"))
-    code, out, err = _cli(capsys, "predict", str(path), "--encoder", str(fresh), "--head", "gbt",
+    code, out, err = run_cli(capsys, "predict", str(path), "--encoder", str(fresh), "--head", "gbt",
                           "--json")  # fmt: skip
     assert code == 0, err
     first = json.loads(out)
@@ -214,7 +203,7 @@ def test_gbt_head_is_tuned_once_and_refit_identically(
     assert direct.best_params_ == cached["best_params"]
     z = np.asarray(predictor.encoder.embed([zoo.graph("r14-e1")]), dtype=float)
     assert first["predicted_test_accuracy"] == pytest.approx(float(direct.predict(z)[0]))
-    code, out, _ = _cli(capsys, "predict", str(path), "--encoder", str(fresh), "--head", "gbt",
+    code, out, _ = run_cli(capsys, "predict", str(path), "--encoder", str(fresh), "--head", "gbt",
                         "--json")  # fmt: skip
     assert json.loads(out)["predicted_test_accuracy"] == first["predicted_test_accuracy"]
 
@@ -225,9 +214,9 @@ def test_gbt_head_needs_a_zoo_or_a_cached_reference(
     encoder = tmp_path / "encoder"
     tiny_encoder().save(encoder)
     path = save_checkpoint(tmp_path / "m.safetensors", WINE, make_state_dict(WINE))
-    code, _, err = _cli(capsys, "predict", str(path), "--encoder", str(encoder), "--head", "gbt")
+    code, _, err = run_cli(capsys, "predict", str(path), "--encoder", str(encoder), "--head", "gbt")
     assert code == 1 and "Traceback" not in err and "--head gbt" in " ".join(err.split())
-    code, _, err = _cli(capsys, "predict", str(path), "--encoder", str(encoder), "--head", "knn")
+    code, _, err = run_cli(capsys, "predict", str(path), "--encoder", str(encoder), "--head", "knn")
     assert code == 1 and "valid: encoder, gbt" in err
 
 
@@ -240,9 +229,9 @@ def test_many_inputs_and_skip_errors(
     (folder / "broken.safetensors").write_bytes(b"not a checkpoint")
     missing = tmp_path / "missing.pt"
     encoder = str(setup[0])
-    code, _, err = _cli(capsys, "predict", str(folder), "--encoder", encoder)
+    code, _, err = run_cli(capsys, "predict", str(folder), "--encoder", encoder)
     assert code == 1 and "broken.safetensors" in err and "Traceback" not in err
-    code, out, err = _cli(
+    code, out, err = run_cli(
         capsys, "predict", str(folder), str(missing), "--encoder", encoder, "--json",
         "--skip-errors",
     )  # fmt: skip
@@ -253,7 +242,7 @@ def test_many_inputs_and_skip_errors(
     assert "skipped 2 input(s)" in lines[0]
     assert any("broken.safetensors:" in line for line in lines)
     assert any(f"{missing}: no such file or directory" in line for line in lines)
-    code, out, err = _cli(
+    code, out, err = run_cli(
         capsys, "predict", str(folder / "broken.safetensors"), str(missing), "--encoder",
         encoder, "--skip-errors",
     )  # fmt: skip

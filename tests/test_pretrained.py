@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import weightspace as ws
+from cli_runner import run_cli
 from models import tiny_encoder, torch_mlp
 from weightspace.errors import WeightspaceError
 from weightspace.index import ModelIndex
@@ -53,18 +54,6 @@ def files(tmp_path: Path) -> list[Path]:
         spec, state = ws.from_module(torch_mlp("relu", seed=seed), torch.zeros(1, 6))
         out.append(ws.save_checkpoint(tmp_path / f"m{seed}.safetensors", spec, state))
     return out
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    from weightspace.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ------------------------------------------------------------------------------ CLI defaults

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import weightspace
-from weightspace.cli import main
+from cli_runner import run_cli
 from weightspace.graph import graph_size, to_graph, to_state_dict
 from weightspace.ingest import save_checkpoint
 from weightspace.module import to_module
@@ -98,13 +98,9 @@ def test_inspect_reports_the_resnet18_graph_size(
 ) -> None:
     _, spec, state = resnet18
     path = save_checkpoint(tmp_path / "resnet18.safetensors", spec, state)
-    try:
-        main(["inspect", str(path), "--json"])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    assert code == 0
-    info = json.loads(capsys.readouterr().out)
+    code, out, err = run_cli(capsys, "inspect", str(path), "--json")
+    assert code == 0, err
+    info = json.loads(out)
     assert (info["num_nodes"], info["num_edges"]) == graph_size(spec)
     assert info["num_parameters"] == spec.num_parameters > 11_000_000
 

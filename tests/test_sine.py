@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from models import small_encoder_config
 from weightspace.errors import SpecError, SymmetryError
 from weightspace.graph import to_graph, to_state_dict
 from weightspace.layout import layout_of
 from weightspace.module import to_module
-from weightspace.nn import Encoder, EncoderConfig
+from weightspace.nn import Encoder
 from weightspace.nn.features import NodeEmbedding, ScalarFeatures
 from weightspace.spec import (
     ACTIVATION_IDS,
@@ -36,9 +37,7 @@ from weightspace.testing import assert_function_preserved, assert_invariant, tol
 
 torch.set_num_threads(1)
 
-SMALL = EncoderConfig(
-    hidden=16, edge_hidden=8, num_layers=2, embedding_dim=12, projection_dim=8, head_hidden=8
-)
+SMALL = small_encoder_config()
 
 
 def _siren(seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[NetworkSpec, dict]:

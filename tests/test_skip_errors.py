@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_runner import run_cli
 from models import make_state_dict, tiny_encoder
 from weightspace.cli.skipping import AllInputsFailedError, SkipLog
 from weightspace.errors import CheckpointError
@@ -41,18 +42,6 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    from weightspace.cli import main
-
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _command(name: str, paths: dict[str, Path], out: Path, *inputs: Path) -> list[str]:
     files = [str(p) for p in inputs]
     encoder = str(paths["encoder"])
@@ -71,7 +60,7 @@ def test_without_the_flag_the_first_bad_input_stops(
     inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
     args = _command(command, inputs, tmp_path, inputs["good"], inputs["broken"])
-    code, _, err = _cli(capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     assert code == 1 and "broken.safetensors" in err and "Traceback" not in err
     assert not (tmp_path / "z.npy").exists() and not (tmp_path / "index").exists()
 
@@ -82,7 +71,7 @@ def test_with_the_flag_bad_inputs_are_listed_and_the_rest_used(
 ) -> None:
     bad = [inputs["broken"], inputs["missing"]]
     args = _command(command, inputs, tmp_path, inputs["good"], *bad, inputs["good1"])
-    code, out, err = _cli(capsys, *args, "--skip-errors")
+    code, out, err = run_cli(capsys, *args, "--skip-errors")
     assert code == 0, err
     assert "skipped 2 input(s)" in err
     listed = [line.strip() for line in err.splitlines() if line.startswith("  ")]
@@ -101,7 +90,7 @@ def test_with_the_flag_all_failing_is_exit_1_and_writes_nothing(
     inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
     args = _command(command, inputs, tmp_path, inputs["broken"], inputs["missing"])
-    code, _, err = _cli(capsys, *args, "--skip-errors")
+    code, _, err = run_cli(capsys, *args, "--skip-errors")
     assert code == 1 and "all 2 inputs failed" in err and "Traceback" not in err
     assert "broken.safetensors" in err and "missing.safetensors" in err
     assert not (tmp_path / "z.npy").exists() and not (tmp_path / "index").exists()
@@ -111,12 +100,12 @@ def test_index_add_skips_too(
     inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     index = tmp_path / "index"
-    code, _, err = _cli(
+    code, _, err = run_cli(
         capsys, "index", "build", str(inputs["good"]), "--encoder", str(inputs["encoder"]),
         "--out", str(index),
     )  # fmt: skip
     assert code == 0, err
-    code, out, err = _cli(
+    code, out, err = run_cli(
         capsys, "index", "add", str(index), str(inputs["empty"]), str(inputs["good1"]),
         "--skip-errors",
     )  # fmt: skip

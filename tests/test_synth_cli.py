@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from cli_runner import run_cli
 from models import make_state_dict, tiny_encoder
 from weightspace.ingest import SPEC_METADATA_KEY, load_checkpoint, save_checkpoint
 from weightspace.spec import mlp_spec
@@ -21,18 +22,6 @@ from weightspace.synthesis.decoder import DecoderConfig, DecoderExample, fit_dec
 from weightspace.synthesis.sample import SampledModel, check_sampling_options, write_samples
 
 SPEC = mlp_spec([13, 6, 3], "relu")  # wine-shaped
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    from weightspace.cli import main
-
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _strict_json(path: Path) -> object:
@@ -63,13 +52,13 @@ def test_merge_to_pt_round_trips(
 ) -> None:  # fmt: skip
     a, b = pair
     reference = tmp_path / "reference.safetensors"
-    code, _, err = _cli(
+    code, _, err = run_cli(
         capsys, "merge", str(a), str(b), "--method", method, "--out", str(reference)
     )
     assert code == 0, err
     expected_spec, expected = load_checkpoint(reference)
     out = tmp_path / f"merged{suffix}"
-    code, _, err = _cli(capsys, "merge", str(a), str(b), "--method", method, "--out", str(out))
+    code, _, err = run_cli(capsys, "merge", str(a), str(b), "--method", method, "--out", str(out))
     assert code == 0, err
     assert out.read_bytes()[:2] == b"PK"  # torch.save's zip archive, not safetensors bytes
     plain = torch.load(out, weights_only=True)
@@ -80,7 +69,7 @@ def test_merge_to_pt_round_trips(
     spec, state = load_checkpoint(out, spec=sidecar)  # weightspace's own loader reads it back
     assert spec == expected_spec
     assert all(torch.equal(state[k], expected[k]) for k in expected)
-    code, stdout, err = _cli(capsys, "inspect", str(out), "--spec", str(sidecar))
+    code, stdout, err = run_cli(capsys, "inspect", str(out), "--spec", str(sidecar))
     assert code == 0, err
 
 
@@ -89,7 +78,9 @@ def test_merge_to_safetensors_keeps_the_spec(
 ) -> None:
     a, b = pair
     out = tmp_path / "m.SafeTensors"  # the suffix is read case-insensitively
-    code, _, err = _cli(capsys, "merge", str(a), str(b), "--method", "average", "--out", str(out))
+    code, _, err = run_cli(
+        capsys, "merge", str(a), str(b), "--method", "average", "--out", str(out)
+    )
     assert code == 0, err
     with safe_open(str(out), framework="pt") as handle:
         assert SPEC_METADATA_KEY in handle.metadata()
@@ -102,7 +93,7 @@ def test_merge_refuses_other_suffixes_before_any_work(
 ) -> None:
     out = tmp_path / name
     # the inputs do not even exist: the suffix is checked first
-    code, _, err = _cli(
+    code, _, err = run_cli(
         capsys, "merge", str(tmp_path / "x.pt"), str(tmp_path / "y.pt"), "--method", "average",
         "--out", str(out),
     )  # fmt: skip
@@ -125,7 +116,9 @@ def test_merge_outputs_are_readable_by_others(
 ) -> None:  # fmt: skip
     a, b = pair
     out = tmp_path / f"merged{suffix}"
-    code, _, err = _cli(capsys, "merge", str(a), str(b), "--method", "average", "--out", str(out))
+    code, _, err = run_cli(
+        capsys, "merge", str(a), str(b), "--method", "average", "--out", str(out)
+    )
     assert code == 0, err
     written = [out] + ([tmp_path / "merged.spec.json"] if suffix == ".pt" else [])
     assert [stat.S_IMODE(p.stat().st_mode) for p in written] == [0o644] * len(written)
@@ -150,14 +143,14 @@ def test_default_merge_falls_back_to_weight_matching_without_a_decoder(
         tiny_encoder().save(tmp_path / "encoder")
         extra = ["--encoder", str(tmp_path / "encoder")]
     out = tmp_path / "m.safetensors"
-    code, stdout, err = _cli(capsys, "merge", str(a), str(b), "--out", str(out), *extra)
+    code, stdout, err = run_cli(capsys, "merge", str(a), str(b), "--out", str(out), *extra)
     assert code == 0, err
     assert err.count("weight matching") == 1 and "--method rebasin" in " ".join(err.split())
     assert "rebasin merge" in stdout
     info = _synthesis_info(out)
     assert info["method"] == "rebasin" and "fallback" in info
     reference = tmp_path / "r.safetensors"
-    code, _, err = _cli(
+    code, _, err = run_cli(
         capsys, "merge", str(a), str(b), "--method", "rebasin", "--out", str(reference)
     )
     assert code == 0 and "weight matching" not in err  # named explicitly: no note
@@ -169,7 +162,7 @@ def test_default_merge_falls_back_to_weight_matching_without_a_decoder(
 def test_named_embedding_merge_without_a_decoder_fails_before_reading(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = _cli(
+    code, _, err = run_cli(
         capsys, "merge", str(tmp_path / "missing-a.pt"), str(tmp_path / "missing-b.pt"),
         "--method", "embedding", "--out", str(tmp_path / "m.safetensors"),
     )  # fmt: skip
@@ -184,7 +177,7 @@ def test_merge_of_three_models_with_weights(
     c = tmp_path / "c.safetensors"
     save_checkpoint(c, SPEC, make_state_dict(SPEC, seed=3), {"task": "wine"})
     out = tmp_path / "m.safetensors"
-    code, stdout, err = _cli(
+    code, stdout, err = run_cli(
         capsys, "merge", str(a), str(b), str(c), "--method", "average", "--weights", "2,1,1",
         "--out", str(out),
     )  # fmt: skip
@@ -203,18 +196,18 @@ def test_merge_of_three_models_with_weights(
         ("--weights", "1,-1,1"): "weight 2 must be a finite number >= 0",
     }
     for flags, message in refusals.items():
-        code, _, err = _cli(
+        code, _, err = run_cli(
             capsys, "merge", str(a), str(b), str(c), "--method", "average", *flags,
             "--out", str(tmp_path / "bad.safetensors"),
         )  # fmt: skip
         assert code != 0 and message in " ".join(err.split()), (flags, err)
         assert "Traceback" not in err
-    code, _, err = _cli(
+    code, _, err = run_cli(
         capsys, "merge", str(a), str(b), "--alpha", "0.3", "--weights", "1,1",
         "--out", str(tmp_path / "bad.safetensors"),
     )  # fmt: skip
     assert code == 1 and "give only one" in err
-    code, _, err = _cli(capsys, "merge", str(a), "--out", str(tmp_path / "bad.safetensors"))
+    code, _, err = run_cli(capsys, "merge", str(a), "--out", str(tmp_path / "bad.safetensors"))
     assert code == 1 and "at least two checkpoints" in err
     assert not (tmp_path / "bad.safetensors").exists()
 
@@ -292,7 +285,7 @@ def test_sample_refuses_bad_bandwidth_up_front(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], bandwidth: str
 ) -> None:
     out = tmp_path / "samples"
-    code, _, err = _cli(
+    code, _, err = run_cli(
         capsys, "sample", "--zoo", str(tmp_path / "no-zoo"), "--encoder", str(tmp_path / "no-enc"),
         "--out", str(out), "--bandwidth", bandwidth,
     )  # fmt: skip
@@ -310,7 +303,7 @@ def test_sample_writes_only_finite_checkpoints_and_strict_json(
 ) -> None:
     encoder, zoo = synthesis_setup
     out = tmp_path / "samples"
-    code, _, err = _cli(
+    code, _, err = run_cli(
         capsys, "sample", "--zoo", str(zoo), "--encoder", str(encoder), "--out", str(out),
         "--n", "6", "--bandwidth", bandwidth, "--min-accuracy", "0",
     )  # fmt: skip
@@ -350,7 +343,7 @@ def test_sample_drops_samples_that_decode_to_nan(
     monkeypatch.setattr(Synthesizer, "decode", nan_decode)
     encoder, zoo = synthesis_setup
     out = tmp_path / "samples"
-    code, _, err = _cli(
+    code, _, err = run_cli(
         capsys, "sample", "--zoo", str(zoo), "--encoder", str(encoder), "--out", str(out),
         "--n", "4", "--min-accuracy", "0",
     )  # fmt: skip
@@ -371,7 +364,7 @@ def test_default_merge_uses_the_decoder_when_there_is_one(
     encoder, _ = synthesis_setup
     a, b = pair
     out = tmp_path / "m.safetensors"
-    code, stdout, err = _cli(capsys, "merge", str(a), str(b), "--encoder", str(encoder),
+    code, stdout, err = run_cli(capsys, "merge", str(a), str(b), "--encoder", str(encoder),
                              "--out", str(out))  # fmt: skip
     assert code == 0, err
     assert "embedding merge" in stdout and "weight matching" not in err

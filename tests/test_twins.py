@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import weightspace as ws
+from cli_runner import run_cli
 from models import tiny_encoder
 from weightspace.twins import checkpoint_files_of, find_twins, same_weights, twin_of
 
@@ -47,18 +48,6 @@ def encoder_dir(tmp_path: Path) -> Path:
     path = tmp_path / "encoder"
     tiny_encoder().save(path)
     return path
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str | Path) -> tuple[int, str, str]:
-    from weightspace.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def twin_lines(err: str) -> list[str]:

@@ -10,17 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from weightspace.cli import main
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from cli_runner import run_cli
 
 
 def test_generate_info_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -41,23 +31,25 @@ def test_generate_info_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[
         "--tasks",
         "wine,digits",
     )
-    code, _, err = _run(capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     assert code == 0, err
     assert "4 checkpoints" not in err and "zoo ready" in err
-    code, stdout, _ = _run(capsys, "zoo", "info", out, "--json")
+    code, stdout, _ = run_cli(capsys, "zoo", "info", out, "--json")
     info = json.loads(stdout)
     assert code == 0 and info["runs"] == 4 and info["checkpoints"] == 8
     assert set(info["tasks"]) == {"wine", "digits"}
-    code, stdout, _ = _run(capsys, "zoo", "info", out)
+    code, stdout, _ = run_cli(capsys, "zoo", "info", out)
     assert code == 0 and "checkpoints" in stdout
-    code, _, err = _run(capsys, *args)  # already complete: nothing to do
+    code, _, err = run_cli(capsys, *args)  # already complete: nothing to do
     assert code == 0
 
 
 def test_bad_names_exit_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(capsys, "zoo", "generate", "--preset", "huge", "--out", str(tmp_path / "z"))
+    code, _, err = run_cli(
+        capsys, "zoo", "generate", "--preset", "huge", "--out", str(tmp_path / "z")
+    )
     assert code == 1 and "tiny" in err and "Traceback" not in err
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys,
         "zoo",
         "generate",
@@ -69,7 +61,7 @@ def test_bad_names_exit_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "resnet50",
     )
     assert code == 1 and "mlp-w" in err
-    code, _, err = _run(capsys, "zoo", "info", str(tmp_path / "nothing"))
+    code, _, err = run_cli(capsys, "zoo", "info", str(tmp_path / "nothing"))
     assert code == 1 and "no such zoo directory" in err
 
 
@@ -84,7 +76,7 @@ def _sweep(tmp_path: Path) -> Path:
 
 
 def _import(capsys: pytest.CaptureFixture[str], tmp_path: Path, table: Path, *extra: str):
-    return _run(
+    return run_cli(
         capsys,
         "zoo",
         "import",

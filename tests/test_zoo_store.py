@@ -15,13 +15,8 @@ from weightspace.zoo.generate import plan_shards
 from weightspace.zoo.store import FORMAT_VERSION, MANIFEST
 from weightspace.zoo.sweep import TrainSettings
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# library code (zoo generation) sets its own thread count; each test starts from one
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mini():

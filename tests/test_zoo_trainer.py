@@ -18,14 +18,8 @@ from weightspace.zoo import (
 from weightspace.zoo.architectures import build_model, get_arch
 from weightspace.zoo.streams import RunStreams, initial_parameters, mix32, mix32_int
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These ops are tiny; one thread avoids OpenMP thrashing on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# these ops are tiny; one thread avoids OpenMP thrashing on a shared machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SETTINGS = TrainSettings(epochs=2, checkpoint_epochs=(0, 1, 2), batch_size=32)

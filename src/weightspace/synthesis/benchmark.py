@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,167 +49,42 @@ import pandas as pd
 import torch
 
 from weightspace.errors import WeightspaceError
+from weightspace.synthesis.benchmark_groups import (
+    ENOUGH_HELD_OUT,
+    SynthesisGroup,
+    _chance,
+    choose_groups,
+)
+from weightspace.synthesis.benchmark_summary import (
+    MIDPOINT_METHODS,
+    _recon_means,
+    goals,
+    linear_probe,
+    summary_row,
+)
 from weightspace.synthesis.common import SynthesisError
 from weightspace.synthesis.figures import plot_reconstructions, plot_sampling
 
 __all__ = [
+    "DECODER_CHECKPOINTS",
+    "ENOUGH_HELD_OUT",
+    "MIDPOINT_METHODS",
     "SynthesisGroup",
     "choose_groups",
+    "goals",
+    "linear_probe",
+    "plot_reconstructions",
+    "plot_sampling",
+    "run_section",
     "run_task",
     "summary_row",
-    "goals",
-    "plot_sampling",
-    "plot_reconstructions",
 ]
 
-#: Held-out models an automatically chosen architecture should have: 11 give 55 distinct pairs.
-ENOUGH_HELD_OUT = 11
 
 #: Which checkpoints of the training runs the decoder fits: ``"all"`` (every epoch at or above
 #: halfway from chance to the group's threshold; about five times as many models as ``"final"``,
 #: the runs' last checkpoints).
 DECODER_CHECKPOINTS = "all"
-
-#: Methods whose midpoints the summary reports, in order: data-free, data-using, references,
-#: the control (see :func:`weightspace.synthesis.controls.method_info`).
-MIDPOINT_METHODS = (
-    "average",
-    "rebasin",
-    "embedding",
-    "distill",
-    "ensemble",
-    "endpoints",
-    "mean-code",
-)
-
-
-@dataclass
-class SynthesisGroup:
-    """The (task, architecture) group synthesis is measured on for one task.
-
-    Attributes:
-        task, arch: the group.
-        threshold: minimum final test accuracy of the models merged and reconstructed.
-        held_out: final checkpoints of held-out runs (validation + test) above the threshold.
-        train: final checkpoints of the encoder's training runs (any accuracy).
-        how: how the architecture was chosen (a phrase for the report).
-    """
-
-    task: str
-    arch: str
-    threshold: float
-    held_out: list[str]
-    train: list[str]
-    how: str
-
-
-def _chance(task: str) -> float:
-    """Chance accuracy of ``task``; 0 for a task weightspace does not know (no threshold lift)."""
-    from weightspace.evaluate.tasks import chance_level
-
-    level = chance_level(task)
-    return 0.0 if np.isnan(level) else level
-
-
-def _finals(table: pd.DataFrame) -> pd.DataFrame:
-    last = table.groupby("run_id")["epoch"].transform("max")
-    return table[table["epoch"] == last]
-
-
-def _mergeable(spec: Any) -> bool:
-    from weightspace.synthesis.merge import ensemble_spec
-
-    try:
-        ensemble_spec(spec)
-    except SynthesisError:
-        return False
-    return True
-
-
-def choose_groups(
-    zoo: Any,
-    splits: Mapping[str, Sequence[str]],
-    *,
-    tasks: Sequence[str] = (),
-    archs: Mapping[str, str] | None = None,
-    min_accuracy: float | None = None,
-) -> tuple[list[SynthesisGroup], dict[str, str]]:
-    """One group per task (see the module docstring).
-
-    Args:
-        zoo: the zoo.
-        splits: the encoder's run split (``train``, ``val``, ``test`` run ids).
-        tasks: the tasks (default: every task of the zoo).
-        archs: task → architecture, overriding the automatic choice.
-        min_accuracy: an absolute threshold for every task instead of the relative default.
-
-    Returns:
-        The groups, and task → reason for the tasks left out.
-    """
-    table = zoo.table.copy()
-    table["run_id"] = table["run_id"].astype(str)
-    table["checkpoint_id"] = table["checkpoint_id"].astype(str)
-    archs = dict(archs or {})
-    known = sorted(table["task"].astype(str).unique())
-    unknown = [t for t in [*tasks, *archs] if t not in known]
-    if unknown:
-        raise SynthesisError(f"the zoo has no task(s) {sorted(set(unknown))}; it holds {known}")
-    train_runs = set(map(str, splits["train"]))
-    held_runs = set(map(str, splits.get("val", []))) | set(map(str, splits.get("test", [])))
-    finals = _finals(table)
-    groups, skipped = [], {}
-    for task in tasks or known:
-        rows = finals[finals["task"].astype(str) == task]
-        candidates = []
-        for arch, group in rows.groupby(rows["arch"].astype(str), sort=True):
-            if task in archs and arch != archs[task]:
-                continue
-            if task not in archs and not _mergeable(zoo.spec(group["checkpoint_id"].iloc[0])):
-                continue
-            chance = _chance(task)
-            best = float(group["test_accuracy"].max())
-            threshold = (
-                float(min_accuracy) if min_accuracy is not None else chance + 0.5 * (best - chance)
-            )
-            held = group[group["run_id"].isin(held_runs) & (group["test_accuracy"] >= threshold)]
-            train = group[group["run_id"].isin(train_runs)]
-            candidates.append(
-                (
-                    len(held),
-                    float(held["test_accuracy"].mean()) if len(held) else 0.0,
-                    arch,
-                    threshold,
-                    list(held.sort_values("run_id")["checkpoint_id"]),
-                    list(train.sort_values("run_id")["checkpoint_id"]),
-                )
-            )
-        if not candidates:
-            skipped[task] = (
-                f"the zoo has no {archs[task]} models on {task}"
-                if task in archs
-                else "no architecture of this task can be merged by every method"
-            )
-            continue
-        # enough held-out models for the pairs (or as many as any architecture has), then the
-        # most accurate of those: synthesis is about good models
-        enough = min(ENOUGH_HELD_OUT, max(c[0] for c in candidates))
-        n_held, _, arch, threshold, held, train = max(
-            (c for c in candidates if c[0] >= enough), key=lambda c: (c[1], c[0], c[2])
-        )
-        if n_held < 2 or len(train) < 2:
-            skipped[task] = (
-                f"{arch}: {n_held} held-out models above the threshold {threshold:.3f} and "
-                f"{len(train)} training models; too few to merge and to fit a decoder"
-            )
-            continue
-        how = (
-            "given"
-            if task in archs
-            else f"the most accurate held-out models among the {len(candidates)} mergeable "
-            f"architectures with at least {enough} held-out models above their threshold"
-        )
-        groups.append(SynthesisGroup(task, arch, threshold, held, train, how))
-    return groups, skipped
 
 
 def _embedding_table(encoder: Any, zoo: Any, ids: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -460,147 +334,6 @@ def run_task(
         "noise_curve": pd.DataFrame(sampled["noise_curve"]),
     }
     return entry, frames
-
-
-def linear_probe(
-    zoo: Any,
-    task: str,
-    fit_ids: Sequence[str],
-    held_ids: Sequence[str],
-    z_table: Mapping[str, torch.Tensor],
-    *,
-    ridge: float = 10.0,
-) -> dict[str, float]:
-    """How much of a held-out model's function its embedding carries, decoder aside.
-
-    A ridge regression from the standardised embedding to the model's class-centred test
-    logits, fitted on ``fit_ids`` and applied to ``held_ids``: ``agreement`` is the share of
-    test predictions the probe's logits share with the model's own, ``agreement_cross`` the
-    share another held-out model's probe shares with it. When the two are equal the embedding
-    says nothing model-specific (beyond the group's mean function) that a linear read-out can
-    find, and no decoder can be faithful on held-out models either.
-    """
-    from sklearn.linear_model import Ridge
-
-    from weightspace.synthesis.evaluate import task_split
-
-    if len(fit_ids) < 2 or len(held_ids) < 2:
-        return {}
-    spec = zoo.spec(fit_ids[0])
-    x, _ = task_split(task, spec, "test")
-
-    def logits(cid: str) -> np.ndarray:
-        from weightspace.module import to_module
-
-        with torch.no_grad():
-            out = to_module(spec, {k: v.float() for k, v in zoo.state_dict(cid).items()})(x)
-        return (out - out.mean(-1, keepdim=True)).numpy()
-
-    z_fit = torch.stack([z_table[c] for c in fit_ids]).double().numpy()
-    z_held = torch.stack([z_table[c] for c in held_ids]).double().numpy()
-    mean, std = z_fit.mean(0), z_fit.std(0) + 1e-6
-    target = np.stack([logits(c) for c in fit_ids])  # (M, N, C)
-    shape = target.shape[1:]
-    model = Ridge(alpha=ridge).fit((z_fit - mean) / std, target.reshape(len(target), -1))
-    probe = model.predict((z_held - mean) / std).reshape(len(held_ids), *shape).argmax(-1)
-    original = np.stack([logits(c).argmax(-1) for c in held_ids])
-    n = len(held_ids)
-    return {
-        "agreement": float((probe == original).mean()),
-        "agreement_cross": float(
-            np.mean([(probe[(i + 1) % n] == original[i]).mean() for i in range(n)])
-        ),
-    }
-
-
-def _recon_means(frame: pd.DataFrame) -> dict[str, float]:
-    if frame.empty:
-        return {"models": 0}
-    means = {k: float(v) for k, v in frame.mean(numeric_only=True).items()}
-    means["models"] = int(len(frame))
-    means["accuracy_gap_abs"] = float((frame["decoded_accuracy"] - frame["accuracy"]).abs().mean())
-    return means
-
-
-def goals(entry: Mapping[str, Any]) -> dict[str, bool | None]:
-    """The issue's targets for one task, each ``True``/``False`` (``None``: not measured).
-
-    * ``embedding_midpoint_vs_rebasin``: embedding midpoint ≥ weight matching's;
-    * ``embedding_midpoint_vs_endpoints``: embedding midpoint ≥ endpoints' mean − 0.01;
-    * ``reconstruction_accuracy``: mean |decoded − original accuracy| ≤ 0.01 (held out);
-    * ``reconstruction_faithful``: agreement with the own original exceeds agreement of another
-      model's reconstruction with it by at least 0.05 (held out);
-    * ``samples_beat_noise``: samples more accurate than the noise baseline at equal novelty;
-    * ``embedding_endpoints``: a check on the first two: decoding the endpoints' own embeddings
-      (α = 0 and 1) gives their accuracy within 0.01 — otherwise the embedding curve measures
-      the decoder's generic output rather than a merge of the two models;
-    * ``embedding_midpoint_vs_distill``: embedding midpoint ≥ the distilled ensemble's (the
-      data-using baseline on the decoder's data and budget; weight matching uses no data);
-    * ``decoder_reads_code``: a check: held-out reconstructions agree more with their own
-      originals than with the decoded mean code (otherwise the decoder's output barely depends
-      on the code).
-    """
-    mid = entry.get("midpoint", {})
-    recon = entry.get("reconstruction", {})
-    sampling = entry.get("sampling", {})
-
-    def both(a: Any, b: Any) -> bool:
-        return a is not None and b is not None and np.isfinite(a) and np.isfinite(b)
-
-    emb, reb, end = mid.get("embedding"), mid.get("rebasin"), mid.get("endpoints")
-    dis = mid.get("distill")
-    to_mean = entry.get("mean_code", {}).get("agreement_reconstructions")
-    own, cross = recon.get("agreement"), recon.get("agreement_cross")
-    gap = recon.get("accuracy_gap_abs")
-    gain = sampling.get("accuracy_gain_over_noise")
-    curve = {
-        (row["method"], float(row["alpha"])): row["accuracy_mean"]
-        for row in entry.get("curves", [])
-    }
-    ends = [
-        abs(curve[("embedding", a)] - curve[("endpoints", a)])
-        for a in (0.0, 1.0)
-        if ("embedding", a) in curve and ("endpoints", a) in curve
-    ]
-    return {
-        "embedding_midpoint_vs_rebasin": bool(emb >= reb) if both(emb, reb) else None,
-        "embedding_midpoint_vs_endpoints": bool(emb >= end - 0.01) if both(emb, end) else None,
-        "reconstruction_accuracy": bool(gap <= 0.01) if both(gap, 0.0) else None,
-        "reconstruction_faithful": bool(own - cross >= 0.05) if both(own, cross) else None,
-        "samples_beat_noise": bool(gain > 0) if both(gain, 0.0) else None,
-        "embedding_endpoints": bool(max(ends) <= 0.01) if ends else None,
-        "embedding_midpoint_vs_distill": bool(emb >= dis) if both(emb, dis) else None,
-        "decoder_reads_code": bool(own > to_mean) if both(own, to_mean) else None,
-    }
-
-
-def summary_row(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """One row of the per-task summary table."""
-    mid = entry.get("midpoint", {})
-    recon = entry.get("reconstruction", {})
-    sampling = entry.get("sampling", {})
-    decoder = entry.get("decoder", {})
-    row: dict[str, Any] = {"task": entry["task"], "arch": entry["arch"], "pairs": entry["pairs"]}
-    for method in MIDPOINT_METHODS:
-        row[f"mid {method}"] = mid.get(method, float("nan"))
-    row.update(
-        {
-            "recon original": recon.get("accuracy", float("nan")),
-            "recon decoded": recon.get("decoded_accuracy", float("nan")),
-            "agree own": recon.get("agreement", float("nan")),
-            "agree cross": recon.get("agreement_cross", float("nan")),
-            "agree mean-code": entry.get("mean_code", {}).get(
-                "agreement_reconstructions", float("nan")
-            ),
-            "sample acc": sampling.get("accuracy_mean", float("nan")),
-            "sample novelty": sampling.get("novelty_mean", float("nan")),
-            "noise acc @novelty": sampling.get("noise_accuracy_at_equal_novelty", float("nan")),
-            "decoder steps": decoder.get("steps", 0),
-            "decoder s": decoder.get("seconds", float("nan")),
-            "distill s": entry.get("distill", {}).get("seconds", float("nan")),
-        }
-    )
-    return row
 
 
 def run_section(
