@@ -2,6 +2,15 @@
 
     python benchmarks/bench_ray.py --zoo /work/scratch/zoo-small --encoder ENC_DIR
     python benchmarks/bench_ray.py --zoo DIR --encoder ENC --count 20000 --workers 1 2 4
+    python benchmarks/bench_ray.py --mode index --zoo DIR --encoder ENC --count 20000
+
+``--mode embed`` (the default) measures ``embed --ray``; ``--mode index`` measures
+``index build --ray`` (:func:`weightspace.distributed.ray_index.build_index_on_ray`, files to a
+committed FAISS + SQLite index) against the single-process ``index build``
+(``ModelIndex.build``), and checks that both indexes hold the same rows and the same vector
+bits (``same_index``); its rows also split the Ray time into the embedding job
+(``embed_s``: actors' start, loading, embedding, shard and catalog writes) and the driver's
+commit (``commit_s``). Its JSON goes to ``bench_ray_index.json`` unless ``--out`` says otherwise.
 
 It exports ``--count`` checkpoints of the zoo (its first runs, in table order) as single
 ``.safetensors`` files under ``--work`` (once; reused), then, in one process and one run:
@@ -112,8 +121,141 @@ def on_ray(
     }
 
 
+def index_single_process(paths: list[Path], encoder_dir: Path, out: Path, batch_size: int) -> dict:
+    """Seconds of the single-process ``weightspace index build`` (one torch thread) and its
+    index."""
+    from functools import partial
+
+    from weightspace.index import ModelIndex, iter_inputs, load_embedder
+    from weightspace.sources import load_model_file
+
+    torch.set_num_threads(1)
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    loader = partial(load_model_file, finite_for="embedding")
+    index, report = ModelIndex.build(
+        out,
+        iter_inputs(paths, loader=loader),
+        load_embedder(str(encoder_dir)),
+        encoder=str(encoder_dir),
+        batch_size=batch_size,
+    )
+    return {"seconds": time.perf_counter() - start, "index": index, "added": len(report.added)}
+
+
+def index_on_ray(
+    paths: list[Path], encoder_dir: Path, work: Path, workers: int, batch_size: int
+) -> dict:
+    """``index build --ray`` on a fresh local Ray with ``workers`` CPUs, from no shards."""
+    import ray
+
+    from weightspace.distributed.ray_index import build_index_on_ray
+    from weightspace.index import ModelIndex
+
+    shutil.rmtree(work, ignore_errors=True)
+    start = time.perf_counter()
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    init = time.perf_counter() - start
+    try:
+        start = time.perf_counter()
+        report = build_index_on_ray(
+            paths,
+            encoder_dir,
+            out=work / "index",
+            batch_size=batch_size,
+            num_workers=workers,
+            work_dir=work / "shards",
+            load_kwargs={"finite_for": "embedding"},
+        )
+        seconds = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    return {
+        "init_s": init,
+        "seconds": seconds,
+        "embed_s": report.timings.get("embed_s"),
+        "commit_s": report.timings.get("commit_s"),
+        "added": len(report.added.added),
+        "index": ModelIndex.open(work / "index"),
+    }
+
+
+def same_index(ours: Any, reference: Any) -> bool:
+    """Both indexes hold the same rows (id, path, hash, spec, metrics) and vector bits."""
+
+    def rows(index: Any) -> list[tuple]:
+        return [
+            (r.id, r.path, r.content_hash, r.spec_json, r.metrics)
+            for r in (index.get(i) for i in range(len(index)))
+        ]
+
+    return rows(ours) == rows(reference) and np.array_equal(
+        ours.store.reconstruct_all(), reference.store.reconstruct_all()
+    )
+
+
+def main_index(args: argparse.Namespace, paths: list[Path]) -> None:
+    """``--mode index``: single-process ``index build`` against ``index build --ray``."""
+    load_before = os.getloadavg()
+    single = index_single_process(paths, args.encoder, args.work / "single-index", args.batch_size)
+    rows = [
+        {
+            "path": "single_process",
+            "workers": 1,
+            "models": single["added"],
+            "seconds": single["seconds"],
+            "models_per_s": single["added"] / single["seconds"],
+            "init_s": 0.0,
+            "embed_s": None,
+            "commit_s": None,
+            "speedup": None,
+            "vs_single": 1.0,
+            "same_index": True,
+        }
+    ]
+    one_worker_rate = None
+    for workers in args.workers:
+        result = index_on_ray(
+            paths, args.encoder, args.work / f"index-{workers}", workers, args.batch_size
+        )
+        rate = result["added"] / result["seconds"]
+        one_worker_rate = one_worker_rate or rate
+        rows.append(
+            {
+                "path": "ray",
+                "workers": workers,
+                "models": result["added"],
+                "seconds": result["seconds"],
+                "models_per_s": rate,
+                "init_s": result["init_s"],
+                "embed_s": result["embed_s"],
+                "commit_s": result["commit_s"],
+                "speedup": rate / one_worker_rate,
+                "vs_single": rate / rows[0]["models_per_s"],
+                "same_index": same_index(result["index"], single["index"]),
+            }
+        )
+    print_table(rows, f"index build --ray, {len(paths)} checkpoint files of {args.zoo.name}")
+    path = write_json(
+        args.out or "bench_ray_index",
+        {
+            "mode": "index",
+            "zoo": str(args.zoo),
+            "encoder": str(args.encoder),
+            "count": len(paths),
+            "batch_size": args.batch_size,
+            "cpu_count": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "rows": rows,
+        },
+    )
+    print(f"written {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=("embed", "index"), default="embed")
     parser.add_argument("--zoo", type=Path, required=True)
     parser.add_argument("--encoder", type=Path, required=True, help="weightspace train --out")
     parser.add_argument("--count", type=int, default=2000)
@@ -121,10 +263,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--shard-size", type=int, default=250)
     parser.add_argument("--work", type=Path, default=Path("/tmp/weightspace-bench-ray"))
-    parser.add_argument("--out", default="bench_ray")
+    parser.add_argument("--out", default=None, help="result name (default: bench_ray[_index])")
     args = parser.parse_args()
 
     paths = export_files(args.zoo, args.count, args.work / "files")
+    if args.mode == "index":
+        main_index(args, paths)
+        return
     load_before = os.getloadavg()
     seconds, reference = single_process(paths, args.encoder, args.batch_size)
     rows = [
@@ -170,7 +315,7 @@ def main() -> None:
         )
     print_table(rows, f"Ray bulk embedding, {len(paths)} checkpoint files of {args.zoo.name}")
     path = write_json(
-        args.out,
+        args.out or "bench_ray",
         {
             "zoo": str(args.zoo),
             "encoder": str(args.encoder),

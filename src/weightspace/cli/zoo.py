@@ -30,7 +30,12 @@ def generate(
     preset: str = typer.Option(
         ..., "--preset", help="tiny, small, medium, large or wild-park-small."
     ),
-    out: Path = typer.Option(..., "--out", help="Zoo directory (an unfinished one resumes)."),
+    out: str = typer.Option(
+        ...,
+        "--out",
+        help="Zoo directory, or a pyarrow.fs URI (file:///..., s3://...; with --ray each node "
+        "uploads its own shards); an unfinished zoo resumes.",
+    ),
     tasks: list[str] | None = typer.Option(
         None, "--tasks", help="Tasks instead of the preset's (comma-separated or repeated)."
     ),
@@ -60,6 +65,7 @@ def generate(
     """Train a zoo of small networks; interrupted, the same command resumes."""
     from rich.console import Console
 
+    from weightspace.distributed.storage import is_uri
     from weightspace.zoo.generate import generate_zoo
     from weightspace.zoo.presets import get_preset
 
@@ -67,28 +73,33 @@ def generate(
     recipe = get_preset(preset).with_overrides(
         tasks=_split_names(tasks), archs=_split_names(archs), runs=runs, epochs=epochs
     )
-    zoo = generate_zoo(
-        out,
-        recipe,
-        seed=seed,
-        device=device,
-        workers=workers,
-        threads=threads,
-        show_progress=True,
-        console=console,
-        shard_runner=_ray_runner(ray_address, workers, threads) if ray else None,
-    )
-    info = zoo.info()
+    uri = out if is_uri(out) else None
+    options = {
+        "seed": seed,
+        "device": device,
+        "workers": workers,
+        "threads": threads,
+        "show_progress": True,
+        "console": console,
+        "shard_runner": _ray_runner(ray_address, workers, threads, uri) if ray else None,
+    }
+    if uri is not None:  # weightspace.distributed.storage: through a local mirror
+        from weightspace.distributed.ray_zoo import generate_to_uri
+
+        info = generate_to_uri(uri, recipe, **options)
+    else:
+        zoo = generate_zoo(Path(out), recipe, **options)
+        info = {**zoo.info(), "skipped": len(zoo.manifest.get("skipped", []))}
     console.print(
         f"[green]zoo ready[/] {out}: {info['runs']} runs, {info['checkpoints']} checkpoints, "
-        f"{len(zoo.manifest.get('skipped', []))} skipped (diverged)"
+        f"{info['skipped']} skipped (diverged)"
     )
 
 
-def _ray_runner(address: str | None, workers: int, threads: int) -> object:
+def _ray_runner(address: str | None, workers: int, threads: int, uri: str | None) -> object:
     from weightspace.distributed.ray_zoo import ray_shard_runner
 
-    return ray_shard_runner(address, num_workers=workers, threads=threads)
+    return ray_shard_runner(address, num_workers=workers, threads=threads, uri=uri)
 
 
 #: CLI option → keyword of the release importers (each format takes the ones it names).

@@ -13,8 +13,10 @@ map_batches (actor pool, one Encoder per actor; a GPU each where the cluster has
 ```
 
 A shard file holds one row per input: ``source`` (file path, or ``ZOO_DIR#ID``),
-``content_hash`` (:func:`weightspace.index.content_hash`), ``z`` (the embedding, or null) and
-``error`` (why the input could not be embedded, or null). A shard's name hashes its inputs, the
+``content_hash`` (:func:`weightspace.index.content_hash`), ``z`` (the embedding, or null),
+``error`` (why the input could not be embedded, or null) and ``graph_only`` (embedded by the
+graph branch alone: the model could not run on the encoder's probes, ``Encoder.last_fallback``;
+absent from shards written before it existed). A shard's name hashes its inputs, the
 encoder's fingerprint and the batch size, so a rerun skips every shard already written
 (``resume``) and a changed plan never mixes with an old one. A job that dies leaves only whole
 shards (each is written to a temporary file and renamed), so a rerun loses and doubles nothing.
@@ -38,9 +40,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weightspace.atomic import atomic_write, atomic_write_bytes
+from weightspace.atomic import atomic_write_bytes
 from weightspace.distributed import connect, require_ray
-from weightspace.errors import CheckpointError, WeightspaceError
+from weightspace.distributed.ray_shards import (
+    EmbedJobError,
+    _open_zoo,
+    _shard_failures,
+    catalog_path,
+    expand_inputs,
+    plan_shards,
+    read_embeddings,
+    write_shard,
+)
+from weightspace.errors import WeightspaceError
 
 __all__ = [
     "EmbedJobError",
@@ -53,10 +65,6 @@ __all__ = [
 
 JOB_FILE = "embedding_job.json"
 FORMAT_VERSION = 1
-
-
-class EmbedJobError(WeightspaceError):
-    """The output directory belongs to another job, or a shard could not be embedded."""
 
 
 @dataclass
@@ -78,81 +86,7 @@ class EmbedReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Shard:
-    """A run of consecutive inputs embedded together and written as one file."""
-
-    index: int
-    sources: tuple[str, ...]
-    name: str
-
-
-# ------------------------------------------------------------------------------ planning
-def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
-    """Checkpoint files, files under plain directories (sorted) and zoo rows (``DIR#ID``, in the
-    zoo's table order), as absolute sources in input order.
-
-    Raises:
-        CheckpointError: an input does not exist, or a plain directory holds no checkpoint file.
-    """
-    from weightspace.checkpoint_files import CHECKPOINT_SUFFIXES
-
-    sources: list[str] = []
-    for given in inputs:
-        path = Path(given)
-        if not path.exists():
-            raise CheckpointError(path, "no such file or directory")
-        path = path.resolve()
-        if path.is_dir() and (path / "manifest.json").is_file():
-            sources += [f"{path}#{checkpoint_id}" for checkpoint_id in _open_zoo(str(path)).ids]
-        elif path.is_dir():
-            files = sorted(
-                Path(root) / name
-                for root, _dirs, names in os.walk(path)  # follows no directory link: no loop
-                for name in names
-                if Path(name).suffix in CHECKPOINT_SUFFIXES and (Path(root) / name).is_file()
-            )
-            if not files:
-                raise CheckpointError(
-                    path, f"holds no model zoo and no checkpoint files ({CHECKPOINT_SUFFIXES})"
-                )
-            sources += [str(p) for p in files]
-        else:
-            sources.append(str(path))
-    return sources
-
-
-def plan_shards(
-    sources: Sequence[str], shard_size: int, *, fingerprint: str, batch_size: int
-) -> list[Shard]:
-    """Cut ``sources`` into shards of ``shard_size``; each name hashes its sources and the
-    encoder's ``fingerprint`` and ``batch_size`` (what fixes its vectors' bits)."""
-    if shard_size < 1:
-        raise EmbedJobError(f"shard size must be at least 1, got {shard_size}")
-    shards = []
-    for index, start in enumerate(range(0, len(sources), shard_size)):
-        chunk = tuple(sources[start : start + shard_size])
-        digest = hashlib.sha256(f"{fingerprint}\0{batch_size}\0".encode())
-        digest.update("\0".join(chunk).encode())
-        shards.append(Shard(index, chunk, f"part-{index:06d}-{digest.hexdigest()[:16]}.parquet"))
-    return shards
-
-
 # ------------------------------------------------------------------------------ stage 1: CPU
-def _open_zoo(directory: str) -> Any:
-    """The zoo, opened once per process (Ray reuses worker processes) until its manifest
-    changes."""
-    manifest = Path(directory) / "manifest.json"
-    return _open_zoo_cached(directory, manifest.stat().st_mtime_ns if manifest.is_file() else 0)
-
-
-@functools.lru_cache(maxsize=8)
-def _open_zoo_cached(directory: str, stamp: int) -> Any:
-    from weightspace.zoo import Zoo
-
-    return Zoo.open(directory)
-
-
 @functools.lru_cache(maxsize=2)
 def _encoder(directory: str, fingerprint: str, device: str | None = None) -> Any:
     """The encoder of ``directory``, loaded once per process, checked to be the job's."""
@@ -179,12 +113,19 @@ def _load(source: str, load_kwargs: Mapping[str, Any]) -> tuple[Any, dict[str, A
 
 
 def load_shard(
-    row: dict[str, Any], encoder_dir: str, fingerprint: str, load_kwargs: dict[str, Any]
+    row: dict[str, Any],
+    encoder_dir: str,
+    fingerprint: str,
+    load_kwargs: dict[str, Any],
+    catalog: bool = False,
 ) -> dict:
     """Ray task: load, check and canonicalise one shard's checkpoints into a ``GraphBank``.
 
     A source that fails (a :class:`WeightspaceError`: unreadable, unsafe, unsupported, too
-    wide for the encoder) becomes a failure ``(source, reason)``; the others go on.
+    wide for the encoder) becomes a failure ``(source, reason)``; the others go on. With
+    ``catalog``, the row also carries the index's catalog entries of the embedded sources
+    (:func:`weightspace.distributed.ray_index.catalog_entries`), taken from the specs loaded
+    here, so that ``index build --ray`` never reads a file twice.
     """
     import torch
 
@@ -192,9 +133,12 @@ def load_shard(
     from weightspace.nn.batch import GraphBank
 
     torch.set_num_threads(1)
-    encoder = _encoder(encoder_dir, fingerprint)
+    encoder = _encoder(encoder_dir, fingerprint, "cpu")  # shared with a CPU actor
     graphs, sources, hashes, failures = [], [], [], []
+    entries: dict[str, dict[str, Any]] = {}
+    zoo_rows: list[str] = []
     for source in json.loads(row["sources"]):
+        maybe_fail(source)
         try:
             spec, state = _load(source, load_kwargs)
             digest = content_hash(spec.to_json(), state)
@@ -204,13 +148,55 @@ def load_shard(
             continue
         sources.append(source)
         hashes.append(digest)
+        if catalog and _is_zoo_row(source):
+            zoo_rows.append(source)
+        elif catalog:
+            entries[source] = {
+                "spec_json": spec.to_json(),
+                "spec_summary": spec.summary(),
+                "metrics": {},
+            }
+    if zoo_rows:  # their metrics come from the zoo's table
+        from weightspace.distributed.ray_index import catalog_entries
+
+        entries.update(catalog_entries(zoo_rows, load_kwargs))
     return {
         "name": row["name"],
         "inputs": row["sources"],
         "embedded": json.dumps(list(zip(sources, hashes, strict=True))),
         "failures": json.dumps(failures),
+        "catalog": json.dumps(entries, sort_keys=True) if catalog else "",
         "bank": GraphBank(graphs) if graphs else None,
     }
+
+
+def _is_zoo_row(source: str) -> bool:
+    directory, sep, _ = source.rpartition("#")
+    return bool(sep) and Path(directory).is_dir()
+
+
+FAIL_ONCE_ENV = "WEIGHTSPACE_TEST_FAIL_ONCE"
+
+
+def maybe_fail(source: str) -> None:
+    """Fault injection for tests: when the environment variable ``WEIGHTSPACE_TEST_FAIL_ONCE``
+    is ``SUFFIX:MARKER_DIR`` and ``source`` ends with ``SUFFIX``, the first attempt at
+    ``source`` (the one that creates its marker file in ``MARKER_DIR``) kills this worker
+    process, as a lost node would; later attempts go on. Unset (always, outside tests), it
+    does nothing."""
+    setting = os.environ.get(FAIL_ONCE_ENV)
+    if not setting:
+        return
+    suffix, _, marker_dir = setting.partition(":")
+    if not source.endswith(suffix):
+        return
+    marker = Path(marker_dir) / hashlib.sha256(source.encode()).hexdigest()[:16]
+    try:
+        with open(marker, "x"):
+            pass
+    except FileExistsError:
+        return
+    os._exit(1)
 
 
 # ------------------------------------------------------------------------------ stage 2: actors
@@ -240,6 +226,9 @@ class ShardEmbedder:
                 if embedded
                 else None
             )
+            flags = self.encoder.last_fallback if embedded else None
+            if batch["catalog"][i]:  # before the shard: a shard on disk has its catalog
+                atomic_write_bytes(catalog_path(self.out_dir / name), batch["catalog"][i].encode())
             write_shard(
                 self.out_dir / name,
                 json.loads(batch["inputs"][i]),
@@ -247,64 +236,12 @@ class ShardEmbedder:
                 vectors,
                 dict(json.loads(batch["failures"][i])),
                 self.encoder.fingerprint,
+                graph_only=None if flags is None else [bool(f) for f in flags],
             )
             names.append(name)
             counts.append(len(embedded))
             failures.append(batch["failures"][i])
         return {"name": names, "count": counts, "failures": failures}
-
-
-def write_shard(
-    path: Path,
-    inputs: Sequence[str],
-    embedded: Sequence[Sequence[str]],
-    vectors: Any,
-    failures: Mapping[str, str],
-    fingerprint: str,
-) -> Path:
-    """One row per input, in input order: ``source, content_hash, z, error`` (atomic write)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    position = {source: i for i, (source, _) in enumerate(embedded)}
-    hashes = dict(embedded)
-    dim = 0 if vectors is None else int(vectors.shape[1])
-    value_type = (
-        pa.float64() if vectors is not None and vectors.dtype.itemsize == 8 else pa.float32()
-    )
-    z = [
-        None if source not in position else vectors[position[source]].tolist() for source in inputs
-    ]
-    table = pa.table(
-        {
-            "source": pa.array(list(inputs), pa.string()),
-            "content_hash": pa.array([hashes.get(s) for s in inputs], pa.string()),
-            "z": pa.array(z, pa.list_(value_type, dim) if dim else pa.list_(value_type)),
-            "error": pa.array([failures.get(s) for s in inputs], pa.string()),
-        }
-    ).replace_schema_metadata({"weightspace.encoder_fingerprint": fingerprint})
-    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def _shard_failures(path: Path) -> list[tuple[str, str]]:
-    """``(source, reason)`` of the inputs a written shard could not embed."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, columns=["source", "error"]).to_pydict()
-    return [(s, e) for s, e in zip(table["source"], table["error"], strict=True) if e is not None]
-
-
-def read_embeddings(out_dir: str | Path, *, with_failures: bool = False) -> Any:
-    """Every shard of ``out_dir`` as one pandas DataFrame (``source, content_hash, z, error``),
-    in input order; without ``with_failures``, only the embedded rows."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    files = sorted(Path(out_dir).glob("part-*.parquet"))
-    if not files:
-        raise EmbedJobError(f"{out_dir}: holds no embedding shards (part-*.parquet)")
-    table = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
-    return table if with_failures else table[table["error"].isna()].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------ the job
@@ -337,6 +274,7 @@ def embed_files(
     shard_size: int = 1024,
     resume: bool = True,
     load_kwargs: Mapping[str, Any] | None = None,
+    catalog: bool = False,
 ) -> EmbedReport:
     """Embed checkpoints on a Ray cluster into Parquet shards under ``out_dir``.
 
@@ -353,6 +291,8 @@ def embed_files(
         resume: skip shards already written; ``False`` embeds and rewrites them all.
         load_kwargs: passed to :func:`weightspace.ingest.load_checkpoint` (``activation``,
             ``spec``, ``model``, ``allow_nonfinite``, ``finite_for``).
+        catalog: also write each shard's index catalog entries beside it
+            (:func:`catalog_path`; what ``index build --ray`` commits), from the same load.
 
     Raises:
         RayUnavailableError: Ray is not installed or the cluster cannot be reached.
@@ -406,6 +346,7 @@ def embed_files(
                 "encoder_dir": encoder_dir,
                 "fingerprint": fingerprint,
                 "load_kwargs": dict(load_kwargs or {}),
+                "catalog": catalog,
             },
             num_cpus=1,
         )
@@ -431,8 +372,8 @@ def embed_files(
             report.failures += [tuple(f) for f in json.loads(row["failures"])]
     except ray.exceptions.RayError as exc:
         raise EmbedJobError(
-            f"the Ray job failed ({str(exc).strip().splitlines()[0][:300]}); shards written so "
-            f"far are kept in {out}; rerun the same command to resume"
+            f"the Ray job failed ({ray_failure(exc)}); shards written so far are kept in {out}; "
+            "rerun the same command to resume"
         ) from None
     finally:
         if started:
@@ -440,6 +381,15 @@ def embed_files(
     order = {s.name: s.index for s in shards}
     report.written.sort(key=lambda p: order[p.name])
     return report
+
+
+def ray_failure(exc: BaseException) -> str:
+    """One line for a failed Ray job: the innermost error's last line (its type and message;
+    Ray's own first line names only the actor or task)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"[:300]
 
 
 def embed_on_ray_cli(

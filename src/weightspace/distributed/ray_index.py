@@ -2,10 +2,12 @@
 
 ```
 expand inputs ─ embed_files (ray_embed: CPU tasks load + canonicalise, encoder actors embed)
+              │   → WORK/catalog-NNNNNN-<digest>.json   (spec JSON, spec summary, zoo metrics
+              │                                          of each embedded source, from the
+              │                                          same load), then
               │   → WORK/part-NNNNNN-<digest>.parquet   (source, content_hash, z, error)
               ▼
-catalog tasks (Ray, CPU): each shard's embedded sources → spec JSON, spec summary, zoo metrics
-              │   → WORK/catalog-NNNNNN-<digest>.json
+(catalog tasks, Ray CPU: only for shards of an older job that lack their catalog file)
               ▼
 driver: shards in input order → records + unit vectors → the index's batch writer
         (FAISS + SQLite: one commit, :func:`~weightspace.index.writing.build_index_from_vectors`;
@@ -30,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +45,7 @@ from weightspace.distributed import connect, require_ray
 from weightspace.distributed.ray_embed import (
     EmbedReport,
     _open_zoo,
+    catalog_path,
     embed_files,
 )
 from weightspace.errors import WeightspaceError
@@ -54,6 +58,7 @@ __all__ = [
     "RayIndexReport",
     "build_index_on_ray",
     "catalog_entries",
+    "catalog_path",
     "collect_shards",
     "default_work_dir",
     "unit_vectors",
@@ -76,6 +81,8 @@ class RayIndexReport:
         embedding: what the Ray embedding job did (shards written and reused).
         failures: ``(source, reason)`` of every input left out (only with ``skip_errors``).
         work_dir: where the shards are kept (a rerun reuses them).
+        timings: seconds of each stage: ``embed_s`` (the Ray job: shards and catalog files),
+            ``commit_s`` (the driver: reading shards, writing the index).
     """
 
     index: ModelIndex | PostgresIndex
@@ -83,6 +90,7 @@ class RayIndexReport:
     embedding: EmbedReport
     failures: list[tuple[str, str]] = field(default_factory=list)
     work_dir: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def default_work_dir(out: Path | None, schema: str) -> Path:
@@ -155,11 +163,6 @@ def catalog_entries(
     return entries
 
 
-def catalog_path(shard: Path) -> Path:
-    """The catalog file beside the shard ``part-NNNNNN-<digest>.parquet``."""
-    return shard.with_name(shard.name.replace("part-", "catalog-", 1)).with_suffix(".json")
-
-
 def write_catalog(shard: Path, load_kwargs: Mapping[str, Any]) -> Path:
     """Ray task: the catalog rows of a written shard's embedded sources, written atomically."""
     import pyarrow.parquet as pq
@@ -193,15 +196,25 @@ def collect_shards(
             entries = json.loads(catalog_path(shard).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise IndexJobError(f"{catalog_path(shard)}: unreadable ({exc}); rerun") from None
-        rows = zip(table["source"], table["content_hash"], table["z"], table["error"], strict=True)
+        flags = table.get("graph_only") or [False] * len(table["source"])  # older shards: none
+        rows = zip(
+            table["source"], table["content_hash"], table["z"], table["error"], flags, strict=True
+        )
         vectors = []
-        for source, digest, z, error in rows:
+        for source, digest, z, error, graph_only in rows:
             if error is not None:
                 failures.append((source, error))
                 continue
             if source not in entries:
                 raise IndexJobError(f"{catalog_path(shard)}: lacks {source}; delete it and rerun")
-            records.append({"path": source, "content_hash": digest, **entries[source]})
+            records.append(
+                {
+                    "path": source,
+                    "content_hash": digest,
+                    **entries[source],
+                    "graph_only": bool(graph_only),
+                }
+            )
             vectors.append(z)
         counts.append(len(vectors))
         if vectors:
@@ -333,6 +346,7 @@ def build_index_on_ray(
     _check_index_job(work, load_kwargs)
 
     ray = require_ray()
+    started_at = time.perf_counter()
     started = connect(ray, address, num_workers)
     try:
         embedding = embed_files(
@@ -344,8 +358,10 @@ def build_index_on_ray(
             batch_size=inspect.signature(Encoder.embed).parameters["batch_size"].default,
             shard_size=batch_size,
             load_kwargs=load_kwargs,
+            catalog=True,  # written by the embedding actors, from the files they load
         )
         shards = sorted([*embedding.written, *embedding.skipped])
+        # only shards of an older job lack their catalog file
         missing = [s for s in shards if not catalog_path(s).is_file()]
         task = ray.remote(num_cpus=1, max_retries=3)(write_catalog)
         ray.get([task.remote(shard, load_kwargs) for shard in missing])
@@ -358,6 +374,8 @@ def build_index_on_ray(
         if started:
             ray.shutdown()
 
+    timings = {"embed_s": time.perf_counter() - started_at}
+    started_at = time.perf_counter()
     records, vectors, failures, counts = collect_shards(shards)
     if failures and not skip_errors:
         raise _failure_error(failures, work)
@@ -390,7 +408,8 @@ def build_index_on_ray(
                 added.duplicates += part.duplicates
             start += count
         index.create_vector_index()  # one bulk HNSW build, after the inserts
-        return RayIndexReport(index, added, embedding, failures, work)
+        timings["commit_s"] = time.perf_counter() - started_at
+        return RayIndexReport(index, added, embedding, failures, work, timings)
     assert out is not None
     added = build_index_from_vectors(
         Path(out),
@@ -402,7 +421,8 @@ def build_index_on_ray(
         approximate_threshold=approximate_threshold or DEFAULT_APPROXIMATE_THRESHOLD,
         overwrite=overwrite,
     )
-    return RayIndexReport(ModelIndex.open(Path(out)), added, embedding, failures, work)
+    timings["commit_s"] = time.perf_counter() - started_at
+    return RayIndexReport(ModelIndex.open(Path(out)), added, embedding, failures, work, timings)
 
 
 def build_on_ray_cli(inputs: Sequence[Path], encoder: str, **kwargs: Any) -> RayIndexReport:

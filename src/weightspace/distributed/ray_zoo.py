@@ -9,6 +9,11 @@ filesystem). A task whose worker dies is retried by Ray (``max_retries``; a reru
 same files); a job interrupted as a whole resumes when rerun, since finished shards are on disk
 and skipped. The weights are the same bits as on one machine: each run's random streams derive
 from the zoo seed, not from where it trains.
+
+With ``uri`` (a :mod:`pyarrow.fs` URI, :mod:`weightspace.distributed.storage`), nodes share no
+filesystem: each task trains into a node-local directory and uploads the shard to the URI, and
+the driver fetches each finished shard into its own directory (the mirror ``generate_zoo``
+writes); :func:`generate_to_uri` runs the whole job that way.
 """
 
 from __future__ import annotations
@@ -19,17 +24,41 @@ from typing import Any
 
 from weightspace.distributed import connect, require_ray
 
-__all__ = ["ray_shard_runner"]
+__all__ = ["generate_to_uri", "ray_shard_runner", "shard_files"]
 
 
-def _train_shard(root: str, shard: Any, settings: Any, device: str, threads: int) -> str:
-    """Ray task: train and write one shard; its name."""
+def shard_files(name: str) -> list[str]:
+    """A shard's files, relative to the zoo, in upload order: the part table (which marks the
+    shard finished) last."""
+    from weightspace.zoo.store import PARTS, WEIGHTS
+
+    return [
+        f"{WEIGHTS}/{name}.safetensors",
+        f"{PARTS}/{name}.skipped.json",
+        f"{PARTS}/{name}.parquet",
+    ]
+
+
+def _train_shard(
+    root: str, shard: Any, settings: Any, device: str, threads: int, uri: str | None = None
+) -> str:
+    """Ray task: train and write one shard (to ``root``, or to ``uri`` through a node-local
+    directory); its name."""
+    import tempfile
+
     import torch
 
     from weightspace.zoo.generate import run_shard
 
     torch.set_num_threads(threads)
-    run_shard(root, shard, settings, device)
+    if uri is None:
+        run_shard(root, shard, settings, device)
+        return shard.name
+    from weightspace.distributed.storage import upload
+
+    with tempfile.TemporaryDirectory(prefix="weightspace-shard-") as local:
+        run_shard(local, shard, settings, device)
+        upload(Path(local), uri, shard_files(shard.name))
     return shard.name
 
 
@@ -39,6 +68,7 @@ def ray_shard_runner(
     num_workers: int = 2,
     threads: int = 1,
     max_retries: int = 3,
+    uri: str | None = None,
 ) -> Any:
     """A ``shard_runner`` for :func:`~weightspace.zoo.generate.generate_zoo` that trains shards
     as Ray tasks.
@@ -49,9 +79,12 @@ def ray_shard_runner(
         num_workers: CPUs of a local Ray started here.
         threads: torch threads (and Ray CPUs) per task.
         max_retries: times Ray reruns a shard whose worker died.
+        uri: upload each shard to this :mod:`pyarrow.fs` URI from the node that trained it;
+            the driver then fetches it into the zoo directory it was given.
     """
 
     def run(root: Path, shards: Sequence[Any], settings: Any, device: str) -> Iterator[str]:
+        from weightspace.distributed.storage import download
         from weightspace.zoo.store import ZooError
 
         ray = require_ray()
@@ -63,7 +96,9 @@ def ray_shard_runner(
                 max_retries=max_retries,
             )(_train_shard)
             pending = {
-                train.remote(str(Path(root).resolve()), shard, settings, device, threads): shard
+                train.remote(
+                    str(Path(root).resolve()), shard, settings, device, threads, uri
+                ): shard
                 for shard in shards
             }
             while pending:
@@ -71,7 +106,10 @@ def ray_shard_runner(
                 for ref in done:
                     shard = pending.pop(ref)
                     try:
-                        yield ray.get(ref)
+                        name = ray.get(ref)
+                        if uri is not None:  # into the driver's directory, part table last
+                            download(uri, Path(root), shard_files(name))
+                        yield name
                     except ray.exceptions.RayError as exc:
                         first = str(exc).strip().splitlines()[0][:300]
                         raise ZooError(
@@ -83,3 +121,38 @@ def ray_shard_runner(
                 ray.shutdown()
 
     return run
+
+
+def generate_to_uri(
+    uri: str, preset: Any, *, shard_runner: Any = None, **kwargs: Any
+) -> dict[str, Any]:
+    """:func:`~weightspace.zoo.generate.generate_zoo` into the :mod:`pyarrow.fs` URI ``uri``:
+    what is there already is downloaded into a local mirror (so an interrupted job resumes),
+    the zoo is generated in the mirror (with a Ray ``shard_runner`` made with the same
+    ``uri``, each shard is uploaded by its own node), then every file the URI lacks is
+    uploaded, the manifest and table last. Returns the zoo's ``info()`` with ``skipped``, the
+    number of checkpoints left out (diverged); the mirror is removed.
+
+    Raises:
+        StorageError: the URI cannot be resolved, read or written.
+    """
+    from weightspace.distributed.storage import (
+        download,
+        mirror_directory,
+        missing_files,
+        remove_mirror,
+        upload,
+    )
+    from weightspace.zoo.generate import generate_zoo
+    from weightspace.zoo.store import MANIFEST, TABLE
+
+    mirror = mirror_directory(uri)
+    try:
+        download(uri, mirror)
+        zoo = generate_zoo(mirror, preset, shard_runner=shard_runner, **kwargs)
+        last = [name for name in (TABLE, MANIFEST) if (mirror / name).is_file()]
+        upload(mirror, uri, [n for n in missing_files(mirror, uri) if n not in last])
+        upload(mirror, uri, last)  # a reader sees a complete zoo or the unfinished one
+        return {**zoo.info(), "skipped": len(zoo.manifest.get("skipped", []))}
+    finally:
+        remove_mirror(mirror)

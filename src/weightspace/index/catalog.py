@@ -16,20 +16,18 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from weightspace.errors import WeightspaceError
 from weightspace.index.errors import IndexBusyError, IndexCorruptError, IndexFormatError
 from weightspace.index.integrity import check_file, validate_manifest
+from weightspace.index.records import ModelRecord, SearchHit
 from weightspace.index.vectors import VectorStore
-
-if TYPE_CHECKING:
-    from weightspace.spec import NetworkSpec
 
 __all__ = [
     "INDEX_FORMAT_VERSION",
@@ -37,6 +35,8 @@ __all__ = [
     "META_FILE",
     "SCHEMA",
     "RECORD_COLUMNS",
+    "GRAPH_ONLY_SCHEMA",
+    "with_graph_only",
     "ModelRecord",
     "SearchHit",
     "parse_filters",
@@ -65,67 +65,6 @@ _FILTER_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _COLUMN_FILTERS = {"path": "path", "content_hash": "content_hash", "arch_summary": "spec_summary"}
 
 
-#: Metrics shown in a :class:`SearchHit`'s repr, when a record has them.
-_KEY_METRICS = ("task", "run", "epoch", "test_accuracy")
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """The stored metadata of one model, with the architecture it was read with
-    (``spec_json``; :attr:`spec` parses it), so it can be read again without flags."""
-
-    id: int
-    path: str
-    content_hash: str
-    spec_summary: str
-    spec_json: str = field(repr=False)
-    metrics: dict[str, Any]
-    added_at: str
-
-    @property
-    def spec(self) -> NetworkSpec | None:
-        """The stored architecture as a :class:`~weightspace.spec.NetworkSpec` (``None`` when
-        the record has none)."""
-        if not self.spec_json:
-            return None
-        from weightspace.spec import NetworkSpec
-
-        return NetworkSpec.from_json(self.spec_json)
-
-    def to_dict(self, *, include_spec: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id,
-            "path": self.path,
-            "content_hash": self.content_hash,
-            "arch_summary": self.spec_summary,
-            "metrics": self.metrics,
-            "added_at": self.added_at,
-        }
-        if include_spec:
-            out["spec"] = json.loads(self.spec_json) if self.spec_json else None
-        return out
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """One neighbour: its cosine ``score`` and stored metadata."""
-
-    rank: int
-    score: float
-    record: ModelRecord
-
-    def __repr__(self) -> str:
-        shown = {k: self.record.metrics[k] for k in _KEY_METRICS if k in self.record.metrics}
-        extra = "".join(f", {k}={v!r}" for k, v in shown.items())
-        return (
-            f"SearchHit(rank={self.rank}, score={self.score:.4f}, id={self.record.id}, "
-            f"path={self.record.path!r}, arch={self.record.spec_summary!r}{extra})"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "score": self.score, **self.record.to_dict()}
-
-
 SCHEMA = """
 CREATE TABLE manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE models (
@@ -148,6 +87,27 @@ CREATE TABLE batches (
 );
 """
 RECORD_COLUMNS = "id, path, content_hash, spec_summary, spec_json, metrics, added_at"
+#: Ids of the models embedded by the graph branch alone (``ModelRecord.graph_only``); a table
+#: of its own, so indexes written before it existed open unchanged (they lack it: no flags)
+GRAPH_ONLY_SCHEMA = "CREATE TABLE IF NOT EXISTS graph_only (id INTEGER PRIMARY KEY)"
+
+
+def with_graph_only(
+    records: dict[int, ModelRecord], query: Callable[..., list[Any]]
+) -> dict[int, ModelRecord]:
+    """``records`` (by id) with :attr:`ModelRecord.graph_only` read from the ``graph_only``
+    table through ``query(sql, values)``, where the index has one."""
+    if not records:
+        return records
+    found = query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'graph_only'")
+    if not found:
+        return records
+    ids = sorted(records)
+    placeholders = ",".join("?" * len(ids))
+    flagged = {
+        row[0] for row in query(f"SELECT id FROM graph_only WHERE id IN ({placeholders})", ids)
+    }
+    return {i: replace(r, graph_only=True) if i in flagged else r for i, r in records.items()}
 
 
 def parse_filters(filters: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -272,6 +232,7 @@ def model_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "spec_summary": str(record.get("spec_summary", "")),
         "spec_json": str(record.get("spec_json", "")),
         "metrics": metrics,
+        "graph_only": bool(record.get("graph_only", False)),
     }
 
 

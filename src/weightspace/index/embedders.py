@@ -40,6 +40,7 @@ __all__ = [
     "embedder_inputs",
     "embed_models",
     "embed_loaded",
+    "graph_only_flags",
     "normalise",
     "load_embedder",
     "load_encoder_directory",
@@ -168,6 +169,17 @@ def embed_models(embedder: Embedder, models: Sequence[Any], *, source: str = "")
 def embed_loaded(embedder: Embedder, models: Sequence[LoadedModel]) -> np.ndarray:
     """Unit vectors ``(n, d)`` of loaded models, each read the way ``embedder`` wants it."""
     return embed_models(embedder, embedder_inputs(embedder, models), source=models[0].path)
+
+
+def graph_only_flags(embedder: Embedder, count: int) -> list[bool]:
+    """Which of the ``count`` models ``embedder`` last embedded it could not run on its probes
+    (embedded by the graph branch alone): :attr:`Encoder.last_fallback
+    <weightspace.nn.encoder.Encoder.last_fallback>`; all ``False`` for an encoder without a
+    probe branch, or any other embedder."""
+    flags = getattr(embedder, "last_fallback", None)
+    if flags is None or len(flags) != count:
+        return [False] * count
+    return [bool(flag) for flag in flags]
 
 
 def normalise(vectors: np.ndarray, *, source: str = "") -> np.ndarray:

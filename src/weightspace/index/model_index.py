@@ -25,7 +25,6 @@ import numpy as np
 from weightspace.errors import WeightspaceError
 from weightspace.index.base import IndexBase
 from weightspace.index.catalog import (
-    INDEX_FORMAT_VERSION,
     META_FILE,
     RECORD_COLUMNS,
     ModelRecord,
@@ -38,28 +37,19 @@ from weightspace.index.catalog import (
     parse_filters,
     read_manifest,
     record_from_row,
+    with_graph_only,
 )
 from weightspace.index.embedders import (
     Embedder,
     embed_loaded,
     embedder_fingerprint,
     encoder_from_manifest,
-    normalise,
 )
 from weightspace.index.errors import EncoderMismatchError, IndexCorruptError, IndexFormatError
 from weightspace.index.frames import SearchResults
 from weightspace.index.integrity import check_catalog, check_file
-from weightspace.index.vectors import DEFAULT_APPROXIMATE_THRESHOLD, IndexKind, VectorStore
-from weightspace.index.writing import (
-    AddReport,
-    ProgressCallback,
-    build_index,
-    commit,
-    dedupe_records,
-    embed_batches,
-    resolve_ids,
-    write_lock,
-)
+from weightspace.index.model_index_writes import ModelIndexWrites
+from weightspace.index.vectors import VectorStore
 
 if TYPE_CHECKING:
     import sqlite3
@@ -71,7 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["ModelIndex"]
 
 
-class ModelIndex(IndexBase):
+class ModelIndex(ModelIndexWrites, IndexBase):
     """A persistent, de-duplicated index of model embeddings with metadata.
 
     Open one with :meth:`open`, or make one with :meth:`build`. Reads (``search``, ``get``) are
@@ -172,142 +162,6 @@ class ModelIndex(IndexBase):
                 f"{fingerprint[:16]!r}; query with the same encoder or rebuild the index"
             )
 
-    # -------------------------------------------------------------- building
-    @classmethod
-    def build(
-        cls,
-        path: str | Path,
-        models: Iterable[LoadedModel | ModelInput],
-        embedder: Embedder,
-        *,
-        encoder: str | None = None,
-        kind: IndexKind = "auto",
-        approximate_threshold: int = DEFAULT_APPROXIMATE_THRESHOLD,
-        overwrite: bool = False,
-        batch_size: int = 64,
-        on_progress: ProgressCallback | None = None,
-        lock_timeout: float = 10.0,
-    ) -> tuple[ModelIndex, AddReport]:
-        """Embed ``models`` and store them as a new index at ``path``; return it opened.
-
-        An existing index at ``path`` is replaced only with ``overwrite=True``, and only when the
-        new one is committed (:func:`~weightspace.index.writing.build_index`). ``encoder`` is
-        the encoder's directory, recorded so that later commands can load it without
-        ``--encoder``; an importable ``module:attr`` is refused (an index never names code).
-        ``models`` may be in any form :func:`~weightspace.sources.iter_models` reads.
-        """
-        from weightspace.sources import iter_models
-
-        report = build_index(
-            Path(path),
-            iter_models(models),
-            embedder,
-            encoder=encoder,
-            kind=kind,
-            approximate_threshold=approximate_threshold,
-            overwrite=overwrite,
-            batch_size=batch_size,
-            on_progress=on_progress,
-            lock_timeout=lock_timeout,
-        )
-        return cls.open(path), report
-
-    def add(
-        self,
-        models: Iterable[LoadedModel | ModelInput],
-        embedder: Embedder,
-        *,
-        batch_size: int = 64,
-        on_progress: ProgressCallback | None = None,
-        lock_timeout: float = 10.0,
-    ) -> AddReport:
-        """Embed and store ``models`` not stored yet (by content hash); commit atomically.
-
-        ``models``: checkpoint paths (files, directories, zoos), modules (``nn.Module``), ``(spec,
-        state_dict)`` pairs, SpecModules, NeuralGraphs or :class:`~weightspace.sources.
-        LoadedModel` objects (:func:`~weightspace.sources.iter_models`). A plain state dict this
-        index has read before (same path) is read with the spec stored then.
-        """
-        self.check_embedder(embedder)
-        with write_lock(self.path, lock_timeout):
-            self._reload_for_writing()
-            records, vectors, report = embed_batches(
-                self.models_from(models),
-                embedder,
-                known_hashes=self._hash_to_id(),
-                batch_size=batch_size,
-                on_progress=on_progress,
-            )
-            self._append_locked(records, vectors, report, on_progress)
-        return report
-
-    def add_vectors(
-        self,
-        vectors: np.ndarray,
-        records: Sequence[Mapping[str, Any]],
-        *,
-        on_progress: ProgressCallback | None = None,
-        lock_timeout: float = 10.0,
-    ) -> AddReport:
-        """Store precomputed vectors ``(n, dim)`` with metadata records.
-
-        Each record needs ``path`` and ``content_hash``, and may have ``spec_summary``,
-        ``spec_json`` and ``metrics``. The vectors must come from this index's encoder.
-        """
-        vectors = normalise(np.asarray(vectors, dtype=np.float32))
-        if len(records) != len(vectors):
-            raise ValueError(f"got {len(vectors)} vectors but {len(records)} records")
-        with write_lock(self.path, lock_timeout):
-            self._reload_for_writing()
-            keep, rows, report = dedupe_records(records, self._hash_to_id())
-            self._append_locked(rows, vectors[keep], report, on_progress)
-        return report
-
-    def _append_locked(
-        self,
-        rows: list[dict[str, Any]],
-        vectors: np.ndarray,
-        report: AddReport,
-        on_progress: ProgressCallback | None,
-    ) -> None:
-        if not rows:
-            return
-        if vectors.shape[1] != self.dim:
-            raise WeightspaceError(
-                f"{self.path}: vectors have dim {vectors.shape[1]}, the index holds dim {self.dim}"
-            )
-        first_id = len(self.store)
-        self.store.add(vectors)
-        try:
-            commit(
-                self.path,
-                self.manifest,
-                self.store,
-                rows,
-                vectors,
-                first_id=first_id,
-                reset=False,
-                on_progress=on_progress,
-            )
-        finally:
-            self._reload_locked()  # on failure, back to the committed state
-        resolve_ids(report, first_id, len(rows))
-
-    def _reload_locked(self) -> None:
-        fresh = ModelIndex.open(self.path)
-        self.manifest, self.store = fresh.manifest, fresh.store
-
-    def _reload_for_writing(self) -> None:
-        """Reload under the write lock; refuse to extend an old-format or damaged catalog."""
-        self._reload_locked()
-        if self.format_version < INDEX_FORMAT_VERSION:
-            raise IndexFormatError(
-                f"{self.path}: index format {self.format_version} has no checksums and cannot be "
-                f"extended; upgrade it with `weightspace index repair {self.path}` (re-embeds "
-                f"from the source files) or rebuild it"
-            )
-        self.check_catalog()
-
     def refresh(self, *, strict: bool = False) -> bool:
         """Reload if another process committed a newer generation; return whether it did.
 
@@ -358,14 +212,17 @@ class ModelIndex(IndexBase):
         if not 0 <= model_id < 2**63:
             return None
         rows = self.query_catalog(f"SELECT {RECORD_COLUMNS} FROM models WHERE id = ?", (model_id,))
-        return record_from_row(rows[0], self.path) if rows else None
+        return self._flagged(record_from_row(rows[0], self.path)) if rows else None
 
     def find_hash(self, digest: str) -> ModelRecord | None:
         """The stored model with this content hash, or ``None``."""
         rows = self.query_catalog(
             f"SELECT {RECORD_COLUMNS} FROM models WHERE content_hash = ?", (str(digest),)
         )
-        return record_from_row(rows[0], self.path) if rows else None
+        return self._flagged(record_from_row(rows[0], self.path)) if rows else None
+
+    def _flagged(self, record: ModelRecord) -> ModelRecord:
+        return with_graph_only({record.id: record}, self.query_catalog)[record.id]
 
     def _allowed_rows(self, filters: Mapping[str, Any]) -> np.ndarray:
         query, values = filter_query(filters)
@@ -398,6 +255,7 @@ class ModelIndex(IndexBase):
                 f"SELECT {RECORD_COLUMNS} FROM models WHERE id IN ({placeholders})", ids
             ):
                 records[row[0]] = record_from_row(row, self.path)
+        records = with_graph_only(records, self.query_catalog)
         return SearchResults(hits_from(scores, rows, records))
 
     def _search_rows(

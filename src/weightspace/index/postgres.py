@@ -23,8 +23,8 @@ extension; tests start one with the ``pgserver`` wheel.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,7 +35,6 @@ from weightspace.index.catalog import (
     ModelRecord,
     SearchHit,
     json_scalar,
-    model_row,
     now,
     parse_filters,
 )
@@ -45,9 +44,9 @@ from weightspace.index.embedders import (
     embedder_fingerprint,
     encoder_from_manifest,
     is_import_reference,
-    normalise,
 )
 from weightspace.index.errors import EncoderMismatchError, IndexFormatError
+from weightspace.index.postgres_writes import PostgresWrites, _psycopg, _vector_text
 from weightspace.index.writing import AddReport, ProgressCallback, declared_dim
 
 if TYPE_CHECKING:
@@ -61,22 +60,6 @@ BACKEND = "pgvector"
 POSTGRES_FORMAT_VERSION = 1
 _COLUMNS = "id, path, content_hash, spec_summary, spec_json, metrics::text, added_at"
 _COLUMN_FILTERS = {"path": "path", "content_hash": "content_hash", "arch_summary": "spec_summary"}
-_RETRIES = 3
-
-
-def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError:
-        raise WeightspaceError(
-            "the PostgreSQL backend needs psycopg: pip install 'weightspace[pgvector]'"
-        ) from None
-    return psycopg
-
-
-def _vector_text(vector: np.ndarray) -> str:
-    """pgvector's text form, ``[x1,x2,...]``, exact for float32 (``repr`` round-trips)."""
-    return "[" + ",".join(repr(float(x)) for x in np.asarray(vector, dtype=np.float32)) + "]"
 
 
 def _safe_dsn(dsn: str) -> str:
@@ -88,7 +71,7 @@ def _safe_dsn(dsn: str) -> str:
     return f"{scheme}://{credentials.partition(':')[0]}@{tail}"
 
 
-class PostgresIndex(IndexBase):
+class PostgresIndex(PostgresWrites, IndexBase):
     """A de-duplicated index of model embeddings in PostgreSQL + pgvector.
 
     Args (of :meth:`open` and :meth:`build`):
@@ -287,133 +270,6 @@ class PostgresIndex(IndexBase):
                 "USING hnsw (embedding vector_ip_ops) WITH (m = 16, ef_construction = 64)"
             )
 
-    # -------------------------------------------------------------- writing
-    def add(
-        self,
-        models: Iterable[LoadedModel | ModelInput],
-        embedder: Embedder,
-        *,
-        batch_size: int = 64,
-        on_progress: ProgressCallback | None = None,
-    ) -> AddReport:
-        """Embed and store ``models`` not stored yet (by content hash), one transaction per
-        batch; safe to run from several processes at once."""
-        from weightspace.index.embedders import content_hash
-
-        self.check_embedder(embedder)
-        report = AddReport()
-        batch: list[tuple[dict[str, Any], LoadedModel]] = []
-        done = 0
-
-        def flush() -> None:
-            nonlocal done
-            if batch:
-                vectors = embed_loaded(embedder, [model for _, model in batch])
-                self._write([row for row, _ in batch], vectors, report)
-                done += len(batch)
-                batch.clear()
-                if on_progress is not None:
-                    on_progress("embed", done, 0)
-
-        for model in self.models_from(models):
-            digest = content_hash(model.spec_json, model.tensors)
-            row = model_row(
-                {
-                    "path": model.path,
-                    "content_hash": digest,
-                    "spec_summary": model.spec_summary,
-                    "spec_json": model.spec_json,
-                    "metrics": model.metrics,
-                }
-            )
-            batch.append((row, model))
-            if len(batch) >= batch_size:
-                flush()
-        flush()
-        return report
-
-    def add_vectors(
-        self, vectors: np.ndarray, records: Sequence[Mapping[str, Any]], **_: Any
-    ) -> AddReport:
-        """Store precomputed vectors ``(n, dim)`` from this index's encoder with their records
-        (``path``, ``content_hash``, optional ``spec_summary``, ``spec_json``, ``metrics``)."""
-        vectors = normalise(np.asarray(vectors, dtype=np.float32))
-        if len(records) != len(vectors):
-            raise ValueError(f"got {len(vectors)} vectors but {len(records)} records")
-        report = AddReport()
-        self._write([model_row(record) for record in records], vectors, report)
-        return report
-
-    def _write(
-        self, rows: Sequence[Mapping[str, Any]], vectors: np.ndarray, report: AddReport
-    ) -> None:
-        """One transaction; a lost connection rolls it back, and it is retried on a new one."""
-        if vectors.shape[1] != self.dim:
-            raise WeightspaceError(
-                f"{self.path}: vectors have dim {vectors.shape[1]}, the index holds dim {self.dim}"
-            )
-        psycopg = _psycopg()
-        for attempt in range(_RETRIES):
-            try:
-                added, duplicates = self._insert_rows(rows, vectors)
-            except psycopg.OperationalError:
-                self.close()
-                if attempt == _RETRIES - 1:
-                    raise
-                time.sleep(0.1 * (attempt + 1))
-                continue
-            report.added.extend(added)
-            report.duplicates.extend(duplicates)
-            return
-
-    def _insert_rows(
-        self, rows: Sequence[Mapping[str, Any]], vectors: np.ndarray
-    ) -> tuple[list[int], list[tuple[str, int]]]:
-        """Insert a batch in one statement (arrays unnested in order); rows whose content hash
-        is stored already, by another writer or earlier in the batch, are reported instead."""
-        connection = self._conn()
-        stamp = now()
-        with connection.transaction():
-            inserted = connection.execute(
-                f"INSERT INTO {self.schema}.models (path, content_hash, spec_summary, spec_json, "
-                "metrics, added_at, embedding) "
-                "SELECT path, content_hash, spec_summary, spec_json, metrics, %s, embedding::vector "
-                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], "
-                "%s::text[]) WITH ORDINALITY AS incoming(path, content_hash, spec_summary, "
-                "spec_json, metrics, embedding, position) ORDER BY position "
-                "ON CONFLICT (content_hash) DO NOTHING RETURNING content_hash, id",
-                (
-                    stamp,
-                    [str(row["path"]) for row in rows],
-                    [str(row["content_hash"]) for row in rows],
-                    [str(row["spec_summary"]) for row in rows],
-                    [str(row["spec_json"]) for row in rows],
-                    [json.dumps(row["metrics"], sort_keys=True) for row in rows],
-                    [_vector_text(vector) for vector in vectors],
-                ),
-            ).fetchall()
-            new = {str(digest): int(model_id) for digest, model_id in inserted}
-            others = sorted({str(row["content_hash"]) for row in rows} - set(new))
-            existing = dict(
-                connection.execute(
-                    f"SELECT content_hash, id FROM {self.schema}.models "
-                    "WHERE content_hash = ANY(%s)",
-                    (others,),
-                ).fetchall()
-                if others
-                else []
-            )
-        added: list[int] = []
-        duplicates: list[tuple[str, int]] = []
-        for row in rows:
-            digest = str(row["content_hash"])
-            if digest in new:
-                added.append(new.pop(digest))  # a later row of the same hash is a duplicate
-                existing[digest] = added[-1]
-            else:
-                duplicates.append((str(row["path"]), int(existing[digest])))
-        return added, duplicates
-
     # -------------------------------------------------------------- reading
     def _read(self, sql: str, values: Sequence[Any] = ()) -> list[Any]:
         connection = self._conn()
@@ -428,13 +284,26 @@ class PostgresIndex(IndexBase):
         if not 0 <= model_id < 2**63:
             return None
         rows = self._read(f"SELECT {_COLUMNS} FROM {self.schema}.models WHERE id = %s", (model_id,))
-        return _record(rows[0]) if rows else None
+        return self._flagged([_record(rows[0])])[0] if rows else None
+
+    def _flagged(self, records: list[ModelRecord]) -> list[ModelRecord]:
+        """``records`` with :attr:`ModelRecord.graph_only` from the ``graph_only`` table, where
+        the index has one."""
+        ids = [r.id for r in records]
+        if (
+            not ids
+            or not self._read("SELECT to_regclass(%s)", (f"{self.schema}.graph_only",))[0][0]
+        ):
+            return records
+        found = self._read(f"SELECT id FROM {self.schema}.graph_only WHERE id = ANY(%s)", (ids,))
+        flagged = {int(row[0]) for row in found}
+        return [replace(r, graph_only=True) if r.id in flagged else r for r in records]
 
     def find_hash(self, digest: str) -> ModelRecord | None:
         rows = self._read(
             f"SELECT {_COLUMNS} FROM {self.schema}.models WHERE content_hash = %s", (str(digest),)
         )
-        return _record(rows[0]) if rows else None
+        return self._flagged([_record(rows[0])])[0] if rows else None
 
     def search(
         self,
@@ -481,7 +350,8 @@ class PostgresIndex(IndexBase):
                 )
         finally:
             connection.rollback()
-        return results
+        flagged = {r.id: r for r in self._flagged([h.record for hits in results for h in hits])}
+        return [[replace(h, record=flagged[h.record.id]) for h in hits] for hits in results]
 
     def stored_spec(self, path: str) -> str | None:
         """The spec JSON stored with the model read from ``path`` (as recorded), or ``None``."""

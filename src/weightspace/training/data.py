@@ -163,13 +163,7 @@ def load_data(
     ids = [str(i) for i in used["checkpoint_id"]]
     use_function = bool(config.function_weight)
     keep_models = use_function or config.finetune_probability > 0
-    graphs, models = [], []
-    for position, checkpoint_id in enumerate(ids):
-        spec, state = zoo.spec(checkpoint_id), zoo.state_dict(checkpoint_id)
-        graphs.append(prepare_graph((spec, state), encoder_config, index=position))
-        if keep_models:
-            models.append((spec, state))
-        report("canonicalising checkpoints", position + 1, len(ids))
+    graphs, models = read_shards(zoo, ids, encoder_config, keep_models, report)
     bank = GraphBank(graphs)
     function = None
     if use_function:
@@ -206,6 +200,41 @@ def load_data(
         function,
         zoo_specs,
     )
+
+
+def read_shards(
+    zoo: Any,
+    ids: list[str],
+    encoder_config: EncoderConfig,
+    keep_models: bool,
+    report: Callable[[str, int, int], None],
+) -> tuple[list[Any], list[tuple[Any, Any]]]:
+    """Read and canonicalise the checkpoints ``ids``: the prepared graphs, in order, and (with
+    ``keep_models``) the ``(spec, state_dict)`` pairs.
+
+    Under ``torchrun`` each rank reads only its shard of the zoo, the contiguous positions
+    :func:`~weightspace.training.distributed.shard_bounds` gives it, and the ranks then
+    exchange what they prepared (``all_gather_object``), so every rank holds the same bank as
+    one process would, bit for bit, for a ``world_size``-th of the reading and canonicalising.
+    """
+    from weightspace.training.distributed import Distributed, shard_bounds
+
+    ddp = Distributed.current()
+    lo, hi = shard_bounds(len(ids), ddp.rank, ddp.world_size)
+    graphs, models = [], []
+    for position in range(lo, hi):
+        spec, state = zoo.spec(ids[position]), zoo.state_dict(ids[position])
+        graphs.append(prepare_graph((spec, state), encoder_config, index=position))
+        if keep_models:
+            models.append((spec, state))
+        report("canonicalising checkpoints", position - lo + 1, hi - lo)
+    if ddp.world_size == 1:
+        return graphs, models
+    import torch.distributed as dist
+
+    shards: list[Any] = [None] * ddp.world_size
+    dist.all_gather_object(shards, (graphs, models))  # in rank order: positions in order
+    return [g for shard in shards for g in shard[0]], [m for shard in shards for m in shard[1]]
 
 
 def finetuned_bank(
