@@ -239,6 +239,7 @@ def embed(
     """Embed checkpoints with a trained encoder. ``.npy`` rows follow the order of INPUTS (a zoo
     in its table order); ``.parquet`` adds ``source`` and ``id`` columns and one ``z`` list
     column."""
+    import numpy as np
     from rich.console import Console
 
     from weightspace.nn.encoder import Encoder, EncoderError
@@ -269,19 +270,28 @@ def embed(
     specs, sources = [m[0] for m in models], [r["source"] for r in rows]
     check_input_domains(specs, sources, model_encoder, say=cli_warning)  # free input sizes
     embeddings = model_encoder.embed(models, batch_size=batch_size, device=device, compile=compile)
+    fallback = model_encoder.last_fallback
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
-        import numpy as np
-
         np.save(out, embeddings)
     else:
         import pandas as pd
 
         table = pd.DataFrame(rows)
         table["z"] = list(embeddings)
+        # models the probe branch could not run, embedded by the graph branch only (flagged)
+        table["graph_only"] = [bool(f) for f in fallback] if fallback is not None else False
         table.attrs["encoder_fingerprint"] = model_encoder.fingerprint
         table.to_parquet(out, index=False)
     Console().print(
         f"[green]{len(models)} embeddings[/] of width {model_encoder.dim} written to {out}",
         highlight=False,
     )
+    if fallback is not None and bool(fallback.any()):
+        named = [sources[i] for i in np.flatnonzero(fallback)]
+        shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+        Console(stderr=True, soft_wrap=True).print(
+            f"warning: {len(named)} model(s) embedded by the graph branch only (their forward "
+            f"failed on the probes; column graph_only in .parquet): {shown}",
+            highlight=False,
+        )
