@@ -4,7 +4,7 @@ integrity checks.
 
     python benchmarks/bench_lancedb.py --n 100000 --dim 64 --queries 200
 
-Needs ``lancedb`` (``pip install "weightspace[bench]"``). Both stores hold the same ``n``
+Needs ``lancedb`` (``pip install "weightspace[lancedb]"``). Both stores hold the same ``n``
 clustered unit vectors (``bench_pgvector.clustered_unit_vectors``: runs of nearby checkpoints)
 with a path, a content hash and metrics per row, added in commits of ``--chunk`` rows; queries
 are stored vectors perturbed like re-uploaded derivatives, searched one at a time with their

@@ -133,3 +133,11 @@ def test_import_refuses_a_bad_table_in_one_error(
         assert f"line {line} (" in err
     assert "b[red].pt" in err and "[/x].pt" in err  # printed as text, not read as markup
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_zoo_presets_lists_every_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    from weightspace.zoo.presets import list_presets
+
+    code, out, _ = run_cli(capsys, "zoo", "presets")
+    assert code == 0
+    assert all(name in out for name in list_presets())

@@ -11,7 +11,7 @@ from weightspace.cli.app import app
 
 zoo_app = typer.Typer(
     help="Model zoos: train one from a preset (generate), bring your own sweep (import), "
-    "summarise one (info).",
+    "summarise one (info), list the presets (presets).",
     no_args_is_help=True,
 )
 app.add_typer(zoo_app, name="zoo")
@@ -28,7 +28,10 @@ def _split_names(values: list[str] | None) -> tuple[str, ...] | None:
 @zoo_app.command("generate")
 def generate(
     preset: str = typer.Option(
-        ..., "--preset", help="tiny, small, medium, large or wild-park-small."
+        ...,
+        "--preset",
+        help="tiny, small, medium, large, wild-park-small, inr-digits, inr-digits-shared, "
+        "vit-digits or lora (`weightspace zoo presets` lists what each holds).",
     ),
     out: str = typer.Option(
         ...,
@@ -347,4 +350,21 @@ def info(
     )
     table.add_row("failed / skipped rows", f"{summary['failed']} / {summary['skipped']}")
     table.add_row("size on disk", f"{summary['size_bytes'] / 2**20:.1f} MiB")
+    Console().print(table)
+
+
+@zoo_app.command("presets")
+def presets() -> None:
+    """The zoo presets `zoo generate --preset` knows: name, runs and what each holds."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from weightspace.zoo.presets import PRESETS
+
+    table = Table("preset", "tasks", "architectures", "runs each", "contents")
+    for name, preset in PRESETS.items():
+        table.add_row(
+            name, str(len(preset.tasks)), str(len(preset.archs)), str(preset.runs),
+            preset.description,
+        )  # fmt: skip
     Console().print(table)
