@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 # The test suite also exercises the engines beyond one machine (a local Ray, a real PostgreSQL +
 # pgvector server started by pgserver): their extras install only for `make test`, not the demo.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q "$(TORCH)" -e ".[test,serve,bench,baselines,distributed,pgvector]"
+	$(PIP) install -q "$(TORCH)" -e ".[test,serve,bench,baselines,distributed,pgvector,hub]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -57,6 +57,15 @@ from weightspace.graph_checks import (
     check_state_dict,
     graph_size,
 )
+from weightspace.graph_edges import (
+    EDGE_LAYER_NORM,
+    EDGE_RESIDUAL,
+    EDGE_RMS_NORM,
+    EDGE_WEIGHT,
+    NORM_EDGE_KINDS,
+    edge_blocks,
+    node_attributes,
+)
 from weightspace.layout import (
     EDGE_ATTENTION_OUTPUT,
     EDGE_KEY,
@@ -68,7 +77,7 @@ from weightspace.layout import (
     Layout,
     layout_of,
 )
-from weightspace.spec import ACTIVATION_IDS, NetworkSpec
+from weightspace.spec import NetworkSpec
 
 __all__ = [
     "NeuralGraph",
@@ -80,6 +89,10 @@ __all__ = [
     "graph_size",
     "WEIGHT_DTYPES",
     "NUM_EDGE_KINDS",
+    "EDGE_WEIGHT",
+    "EDGE_RESIDUAL",
+    "EDGE_LAYER_NORM",
+    "EDGE_RMS_NORM",
     "EDGE_QUERY",
     "EDGE_KEY",
     "EDGE_VALUE",
@@ -89,13 +102,10 @@ __all__ = [
     "EDGE_POSITION_EMBEDDING",
 ]
 
-EDGE_WEIGHT, EDGE_RESIDUAL, EDGE_LAYER_NORM, EDGE_RMS_NORM = 0, 1, 2, 3
 #: Number of edge kinds: the four above and the attention and embedding kinds of
 #: :mod:`weightspace.layout` (query, key, value, attention output, query-key pairing, token
 #: embedding, position embedding: 4 to 10).
 NUM_EDGE_KINDS = EDGE_POSITION_EMBEDDING + 1
-#: ``edge_kind`` of a norm's diagonal edges, by the norm op's ``mode``.
-NORM_EDGE_KINDS: dict[str, int] = {"layer": EDGE_LAYER_NORM, "rms": EDGE_RMS_NORM}
 
 
 class NeuralGraph(Data):
@@ -178,86 +188,36 @@ def to_graph(
             f"edge_features={width} is narrower than the widest layer ({layout.max_edge_features})"
         )
 
-    n = layout.num_nodes
-    bias = torch.zeros(n, 1, dtype=dtype, device=device)
-    depth = torch.empty(n, dtype=torch.long)
-    role = torch.empty(n, dtype=torch.long)
-    activation = torch.empty(n, dtype=torch.long)
-    position = torch.full((n,), -1, dtype=torch.long)
-    group = torch.empty(n, dtype=torch.long)
-    for g, offset in zip(layout.groups, layout.offsets, strict=True):
-        sl = slice(offset, offset + g.size)
-        depth[sl] = g.depth
-        role[sl] = g.role
-        activation[sl] = ACTIVATION_IDS[g.activation]
-        group[sl] = g.index
-        if g.role != 1 or g.head_dim:  # head dims: fixed order once canonicalised
-            position[sl] = torch.arange(g.size)
-        key = g.bias_name()
-        if key is not None and key in state_dict:
-            bias[sl, 0] = state_dict[key][g.bias_start : g.bias_start + g.size].to(dtype)
-
-    edge_index, edge_attr, edge_layer, edge_kind = [], [], [], []
-    for link in layout.links:
-        src, dst = layout.groups[link.source], layout.groups[link.target]
-        w = state_dict[link.key].to(dtype)
-        if link.transposed:  # nn.Embedding's (V, E) table: edge v -> e carries weight[v, e]
-            w = w.t()
-        if not link.is_plain:
-            w = w[link.row_start : link.row_start + dst.size]
-        feats = w.reshape(dst.size * src.size, link.edge_features)  # (out*in, S*k), row-major
-        if link.edge_features < width:
-            feats = torch.nn.functional.pad(feats, (0, width - link.edge_features))
-        targets = torch.arange(dst.size).repeat_interleave(src.size) + layout.offsets[dst.index]
-        sources = torch.arange(src.size).repeat(dst.size) + layout.offsets[src.index]
-        edge_index.append(torch.stack([sources, targets]))
-        edge_attr.append(feats)
-        edge_layer.append(torch.full((feats.shape[0],), link.index, dtype=torch.long))
-        edge_kind.append(torch.full((feats.shape[0],), link.edge_kind, dtype=torch.long))
-    for skip, primary in layout.residuals:
-        size = layout.groups[skip].size
-        ar = torch.arange(size)
-        edge_index.append(torch.stack([ar + layout.offsets[skip], ar + layout.offsets[primary]]))
-        feats = torch.zeros(size, width, dtype=dtype, device=device)
-        feats[:, 0] = 1.0
-        edge_attr.append(feats)
-        edge_layer.append(torch.full((size,), -1, dtype=torch.long))
-        edge_kind.append(torch.full((size,), EDGE_RESIDUAL, dtype=torch.long))
-    for norm in layout.norms:
-        size = layout.groups[norm.source].size
-        ar = torch.arange(size)
-        source, target = layout.offsets[norm.source], layout.offsets[norm.target]
-        edge_index.append(torch.stack([ar + source, ar + target]))
-        feats = torch.zeros(size, width, dtype=dtype, device=device)
-        gamma = state_dict.get(f"{norm.name}.weight")
-        feats[:, 0] = 1.0 if gamma is None else gamma.to(dtype)
-        edge_attr.append(feats)
-        edge_layer.append(torch.full((size,), -1, dtype=torch.long))
-        edge_kind.append(torch.full((size,), NORM_EDGE_KINDS[norm.mode], dtype=torch.long))
-    for query, key in layout.pairings:  # query dim i pairs with key dim i: a fixed 1
-        size = layout.groups[query].size
-        ar = torch.arange(size)
-        edge_index.append(torch.stack([ar + layout.offsets[query], ar + layout.offsets[key]]))
-        feats = torch.zeros(size, width, dtype=dtype, device=device)
-        feats[:, 0] = 1.0
-        edge_attr.append(feats)
-        edge_layer.append(torch.full((size,), -1, dtype=torch.long))
-        edge_kind.append(torch.full((size,), EDGE_QUERY_KEY, dtype=torch.long))
-
-    # w.reshape above flattens (out, in, S*k) row-major, which for a linear layer reading a
-    # flattened (C, *spatial) tensor is exactly (out, C, S): flatten() is channel-major.
+    nodes = node_attributes(spec, state_dict, layout=layout, dtype=dtype, device=device)
+    blocks = edge_blocks(spec, state_dict, layout=layout)
+    total = sum(block.count for block in blocks)
+    # One buffer per edge tensor, each block written into its rows: no per-block padded copies
+    # and no concatenation (a large model's (E, K) features are allocated exactly once).
+    edge_index = torch.empty(2, total, dtype=torch.long)
+    edge_attr = torch.empty(total, width, dtype=dtype, device=device)
+    edge_layer = torch.empty(total, dtype=torch.long)
+    edge_kind = torch.empty(total, dtype=torch.long)
+    start = 0
+    for block in blocks:
+        stop = start + block.count
+        edge_index[:, start:stop] = block.edge_index()
+        edge_attr[start:stop, : block.width] = block.features
+        edge_attr[start:stop, block.width :] = 0
+        edge_layer[start:stop] = block.layer
+        edge_kind[start:stop] = block.kind
+        start = stop
     return NeuralGraph(
-        x=bias,
-        edge_index=torch.cat(edge_index, dim=1).to(device),
-        edge_attr=torch.cat(edge_attr, dim=0),
-        edge_layer=torch.cat(edge_layer).to(device),
-        edge_kind=torch.cat(edge_kind).to(device),
-        node_depth=depth.to(device),
-        node_role=role.to(device),
-        node_activation=activation.to(device),
-        node_position=position.to(device),
-        node_group=group.to(device),
-        num_nodes=n,
+        x=nodes.bias,
+        edge_index=edge_index.to(device),
+        edge_attr=edge_attr,
+        edge_layer=edge_layer.to(device),
+        edge_kind=edge_kind.to(device),
+        node_depth=nodes.depth.to(device),
+        node_role=nodes.role.to(device),
+        node_activation=nodes.activation.to(device),
+        node_position=nodes.position.to(device),
+        node_group=nodes.group.to(device),
+        num_nodes=layout.num_nodes,
         spec=spec,
     )
 

@@ -132,7 +132,12 @@ class SpecModule(nn.Module):
                 tokens = int(args[0].shape[1])
                 y = table[:tokens].unsqueeze(0).expand(args[0].shape[0], -1, -1)
             elif op.kind == "attention":
-                y = self.get_submodule(op.name)(args[0], args[0], args[0], need_weights=False)[0]
+                mask = None
+                if a.get("causal"):  # token t attends to tokens <= t (GPT-style decoders)
+                    t = int(args[0].shape[1])
+                    mask = torch.ones(t, t, dtype=torch.bool, device=args[0].device).triu(1)
+                attention = self.get_submodule(op.name)
+                y = attention(args[0], args[0], args[0], need_weights=False, attn_mask=mask)[0]
             elif op.kind == "token_pool":
                 y = args[0].mean(1) if a["mode"] == "mean" else args[0][:, 0]
             elif op.is_parametrised or op.kind in {"norm", "embedding"}:
@@ -189,11 +194,20 @@ def _token_ops(spec: NetworkSpec) -> frozenset[str]:
 def to_module(spec: NetworkSpec, state_dict: Mapping[str, Tensor] | None = None) -> SpecModule:
     """Build a :class:`SpecModule` for ``spec`` (in eval mode), loading ``state_dict`` if given.
 
-    The module takes the state dict's dtype and device.
+    The module takes the state dict's dtype and device (and its own copies of the tensors).
     """
-    module = SpecModule(spec)
-    if state_dict is not None:
-        first = next(iter(state_dict.values()))
-        module = module.to(dtype=first.dtype, device=first.device)
-        module.load_state_dict(dict(state_dict), strict=True)
+    if state_dict is None:
+        return SpecModule(spec).eval()
+    first = next(iter(state_dict.values()))
+    # Built on the meta device, the layers skip their random initialisation (a quarter of a
+    # second for an 11M-parameter model), which the loaded weights would overwrite anyway.
+    with torch.device("meta"):
+        module = SpecModule(spec)
+    weights = {
+        key: value.to(dtype=first.dtype, device=first.device, copy=True)
+        if isinstance(value, Tensor) and value.is_floating_point()
+        else value
+        for key, value in state_dict.items()
+    }
+    module.load_state_dict(weights, strict=True, assign=True)
     return module.eval()

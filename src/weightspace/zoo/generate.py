@@ -59,6 +59,14 @@ class ShardPlan:
     runs: tuple[RunSpec, ...]
 
 
+#: presets written by a generator of their own: name → ``"module:function"``, called as
+#: ``function(out, preset, seed=..., device=...)`` and returning the opened zoo.
+FITTED_PRESETS: dict[str, str] = {
+    "vit-digits": "weightspace.zoo.vit_digits:generate_vit_digits_zoo",
+    "lora": "weightspace.zoo.lora_zoo:generate_lora_zoo",
+}
+
+
 def zoo_config(preset: Preset, seed: int) -> dict[str, Any]:
     """The JSON-able configuration that determines a zoo's contents (stored in the manifest).
 
@@ -89,6 +97,8 @@ def plan_shards(preset: Preset, seed: int) -> list[ShardPlan]:
     """
     if preset.inr is not None:
         raise ZooError(f"preset {preset.name!r} fits INRs in one go; it has no shard plan")
+    if preset.name in FITTED_PRESETS:
+        raise ZooError(f"preset {preset.name!r} is written by its own generator; no shard plan")
     shards: list[ShardPlan] = []
     skipped: list[str] = []
     for task_name in preset.tasks:
@@ -286,6 +296,15 @@ def generate_zoo(
     Raises:
         ZooError: ``out`` holds a different zoo (other config or an imported zoo).
     """
+    if preset.name in FITTED_PRESETS:  # presets with a generator of their own (no shard plan)
+        import importlib
+
+        module, function = FITTED_PRESETS[preset.name].split(":")
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        with _restore_threads(previous_threads):
+            generate = getattr(importlib.import_module(module), function)
+            return generate(out, preset, seed=seed, device=device)
     if preset.inr is not None:  # INR presets fit one SIREN per image instead (inr_fit)
         from weightspace.zoo.inr_fit import generate_inr_zoo
 

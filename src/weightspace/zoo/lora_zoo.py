@@ -1,0 +1,290 @@
+r"""``zoo generate --preset lora``: LoRA adapters of one small transformer on synthetic tasks.
+
+**Base.** :func:`weightspace.transformer.tiny_transformer` (vocabulary 12, width 16, 2 heads, one
+post-norm encoder layer with a 32-unit ReLU MLP, mean pool, 4 outputs, sequences of 8), trained
+(seed ``seed``) for ``BASE_EPOCHS`` epochs on the task ``max``.
+
+**Tasks** (4 classes each, on uniform random token sequences :math:`t_1 \dots t_8`): task
+``S`` counts the tokens in a set :math:`S` of 6 of the 12 token ids and buckets the count,
+:math:`y = \min(\max(\#\{i: t_i \in S\} - 2, 0), 3)` (classes "≤ 2", 3, 4, "≥ 5"), with
+
+==========  ==========================
+``low``     :math:`\{0, \dots, 5\}`
+``even``    :math:`\{0, 2, \dots, 10\}`
+``mid``     :math:`\{3, \dots, 8\}`
+``pairs``   :math:`\{0, 1, 4, 5, 8, 9\}`
+``outer``   :math:`\{0, 1, 2, 9, 10, 11\}`
+``thirds``  :math:`\{0, 1, 3, 4, 6, 9\}`
+==========  ==========================
+
+so every task is within reach of an adapter of the per-token MLP and the head (a membership
+feature, averaged by the mean pool); the base's own task, ``max`` (:math:`\max_i t_i \bmod 4`),
+is not among them.
+
+**Adapters.** Each run adapts ``linear1``, ``linear2`` and the head with LoRA
+(:math:`W + \tfrac{\alpha}{r} BA`, :math:`\alpha = r`, :math:`A` drawn like ``peft``'s Kaiming
+init, :math:`B = 0`), the base frozen, Adam on :math:`A, B` only. Run ``i`` of a task has rank
+:math:`(1, 2, 4, 8)_{i \bmod 4}`, learning rate :math:`10^{U(-2,-1.3)}` and its own seed. A
+checkpoint is the *merged* model (:func:`weightspace.lora.apply_adapter`, the same spec for
+every checkpoint), so the encoder, baselines and probes read it like any other; the columns
+``adapter_task`` / ``label`` (task index), ``rank``, ``lr`` say what the adapter is, and the
+``task`` column is ``lora-seq-<task>``, so bench's groups (task × architecture × epoch) and
+function retrieval (same task, other runs) are per adapter task.
+
+Splits: 2,000 training, 500 validation, 1,000 test sequences per zoo (``seed``), shared by every
+task (only the labels differ); ``test_accuracy`` is on the adapter's own task. Training is one
+adapter at a time on CPU, ~0.5 s each.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from weightspace.zoo.store import MANIFEST, ZooError, read_manifest
+
+__all__ = ["TASKS", "RANKS", "TARGETS", "task_labels", "generate_lora_zoo"]
+
+TASK = "lora-seq"
+VOCAB, LENGTH, CLASSES = 12, 8, 4
+BASE_TASK, BASE_EPOCHS = "max", 20
+RANKS = (1, 2, 4, 8)
+#: the adapted linear layers of the base (module paths in ``tiny_transformer``'s Sequential)
+TARGETS = ("2.linear1", "2.linear2", "4")
+#: adapter task → the token ids it counts
+TASK_SETS: dict[str, tuple[int, ...]] = {
+    "low": (0, 1, 2, 3, 4, 5),
+    "even": (0, 2, 4, 6, 8, 10),
+    "mid": (3, 4, 5, 6, 7, 8),
+    "pairs": (0, 1, 4, 5, 8, 9),
+    "outer": (0, 1, 2, 9, 10, 11),
+    "thirds": (0, 1, 3, 4, 6, 9),
+}
+TASKS = tuple(TASK_SETS)
+
+
+def task_labels(task: str, tokens: Tensor) -> Tensor:
+    """The labels ``(N,)`` of ``task`` (module docstring; or ``"max"``, the base's task) for
+    token sequences ``(N, 8)``."""
+    if task == "max":
+        return tokens.max(1).values % 4
+    if task not in TASK_SETS:
+        raise ZooError(f"lora: unknown task {task!r}; valid: {list(TASKS)}")
+    count = torch.isin(tokens, torch.tensor(TASK_SETS[task])).sum(1)
+    return (count - 2).clamp(0, 3)
+
+
+def _base(seed: int) -> nn.Module:
+    from weightspace.transformer import tiny_transformer
+
+    torch.manual_seed(seed)
+    return tiny_transformer(
+        VOCAB,
+        width=16,
+        num_heads=2,
+        num_layers=1,
+        feedforward=32,
+        num_outputs=CLASSES,
+        max_positions=LENGTH,
+    )
+
+
+def _train(
+    loss_of: Any,
+    params: list[Tensor],
+    x: Tensor,
+    y: Tensor,
+    lr: float,
+    epochs: int,
+    gen: torch.Generator,
+    batch: int,
+    on_epoch: Any = None,
+) -> None:
+    opt = torch.optim.Adam(params, lr=lr)
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(len(y), generator=gen)
+        for start in range(0, len(y), batch):
+            pick = order[start : start + batch]
+            loss = loss_of(x[pick], y[pick])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+
+def generate_lora_zoo(out: str | Path, preset: Any, *, seed: int = 0, device: str = "cpu") -> Any:
+    """Train the base, then ``preset.runs`` adapters per task, and write the zoo at ``out``
+    (checkpoints at ``settings.checkpoint_epochs``; ``settings.batch_size``).
+
+    Raises:
+        ZooError: ``out`` holds another zoo; ``device`` is not ``cpu``.
+    """
+    from torch.func import functional_call
+
+    from weightspace.lora import LoraAdapter, LoraFactors, apply_adapter
+    from weightspace.transformer import token_model_spec
+    from weightspace.zoo.formats.common import CheckpointRecord, pack_records, write_zoo
+    from weightspace.zoo.store import Zoo, library_versions
+
+    if device != "cpu":
+        raise ZooError("the lora preset trains on the CPU only (an adapter is about a second)")
+    root = Path(out)
+    settings = preset.settings
+    kept = set(settings.checkpoint_epochs)
+    config = {
+        "preset": preset.name,
+        "seed": seed,
+        "runs": preset.runs,
+        "tasks": list(TASKS),
+        "epochs": settings.epochs,
+        "checkpoint_epochs": sorted(kept),
+        "base_task": BASE_TASK,
+        "base_epochs": BASE_EPOCHS,
+        "ranks": list(RANKS),
+    }
+    if (root / MANIFEST).exists():
+        existing = read_manifest(root)
+        if existing.get("config") == config and existing.get("complete"):
+            return Zoo.open(root)
+        raise ZooError(f"{root}: already holds a different zoo; use a new --out")
+    started = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, VOCAB, (3500, LENGTH), generator=gen)
+    splits = {"train": tokens[:2000], "val": tokens[2000:2500], "test": tokens[2500:]}
+
+    base = _base(
+        seed
+    ).eval()  # no dropout in tiny_transformer; eval keeps attention's fast path off
+    x_train = splits["train"]
+
+    def base_loss(x: Tensor, y: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(base(x), y)
+
+    _train(
+        base_loss,
+        list(base.parameters()),
+        x_train,
+        task_labels(BASE_TASK, x_train),
+        3e-3,
+        BASE_EPOCHS,
+        gen,
+        settings.batch_size,
+    )
+    spec, base_state = token_model_spec(base, x_train[:1])
+    frozen = {k: v.detach() for k, v in base.state_dict().items()}
+    shapes = {name: tuple(frozen[f"{name}.weight"].shape) for name in TARGETS}
+
+    records: list[CheckpointRecord] = []
+    for t, task in enumerate(TASKS):
+        labels = {s: task_labels(task, x) for s, x in splits.items()}
+        for run in range(preset.runs):
+            rng = np.random.default_rng([seed, t, run])
+            rank, lr = RANKS[run % len(RANKS)], float(10 ** rng.uniform(-2.0, -1.3))
+            run_gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+            factors = {}
+            for name, (out_f, in_f) in shapes.items():
+                bound = 1 / math.sqrt(in_f)  # peft: kaiming_uniform_(a=sqrt(5)) on A
+                a = ((torch.rand(rank, in_f, generator=run_gen) * 2 - 1) * bound).requires_grad_()
+                factors[name] = (a, torch.zeros(out_f, rank, requires_grad=True))
+
+            def merged(factors: dict = factors) -> dict[str, Tensor]:
+                state = dict(frozen)
+                for name, (a, b) in factors.items():
+                    state[f"{name}.weight"] = frozen[f"{name}.weight"] + b @ a  # alpha = r
+                return state
+
+            def loss_of(x: Tensor, y: Tensor, merged: Any = merged) -> Tensor:
+                return nn.functional.cross_entropy(functional_call(base, merged(), (x,)), y)
+
+            run_id = f"{TASK}.{task}.r{run:03d}"
+
+            def save(
+                epoch: int,
+                factors: dict = factors,
+                run_id: str = run_id,
+                labels: dict = labels,
+                rank: int = rank,
+                lr: float = lr,
+                task: str = task,
+                t: int = t,
+            ) -> None:
+                if epoch not in kept:
+                    return
+                adapter = LoraAdapter(
+                    {
+                        n: LoraFactors(a.detach().clone(), b.detach().clone(), 1.0)
+                        for n, (a, b) in factors.items()
+                    },
+                    r=rank,
+                    alpha=float(rank),
+                    base_model=f"{TASK}-base",
+                )
+                merged_state = apply_adapter(spec, base_state, adapter)
+                state = {k: v.detach().clone() for k, v in merged_state.items()}  # own storage
+                with torch.no_grad():
+                    acc = {
+                        s: float(
+                            (functional_call(base, state, (splits[s],)).argmax(1) == labels[s])
+                            .float()
+                            .mean()
+                        )
+                        for s in splits
+                    }
+                records.append(
+                    CheckpointRecord(
+                        checkpoint_id=f"{run_id}.e{epoch:03d}",
+                        run_id=run_id,
+                        epoch=epoch,
+                        task=f"{TASK}-{task}",
+                        spec=spec,
+                        state=state,
+                        test_accuracy=acc["test"],
+                        extra={
+                            "adapter_task": task,
+                            "label": t,
+                            "rank": rank,
+                            "lr": lr,
+                            "train_accuracy": acc["train"],
+                            "val_accuracy": acc["val"],
+                            "seed": seed,
+                        },
+                    )
+                )
+
+            params = [p for pair in factors.values() for p in pair]
+            _train(
+                loss_of,
+                params,
+                x_train,
+                labels["train"],
+                lr,
+                settings.epochs,
+                run_gen,
+                settings.batch_size,
+                save,
+            )
+    shards, table = pack_records(records)
+    manifest = {
+        "kind": "generated",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config,
+        "device": device,
+        "base_test_accuracy": float(
+            (base(splits["test"]).argmax(1) == task_labels(BASE_TASK, splits["test"]))
+            .float()
+            .mean()
+        ),
+        "versions": library_versions(),
+        "failed": [],
+        "skipped": [],
+        "last_session_seconds": round(time.perf_counter() - started, 2),
+    }
+    write_zoo(root, shards, table, manifest)
+    return Zoo.open(root)
