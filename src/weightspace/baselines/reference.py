@@ -166,41 +166,39 @@ def _task_inputs(task: str, spec: Any, probes: int, seed: int) -> Tensor:
 def probe_outputs(
     graphs: Sequence[Any], inputs: Tensor, *, chunk: int = 1024
 ) -> tuple[Tensor, Tensor]:
-    """Log-softmax outputs of models of *one* architecture on the same inputs, in one
-    ``torch.func.vmap`` of ``functional_call`` per chunk of models.
+    """Log-softmax outputs of models of *one* architecture on the same inputs, through the
+    encoder's own probe forward (:func:`weightspace.nn.probes.probe_forward`: one
+    ``torch.func.vmap`` of ``functional_call`` per chunk of models), so the probing row and the
+    encoder's probe branch run models identically.
 
     Args:
         graphs: neural graphs that share one spec.
         inputs: ``(P, *input_shape)``.
+        chunk: models per forward call (bounds memory).
 
     Returns:
-        ``(M, P, C)`` float32 log-probabilities and an ``(M,)`` bool mask of models whose outputs
-        are all finite.
-    """
-    from torch.func import functional_call, vmap
+        ``(M, P, C)`` float32 log-probabilities (raw outputs for one-output models; zeros where a
+        model did not run) and an ``(M,)`` bool mask of models whose forward ran and whose
+        outputs are all finite.
 
-    from weightspace.graph import to_state_dict
-    from weightspace.module import to_module
+    Raises:
+        BaselineError: a group's forward raised (the first line of the reason).
+    """
+    from weightspace.nn.probes import domain_key, probe_forward
 
     spec = graphs[0].spec
-    template = to_module(spec).float()
-    states = [to_state_dict(g) for g in graphs]
-    names = list(states[0])
-
-    def run(params: dict[str, Tensor]) -> Tensor:
-        y = functional_call(template, params, (inputs,))
-        # one output (a regressor, an INR): its log-softmax is identically 0; keep the raw value
-        return y if y.shape[-1] == 1 else y.log_softmax(-1)
-
-    parts = []
+    probes = {domain_key(spec): inputs}
+    classes = int(spec.num_outputs)
+    parts, masks = [], []
     with torch.no_grad():
-        for start in range(0, len(states), chunk):
-            part = states[start : start + chunk]
-            params = {k: torch.stack([s[k].float() for s in part]) for k in names}
-            parts.append(vmap(run)(params))  # (m, P, C)
-    outputs = torch.cat(parts)
-    finite = torch.isfinite(outputs).flatten(1).all(dim=1)
-    return outputs, finite
+        for start in range(0, len(graphs), chunk):
+            result = probe_forward(list(graphs[start : start + chunk]), probes, classes)
+            raised = [r for r in result.reasons.values() if not r.startswith("non-finite")]
+            if raised:
+                raise BaselineError(raised[0])
+            parts.append(result.log_probs.float())  # (m, P, C)
+            masks.append(result.runnable.cpu())
+    return torch.cat(parts), torch.cat(masks)
 
 
 def _reason(exc: BaseException) -> str:
@@ -222,7 +220,8 @@ class Probing:
     standard normal of each model's input shape (``inputs="gaussian"``, data-free, the same
     values for every architecture with as many inputs) or ``P`` rows of the task's training
     split (``inputs="task"``, needs the ``task`` column and a built-in task). Models of one
-    architecture (and task) run in one ``vmap`` of ``functional_call``. The head is
+    architecture (and task) run through the encoder's probe forward
+    (:func:`weightspace.nn.probes.probe_forward`, one ``vmap`` of ``functional_call``). The head is
     :func:`~weightspace.baselines.tuning.tuned_regressor` (``"gbt"``) with run-grouped
     cross-validation when ``tune`` and the ``run_id`` column is known, otherwise a default
     histogram GBT.
@@ -291,23 +290,27 @@ class Probing:
                     self.failed[names[i]] = _reason(exc)
                 continue
             try:
-                rows: list[Tensor | None] = list(probe_outputs(graphs, x)[0])
+                rows = self._rows(graphs, x)
             except Exception:  # noqa: BLE001 - find the culprits one forward at a time
                 rows = []
                 for i, graph in zip(members, graphs, strict=True):
                     try:
-                        rows.append(probe_outputs([graph], x)[0][0])
+                        rows.extend(self._rows([graph], x))
                     except Exception as exc:  # noqa: BLE001 - reported per model
                         self.failed[names[i]] = _reason(exc)
                         rows.append(None)
             for i, row in zip(members, rows, strict=True):
                 if row is None:
-                    continue
-                if bool(torch.isfinite(row).all()):
-                    outputs[i] = row
+                    self.failed.setdefault(names[i], "non-finite outputs")
                 else:
-                    self.failed[names[i]] = "non-finite outputs"
+                    outputs[i] = row
         return outputs, names
+
+    @staticmethod
+    def _rows(graphs: list[Any], x: Tensor) -> list[Tensor | None]:
+        """Per model its ``(P, C)`` outputs, or None where they are not all finite."""
+        outputs, finite = probe_outputs(graphs, x)
+        return [row if ok else None for row, ok in zip(outputs, finite.tolist(), strict=True)]
 
     def _features(self, outputs: list[Tensor | None], width: int) -> np.ndarray:
         out = np.full((len(outputs), self.probes * width), np.nan)

@@ -147,6 +147,10 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> Res
     results = start_results(config, table, sections)
     _general_notes(config, table, results)
     path = out / "results.json"
+    from weightspace.evaluate.published import published_section
+
+    tasks = sorted(table["task"].astype(str).unique()) if "task" in table else []
+    results.published = published_section(zoo.manifest, tasks)
     results.save(path)
     if zoo.manifest.get("target") == "class":  # labels are classes (INRs), not accuracies
         from weightspace.evaluate.classification import classification_section

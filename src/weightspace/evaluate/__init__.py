@@ -38,6 +38,7 @@ from weightspace.evaluate.prediction_metrics import (
     accuracy_prediction_metrics,
     evaluate_accuracy_prediction,
 )
+from weightspace.evaluate.published import PUBLISHED_FIGURES, PublishedFigure, benchmark_of
 from weightspace.evaluate.retrieval import (
     DEFAULT_KS,
     RetrievalResult,
@@ -59,6 +60,9 @@ from weightspace.evaluate.tables import Gallery, ProtocolError, load_gallery
 from weightspace.evaluate.tasks import chance_level, chance_levels
 
 __all__ = [
+    "PUBLISHED_FIGURES",
+    "PublishedFigure",
+    "benchmark_of",
     "ACCURACY_TARGET",
     "ALL_DERIVATIVES",
     "DEFAULT_KS",

@@ -22,9 +22,8 @@ For a zoo whose manifest says ``target: "class"`` (an imported INR release, or `
 A test model a method does not cover (NaN embedding) is counted as wrong and reported in
 ``coverage``; the majority-class rate of the test split is the ``chance`` row.
 
-``PUBLISHED`` holds reference numbers from the literature (MNIST / Fashion-MNIST SIREN INRs,
-28×28, DWSNets' release): they are *not* comparable to a zoo of 8×8 digits and are printed in a
-separate table for orientation only.
+Published figures for the public INR releases are in :mod:`weightspace.evaluate.published`;
+``bench`` prints them beside these rows when the zoo is one of those releases.
 
 Example::
 
@@ -48,12 +47,10 @@ from weightspace.errors import WeightspaceError
 from weightspace.evaluate.api import EMBED, MIXED_ARCHITECTURES, NEEDS_FORWARD, Method, ModelSet
 
 __all__ = [
-    "PUBLISHED",
     "ClassificationError",
     "ClassificationResults",
     "CoordinateProbing",
     "MethodAccuracy",
-    "PublishedAccuracy",
     "classification_section",
     "run_classification",
     "to_markdown",
@@ -67,24 +64,6 @@ GBT_GRID = (0.05, 0.1, 0.2)
 
 class ClassificationError(WeightspaceError):
     """The zoo cannot be evaluated by the classification protocol (one line saying why)."""
-
-
-@dataclass(frozen=True)
-class PublishedAccuracy:
-    """One published INR-classification test accuracy (%), with its source."""
-
-    method: str
-    dataset: str
-    accuracy: float
-    std: float | None
-    source: str
-
-
-#: Published test accuracies on SIREN INRs of MNIST / Fashion-MNIST (DWSNets' data). Only numbers
-#: read from a stored copy of their source are listed. Empty so far: the READMEs of the public
-#: repositories (AvivNavon/DWSNets, mkofinas/neural-graphs, jkalogero/scalegmn) give no numbers,
-#: and the papers' tables (StatNN, NFN, DWS, NG-T/NG-GNN, GMN, ScaleGMN) could not be read whole.
-PUBLISHED: tuple[PublishedAccuracy, ...] = ()
 
 
 @dataclass
@@ -423,9 +402,9 @@ def classification_section(
     return {"results": results.to_dict(), "markdown": to_markdown(results)}
 
 
-def to_markdown(results: ClassificationResults, published: bool = True) -> str:
+def to_markdown(results: ClassificationResults) -> str:
     """The results as Markdown: one row per method (accuracy ± bootstrap std, 95 % interval,
-    CV accuracy, coverage), the chance row, then (``published``) the literature table."""
+    CV accuracy, coverage) and the chance row."""
     lines = [
         f"INR classification on `{results.zoo}`: {results.train_models} training / "
         f"{results.test_models} test models, {results.num_classes} classes, head "
@@ -444,16 +423,4 @@ def to_markdown(results: ClassificationResults, published: bool = True) -> str:
             f"{100 * row.ci_low:.1f}–{100 * row.ci_high:.1f} | {100 * row.cv_accuracy:.1f} | "
             f"{100 * row.coverage:.0f} % |"
         )
-    if published:
-        lines += ["", "Published (28×28 MNIST / Fashion-MNIST SIREN INRs; not comparable):", ""]
-        if not PUBLISHED:
-            lines.append("(no published number verified from a stored source)")
-        else:
-            lines += ["| method | dataset | test top-1 (%) | source |", "| --- | --- | --- | --- |"]
-            for entry in PUBLISHED:
-                spread = "" if entry.std is None else f" ± {entry.std:.2f}"
-                lines.append(
-                    f"| {entry.method} | {entry.dataset} | {entry.accuracy:.2f}{spread} | "
-                    f"{entry.source} |"
-                )
     return "\n".join(lines)

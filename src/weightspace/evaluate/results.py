@@ -135,6 +135,7 @@ class Results:
     embedding_map: dict[str, list[Any]] = field(default_factory=dict)
     synthesis: dict[str, Any] | None = None
     classification: dict[str, Any] | None = None  # class-target zoos (INRs): top-1 per method
+    published: dict[str, Any] | None = None  # published figures on this zoo's benchmark
     skipped: dict[str, str] = field(default_factory=dict)  # what did not run -> why
     notes: list[str] = field(default_factory=list)
     timings: dict[str, list[float]] = field(default_factory=dict)

@@ -5,8 +5,9 @@ Names
 ==========================================  ===================================================
 ``mlp-w{W}-d{D}-{act}``                     ``D`` hidden layers of ``W`` units (``D`` in 1–4,
                                             ``W`` in 8–128), then a linear head.
-``cnn1d-c{C}-d{D}[-bn][-res]-{act}``        ``D`` conv layers of ``C`` channels (``D`` in 1–4,
-``cnn2d-c{C}-d{D}[-bn][-res]-{act}``        ``C`` in 4–32), kernel 3, padding 1; optional
+``cnn1d-c{C}-d{D}[-k{K}][-bn][-res]-{act}``  ``D`` conv layers of ``C`` channels (``D`` in 1–5,
+``cnn2d-c{C}-d{D}[-k{K}][-bn][-res]-{act}``  ``C`` in 4–32), kernel ``K`` (3, 5 or 7; 3 when
+                                            the name has no ``-k``), padding ``K // 2``; optional
                                             BatchNorm after each conv and residual connections;
                                             global average pooling, linear head.
 ==========================================  ===================================================
@@ -47,6 +48,7 @@ __all__ = [
     "ArchConfig",
     "ConvBlock",
     "ConvNet",
+    "KERNEL_SIZES",
     "UnknownNameError",
     "build_model",
     "fold_batchnorm",
@@ -62,6 +64,10 @@ BN_EPS = 1e-5
 FAMILIES: tuple[str, ...] = ("mlp", "cnn1d", "cnn2d")
 #: Number of leading conv layers that downsample with stride 2.
 NUM_STRIDED_CONVS = 2
+#: Conv kernel sides a CNN may use (odd, so padding ``k // 2`` keeps the centre).
+KERNEL_SIZES: tuple[int, ...] = (3, 5, 7)
+#: Most hidden layers (MLP) and conv layers (CNN).
+MAX_DEPTH = {"mlp": 4, "cnn1d": 5, "cnn2d": 5}
 
 
 class UnknownNameError(WeightspaceError, KeyError):
@@ -84,10 +90,11 @@ class ArchConfig:
     Args:
         family: ``"mlp"``, ``"cnn1d"`` or ``"cnn2d"``.
         width: hidden units per layer (MLP) or channels per conv (CNN).
-        depth: hidden layers (MLP) or conv layers (CNN).
+        depth: hidden layers (MLP, 1–4) or conv layers (CNN, 1–5).
         activation: one of :data:`ACTIVATION_NAMES`.
         batchnorm: BatchNorm after every conv (CNN only).
         residual: identity skip around every stride-1 conv (CNN only, ``depth ≥ 3``).
+        kernel: conv kernel side, one of :data:`KERNEL_SIZES` (CNN only; MLPs keep 3).
     """
 
     family: str
@@ -96,6 +103,7 @@ class ArchConfig:
     activation: str
     batchnorm: bool = False
     residual: bool = False
+    kernel: int = 3
 
     def __post_init__(self) -> None:
         problems = []
@@ -103,13 +111,16 @@ class ArchConfig:
             problems.append(f"family must be one of {FAMILIES}")
         if self.activation not in ACTIVATION_NAMES:
             problems.append(f"activation must be one of {ACTIVATION_NAMES}")
-        if not 1 <= self.depth <= 4:
-            problems.append("depth must be 1–4")
+        most = MAX_DEPTH.get(self.family, 4)
+        if not 1 <= self.depth <= most:
+            problems.append(f"depth must be 1–{most}")
+        if self.kernel not in KERNEL_SIZES:
+            problems.append(f"kernel must be one of {KERNEL_SIZES}")
         lo, hi = (8, 128) if self.family == "mlp" else (4, 32)
         if not lo <= self.width <= hi:
             problems.append(f"width must be {lo}–{hi}")
-        if self.family == "mlp" and (self.batchnorm or self.residual):
-            problems.append("MLPs have neither BatchNorm nor residual connections")
+        if self.family == "mlp" and (self.batchnorm or self.residual or self.kernel != 3):
+            problems.append("MLPs have neither kernels, BatchNorm nor residual connections")
         if self.residual and self.depth <= NUM_STRIDED_CONVS:
             problems.append(f"residual blocks need depth ≥ {NUM_STRIDED_CONVS + 1}")
         if problems:
@@ -121,7 +132,8 @@ class ArchConfig:
         if self.family == "mlp":
             return f"mlp-w{self.width}-d{self.depth}-{self.activation}"
         flags = ("-bn" if self.batchnorm else "") + ("-res" if self.residual else "")
-        return f"{self.family}-c{self.width}-d{self.depth}{flags}-{self.activation}"
+        kernel = f"-k{self.kernel}" if self.kernel != 3 else ""
+        return f"{self.family}-c{self.width}-d{self.depth}{kernel}{flags}-{self.activation}"
 
     @property
     def spatial_dims(self) -> int:
@@ -143,17 +155,29 @@ class ArchConfig:
         match = re.fullmatch(rf"mlp-w(\d+)-d(\d+)-({acts})", name)
         if match:
             return cls("mlp", int(match[1]), int(match[2]), match[3])
-        match = re.fullmatch(rf"(cnn1d|cnn2d)-c(\d+)-d(\d+)(-bn)?(-res)?-({acts})", name)
+        match = re.fullmatch(
+            rf"(cnn1d|cnn2d)-c(\d+)-d(\d+)(?:-k(\d+))?(-bn)?(-res)?-({acts})", name
+        )
         if match:
+            kernel = int(match[4]) if match[4] else 3
+            if match[4] and kernel == 3:  # one name per architecture: kernel 3 has no -k
+                raise UnknownNameError(f"unknown architecture {name!r}; {_ARCH_GRAMMAR}")
             return cls(
-                match[1], int(match[2]), int(match[3]), match[6], bool(match[4]), bool(match[5])
+                match[1],
+                int(match[2]),
+                int(match[3]),
+                match[7],
+                bool(match[5]),
+                bool(match[6]),
+                kernel,
             )
         raise UnknownNameError(f"unknown architecture {name!r}; {_ARCH_GRAMMAR}")
 
 
 _REGISTRY: dict[str, ArchConfig] = {}
 _ARCH_GRAMMAR = (
-    "valid names are mlp-w{8..128}-d{1..4}-{act} and cnn1d|cnn2d-c{4..32}-d{1..4}[-bn][-res]-{act} "
+    "valid names are mlp-w{8..128}-d{1..4}-{act} and "
+    "cnn1d|cnn2d-c{4..32}-d{1..5}[-k5|-k7][-bn][-res]-{act} "
     f"(-res needs d >= 3) with act in {', '.join(ACTIVATION_NAMES)}, e.g. mlp-w32-d2-relu, "
     "cnn2d-c8-d2-relu, cnn1d-c16-d3-bn-res-tanh; list_archs() lists the registered ones"
 )
@@ -246,11 +270,19 @@ class ConvBlock(nn.Module):
         activation: str,
         batchnorm: bool,
         residual: bool,
+        kernel: int = 3,
     ) -> None:
         super().__init__()
         conv = nn.Conv1d if dims == 1 else nn.Conv2d
         norm = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
-        self.conv = conv(in_channels, out_channels, 3, stride=stride, padding=1, bias=not batchnorm)
+        self.conv = conv(
+            in_channels,
+            out_channels,
+            kernel,
+            stride=stride,
+            padding=kernel // 2,
+            bias=not batchnorm,
+        )
         self.norm = norm(out_channels, eps=BN_EPS) if batchnorm else nn.Identity()
         self.act = make_activation(activation)
         self.residual = residual
@@ -281,6 +313,7 @@ class ConvNet(nn.Module):
                 arch.activation,
                 arch.batchnorm,
                 arch.has_skip(i),
+                arch.kernel,
             )
             for i in range(arch.depth)
         )

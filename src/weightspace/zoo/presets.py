@@ -8,13 +8,22 @@ preset      contents                                                        mean
                                                                             2 CPU cores)
 ``medium``  5 tasks, 14 architectures, 96 runs, 20 epochs (~22k ckpts)      a workstation
 ``large``   5 tasks, 26 architectures, 256 runs, 30 epochs (~118k ckpts)   a GPU
-``wild-     digits, 45 heterogeneous 2-D CNNs (width 4/8/16, depth 2–4,      held-out-
-park-       relu/tanh/gelu, with and without residual blocks), 16 runs,      architecture
-small``     20 epochs (~4.3k ckpts)                                          benchmarks
+``wild-     digits, 126 heterogeneous 2-D CNNs (width 4/8/16, depth 2–5,     held-out-
+park-       kernel 3/5, relu/tanh/gelu, with and without residual blocks),  architecture
+small``     8 runs, 20 epochs (~6k ckpts)                                   benchmarks
 ``inr-      one SIREN (2 sine layers of 16, w0=30) per 8×8 digits image,     INR
 digits``    1,797 images, 200 full-batch Adam steps, checkpoints at steps    classification
             100 and 200 (3,594 ckpts); label = digit                         (< 1 min, 1 core)
+``vit-      timm ViTs (patch 2, width 16/32, 1–2 blocks) fine-tuned on 8×8     real fine-tunes
+digits``    digits from a base per architecture, varied lr / weight decay /  (hub extra; ~5 min,
+            data fraction / label noise, 16 runs each, 10 epochs             1 core)
+``lora``    LoRA adapters (rank 1/2/4/8) of one tiny transformer on 6       adapter retrieval
+            synthetic counting tasks, 8 runs each, 15 epochs (144 ckpts)     (~7 min, 1 core)
 ==========  ===============================================================  ===================
+
+``vit-digits`` and ``lora`` are written by their own generators
+(:mod:`weightspace.zoo.vit_digits`, :mod:`weightspace.zoo.lora_zoo`; see
+``weightspace.zoo.generate.FITTED_PRESETS``); ``--runs`` and ``--epochs`` apply to them.
 
 ``inr-digits-shared`` is the same with one initial draw shared by every INR (as meta-learned
 INR datasets do): weights then differ only by what fitting wrote, so flat weights classify; with
@@ -26,9 +35,9 @@ override them; ``--tasks``/``--archs`` do not apply.
 
 ``wild-park-small`` is the offline stand-in for Neural Graphs' CNN Wild Park
 (:mod:`weightspace.zoo.formats.wild_park`): one task, architectures varying in width, depth,
-activation and residual connections. It covers less than the published park: the architecture
-registry has kernel 3 only and depth at most 4 (the park: kernels 3/5/7, depth 2–5, and residuals
-from any earlier layer).
+kernel size, activation and residual connections. It covers less than the published park:
+kernels 3/5 (the park: 3/5/7), and residuals only around the stride-1 layers (the park: from any
+earlier layer).
 
 A preset's architectures apply to every task that supports their family (MLPs everywhere, 2-D
 CNNs on ``digits``, 1-D CNNs on ``mnist1d``).
@@ -47,12 +56,13 @@ __all__ = ["PRESETS", "Preset", "get_preset", "list_presets"]
 
 DEFAULT_TASKS = ("digits", "mnist1d", "wine", "breast-cancer", "synthetic-0")
 CHECKPOINTS_20 = (0, 1, 2, 5, 10, 20)
-#: ``wild-park-small``: every width × depth × activation, and the residual variant where the
-#: registry allows one (depth ≥ 3).
+#: ``wild-park-small``: every width × depth × kernel × activation, and the residual variant
+#: where the registry allows one (depth ≥ 3).
 WILD_PARK_SMALL_ARCHS = tuple(
-    f"cnn2d-c{width}-d{depth}{flags}-{activation}"
+    f"cnn2d-c{width}-d{depth}{kernel}{flags}-{activation}"
     for width in (4, 8, 16)
-    for depth in (2, 3, 4)
+    for depth in (2, 3, 4, 5)
+    for kernel in ("", "-k5")
     for flags in ("", "-res")
     for activation in ("relu", "tanh", "gelu")
     if not (flags and depth < 3)
@@ -187,13 +197,13 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="wild-park-small",
-            description="heterogeneous CNNs on digits (width, depth, activation, residual): "
-            "the offline stand-in for the CNN Wild Park",
+            description="heterogeneous CNNs on digits (width, depth, kernel, activation, "
+            "residual): the offline stand-in for the CNN Wild Park",
             tasks=("digits",),
             archs=WILD_PARK_SMALL_ARCHS,
-            runs=16,
+            runs=8,
             settings=TrainSettings(epochs=20, checkpoint_epochs=CHECKPOINTS_20, batch_size=32),
-            runs_per_shard=16,
+            runs_per_shard=8,
         ),
         Preset(
             name="inr-digits",
@@ -214,6 +224,26 @@ PRESETS: dict[str, Preset] = {
             settings=TrainSettings(epochs=200, checkpoint_epochs=(100, 200), batch_size=64),
             runs_per_shard=2048,
             inr=InrFitSettings(width=16, depth=2, w0=30.0, lr=1e-3, shared_init=True),
+        ),
+        Preset(
+            name="vit-digits",
+            description="small timm ViTs (patch 2, width 16/32, 1-2 blocks) fine-tuned on 8x8 "
+            "digits with varied hyper-parameters (zoo/vit_digits.py; needs the hub extra)",
+            tasks=("digits-vit",),
+            archs=("vit-e16-d1-h2", "vit-e16-d2-h2", "vit-e32-d1-h4"),
+            runs=16,
+            settings=TrainSettings(epochs=10, checkpoint_epochs=(0, 1, 3, 10), batch_size=32),
+            runs_per_shard=16,
+        ),
+        Preset(
+            name="lora",
+            description="LoRA adapters of one small transformer on 6 synthetic sequence tasks, "
+            "ranks 1/2/4/8, varied learning rates and seeds (zoo/lora_zoo.py)",
+            tasks=("lora-seq",),
+            archs=("transformer-e16-d1-h2",),
+            runs=8,
+            settings=TrainSettings(epochs=15, checkpoint_epochs=(3, 8, 15), batch_size=64),
+            runs_per_shard=16,
         ),
     )
 }

@@ -160,12 +160,13 @@ def _accumulate_metrics(
 
 @dataclass(frozen=True)
 class _ConvGeometry:
-    """One conv layer (kernel 3, padding 1) on channels-last activations ``(M, B, *S, C)``.
+    """One conv layer (kernel ``kernel``, default 3, padding ``kernel // 2``) on channels-last
+    activations ``(M, B, *S, C)``.
 
     A conv runs one of two ways, both batched matmuls over the models:
 
     * im2col (``dense is None``): patches ``(M, B·|S_out|, k·C_in)`` (entries ordered
-      ``(*kernel offset, c)``; ``k = 3^dims``) times the kernel permuted to ``(M, k·C_in, C_out)``.
+      ``(*kernel offset, c)``; ``k = kernel^dims``) times the kernel permuted to ``(M, k·C_in, C_out)``.
       The first conv always runs this way, on patches of the data computed once.
     * dense (small inputs): the conv as a ``(|S_out|·C_out, |S_in|·C_in)`` matrix per model,
       gathered from the kernel by ``dense`` (index ``C_out·C_in·k`` is an appended zero). The
@@ -181,6 +182,7 @@ class _ConvGeometry:
     dense: Tensor | None = None  # (|S_out|·C_out·|S_in|·C_in,) long
     grad_index: Tensor | None = None  # (C_out·C_in·k·|S_out|,) long
     grad_mask: Tensor | None = None  # (C_out·C_in·k, |S_out|) float
+    kernel: int = 3  # kernel side (odd); padding kernel // 2 keeps |S_out| = ceil(|S_in| / stride)
 
     @property
     def dims(self) -> int:
@@ -188,7 +190,11 @@ class _ConvGeometry:
 
     @property
     def kernel_size(self) -> int:
-        return 3**self.dims
+        return self.kernel**self.dims
+
+    @property
+    def pad(self) -> int:
+        return self.kernel // 2
 
     @property
     def patch_size(self) -> int:
@@ -232,8 +238,11 @@ def _dense_tables(geometry: _ConvGeometry) -> _ConvGeometry:
     cols = torch.arange(in_c).view(1, -1)
     outputs = itertools.product(*(range(n) for n in geometry.out_spatial))
     for row, position in enumerate(outputs):
-        for j, offset in enumerate(itertools.product(range(3), repeat=geometry.dims)):
-            source = [geometry.stride * p + o - 1 for p, o in zip(position, offset, strict=True)]
+        for j, offset in enumerate(itertools.product(range(geometry.kernel), repeat=geometry.dims)):
+            source = [
+                geometry.stride * p + o - geometry.pad
+                for p, o in zip(position, offset, strict=True)
+            ]
             if not all(0 <= q < n for q, n in zip(source, geometry.in_spatial, strict=True)):
                 continue
             p = 0
@@ -255,8 +264,9 @@ def _conv_geometry(arch: ArchConfig, input_shape: Sequence[int]) -> list[_ConvGe
     plans = []
     for i in range(arch.depth):
         stride = arch.stride(i)
-        out = tuple((n - 1) // stride + 1 for n in spatial)  # (n + 2·1 − 3) // stride + 1
-        geometry = _ConvGeometry(spatial, out, channels, arch.width, stride)
+        out = tuple((n - 1) // stride + 1 for n in spatial)  # (n + 2·(k // 2) − k) // stride + 1
+        kernel = getattr(arch, "kernel", 3)
+        geometry = _ConvGeometry(spatial, out, channels, arch.width, stride, kernel=kernel)
         if i > 0 and math.prod(spatial) <= DENSE_CONV_MAX_EXPANSION * geometry.kernel_size:
             geometry = _dense_tables(geometry)
         plans.append(geometry)
@@ -275,14 +285,15 @@ def _patches(
     """
     lead, batch, dims = h.shape[0], h.shape[1], geometry.dims
     if padded is None:
-        padded = F.pad(h, (0, 0) + (1, 1) * dims)  # zero padding 1 on every spatial side
+        pad = geometry.pad
+        padded = F.pad(h, (0, 0) + (pad, pad) * dims)  # zero padding on every spatial side
     else:
-        inner = tuple(slice(1, n + 1) for n in geometry.in_spatial)
+        inner = tuple(slice(geometry.pad, n + geometry.pad) for n in geometry.in_spatial)
         padded[(slice(None), slice(None), *inner)] = h
     strides = padded.stride()
     spatial_strides = strides[2 : 2 + dims]
     view = padded.as_strided(
-        (lead, batch, *geometry.out_spatial, *([3] * dims), geometry.in_channels),
+        (lead, batch, *geometry.out_spatial, *([geometry.kernel] * dims), geometry.in_channels),
         (
             strides[0],
             strides[1],
@@ -302,15 +313,16 @@ def _fold_patches(grad_patches: Tensor, geometry: _ConvGeometry, padded: Tensor)
     summed in the buffer ``padded (M, B, *(S_in + 2), C)``."""
     models, dims, stride = grad_patches.shape[0], geometry.dims, geometry.stride
     batch = grad_patches.shape[1] // geometry.out_positions
-    g = grad_patches.view(models, batch, *geometry.out_spatial, *([3] * dims), geometry.in_channels)
+    kernel = [geometry.kernel] * dims
+    g = grad_patches.view(models, batch, *geometry.out_spatial, *kernel, geometry.in_channels)
     padded.zero_()
-    for offset in itertools.product(range(3), repeat=dims):
+    for offset in itertools.product(range(geometry.kernel), repeat=dims):
         where = tuple(
             slice(o, o + stride * (n - 1) + 1, stride)
             for o, n in zip(offset, geometry.out_spatial, strict=True)
         )
         padded[(slice(None), slice(None), *where)] += g[(..., *offset, slice(None))]
-    inner = tuple(slice(1, n + 1) for n in geometry.in_spatial)
+    inner = tuple(slice(geometry.pad, n + geometry.pad) for n in geometry.in_spatial)
     return padded[(slice(None), slice(None), *inner)]
 
 
@@ -480,7 +492,9 @@ class StackedNetwork:
             self._workspace[key] = buffer
         return buffer[:numel].view(tuple(shape))
 
-    def _padded(self, name: str, like: Tensor, geometry: _ConvGeometry | None = None) -> Tensor:
+    def _padded(
+        self, name: str, like: Tensor, geometry: _ConvGeometry | None = None, pad: int = 1
+    ) -> Tensor:
         """A reused buffer ``(M, B, *(S + 2), C)`` with a zero border, to pad ``like`` (M, B, *S,
         C) — or, given ``geometry``, that conv's input — in."""
         if geometry is not None:
@@ -488,7 +502,8 @@ class StackedNetwork:
             shape = (like.shape[0], batch, *geometry.in_spatial, geometry.in_channels)
         else:
             shape = tuple(like.shape)
-        padded = (*shape[:2], *(n + 2 for n in shape[2:-1]), shape[-1])
+        pad = geometry.pad if geometry is not None else pad
+        padded = (*shape[:2], *(n + 2 * pad for n in shape[2:-1]), shape[-1])
         buffer = self._workspace.get(name)
         if buffer is None or buffer.shape != padded:
             buffer = torch.zeros(padded, device=self.device, dtype=self.flat.dtype)
@@ -593,7 +608,7 @@ class StackedNetwork:
                         (models, batch * geometry.out_positions, geometry.patch_size),
                         saved,
                     )
-                    inputs = _patches(h, geometry, self._padded(name, h), patches)
+                    inputs = _patches(h, geometry, self._padded(name, h, pad=geometry.pad), patches)
             if inputs.dim() == 2:  # shared inputs: the same for every model
                 inputs = inputs.expand(models, *inputs.shape)
             shape = (models, inputs.shape[1], matrix.shape[1])
