@@ -13,6 +13,14 @@ For every architecture it times, in one process:
 * ``flat_mlp``: the flat-weights baseline, an MLP ``P → 256 → 256 → d`` on the concatenated
   parameter vector, in the same dtype and batch size (``ratio`` = encoder / flat models per s).
 
+``--heterogeneous N`` (default 160; 0 skips it) adds the heterogeneity case: an embedding
+batch of 128 models drawn from ``N`` distinct MLP/CNN architectures (:mod:`_heterogeneous`)
+against 128 models of the one architecture of matched size, both through
+:meth:`Encoder.embed` on a prepared :class:`GraphBank`, with the probe branch (the given
+encoder's if it has one for these input shapes, else a fresh graph+probe encoder); the row
+``mixed, per-architecture`` runs the mixed batch as before (one batch and one probe ``vmap``
+per architecture). ``ratio`` = time / the one-architecture time, all in one process.
+
 It also reports matmul FLOPs per model (``torch.utils.flop_counter``), two byte counts per model
 — ``input_bytes`` (the graph tensors the encoder must read) and ``traffic_bytes`` (bytes read
 and written by every eager kernel, counted with a dispatch mode) — and ``memory_bound_fraction``:
@@ -42,6 +50,8 @@ from weightspace.nn import Encoder, EncoderConfig
 from weightspace.nn.batch import GraphBank
 from weightspace.nn.encoder import prepare_graph
 from weightspace.spec import NetworkSpec, Op, mlp_spec
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -316,6 +326,68 @@ def bench_architecture(
     }
 
 
+def bench_heterogeneous(
+    encoder: Encoder, architectures: int, models: int, repeats: int
+) -> list[dict]:
+    """Embedding-batch time: ``models`` models of ``architectures`` distinct architectures
+    against as many of one matched architecture (module docstring)."""
+    from _heterogeneous import collections, per_architecture_probes
+    from weightspace.nn.probes import domain_key
+
+    mixed, one, one_spec = collections(architectures, models)
+    domains = sorted({domain_key(spec) for spec, _ in mixed + one})
+    config = encoder.config
+    if "probe" not in config.branches or not set(domains) <= set(config.probe_domains):
+        torch.manual_seed(0)
+        config = EncoderConfig(
+            branches=("graph", "probe"), probe_domains=tuple(domains), probe_classes=10
+        )
+        encoder = Encoder(config).eval().requires_grad_(False)
+    banks = {
+        "one": GraphBank([prepare_graph(m, config) for m in one]),
+        "mixed": GraphBank([prepare_graph(m, config) for m in mixed]),
+    }
+
+    def per_architecture() -> None:
+        with torch.inference_mode(), per_architecture_probes():
+            bank = banks["mixed"]
+            for spec_id in range(len(bank.unique_specs)):
+                encoder(bank.select(torch.nonzero(bank.spec_index == spec_id).flatten()))
+
+    cases = {
+        "one": lambda: encoder.embed(banks["one"], batch_size=models),
+        "mixed": lambda: encoder.embed(banks["mixed"], batch_size=models),
+        "mixed, per-architecture": per_architecture,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()  # warm-up (templates, padding plans)
+    for _ in range(repeats):  # interleaved, so load moves every case alike
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    base = statistics.median(samples["one"])
+    rows = []
+    for name, values in samples.items():
+        bank = banks["one" if name == "one" else "mixed"]
+        seconds = statistics.median(values)
+        rows.append(
+            {
+                "case": name,
+                "architectures": len(bank.unique_specs),
+                "models": len(bank),
+                "edges": int(bank.edge_counts.sum()),
+                "batch_s": seconds,
+                "models_per_s": len(bank) / seconds,
+                "ratio": seconds / base,
+                "one_architecture": one_spec.summary(),
+            }
+        )
+        print(f"heterogeneous {name:26s} {seconds:8.3f} s  ratio {seconds / base:.2f}", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -332,6 +404,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", default=None, help="bench only architectures containing this")
     parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument(
+        "--heterogeneous",
+        type=int,
+        default=160,
+        help="distinct architectures of the heterogeneity case (0: skip it)",
+    )
+    parser.add_argument("--heterogeneous-models", type=int, default=128)
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "bench_embed.json")
     )
@@ -368,6 +447,14 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
+    heterogeneous = (
+        bench_heterogeneous(
+            encoder, args.heterogeneous, args.heterogeneous_models, max(args.repeats, 3)
+        )
+        if args.heterogeneous and device.type == "cpu"
+        else []
+    )
+
     from rich.console import Console
     from rich.table import Table
 
@@ -403,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['memory_bound_fraction']:.2f}",
         )
     Console().print(table)
+    if heterogeneous:
+        from _common import print_table
+
+        print_table(
+            heterogeneous, f"heterogeneity — embedding batch of {heterogeneous[0]['models']}"
+        )
 
     device_name = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
@@ -421,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
         "peaks": peaks,
         "rows": rows,
+        "heterogeneous": heterogeneous,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

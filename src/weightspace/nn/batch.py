@@ -21,7 +21,25 @@ from weightspace.graph import NeuralGraph
 from weightspace.layout import layout_of
 from weightspace.spec import NetworkSpec
 
-__all__ = ["GraphBatch", "GraphBank", "SymmetryMasks", "symmetry_masks"]
+__all__ = [
+    "DENSE_MIN_MODELS",
+    "GraphBatch",
+    "GraphBank",
+    "SymmetryMasks",
+    "dense_groups",
+    "inference_chunks",
+    "symmetry_masks",
+]
+
+#: An architecture with at least this many models in a collection gets batches of its own (the
+#: encoder's dense path, ~1.5x faster per model than message passing); fewer share mixed
+#: batches, so a collection of many architectures costs a few calls, not one per architecture.
+DENSE_MIN_MODELS = 32
+#: Inside a mixed batch, the graph branch runs the models of one architecture as a dense
+#: sub-batch when they have at least this many edges together (the dense path saves more than
+#: a call costs; measured on a loaded 2-core CPU: ~10 µs per edge against ~25 ms per call),
+#: and the rest together by message passing.
+DENSE_MIN_EDGES = 2048
 
 
 @dataclass
@@ -223,3 +241,59 @@ class GraphBank:
             spec_ids=spec_ids,
             spec_table=self.spec_table,
         )
+
+
+def inference_chunks(
+    spec_index: Tensor,
+    batch_size: int,
+    node_counts: Tensor | None = None,
+    dense_min: int = DENSE_MIN_MODELS,
+) -> list[Tensor]:
+    """Split a collection into batches for inference: the models of each architecture that has
+    at least ``dense_min`` of them in batches of that architecture only (the encoder's dense
+    path), every other model in mixed batches (message passing), sorted by node count so that
+    a mixed batch pads its pooling to similar sizes. Every index appears once.
+
+    Args:
+        spec_index: ``(n,)`` each model's architecture id.
+        batch_size: models per batch at most.
+        node_counts: ``(n,)`` nodes per model (for the sort; none: input order).
+        dense_min: see :data:`DENSE_MIN_MODELS`.
+    """
+    if not spec_index.numel():
+        return []
+    counts = torch.bincount(spec_index)
+    own = counts >= dense_min
+    chunks: list[Tensor] = []
+    for spec_id in torch.nonzero(own).flatten().tolist():
+        chunks += list(torch.nonzero(spec_index == spec_id).flatten().split(batch_size))
+    rest = torch.nonzero(~own[spec_index]).flatten()
+    if not rest.numel():
+        return chunks
+    if node_counts is not None:
+        rest = rest[torch.sort(node_counts[rest], stable=True).indices]
+    return chunks + list(rest.split(batch_size))
+
+
+def dense_groups(
+    spec_ids: Tensor, edge_counts: Tensor, min_edges: int = DENSE_MIN_EDGES
+) -> list[tuple[Tensor, bool]]:
+    """Positions of a mixed batch grouped for the graph branch: ``(positions, True)`` for each
+    architecture whose models have at least ``min_edges`` edges together (a dense sub-batch),
+    then ``(positions, False)`` for all the others together (message passing), if any.
+
+    Args:
+        spec_ids: ``(B,)`` each model's architecture id.
+        edge_counts: ``(B,)`` each model's edges.
+    """
+    if not spec_ids.numel():
+        return []
+    ids, inverse = torch.unique(spec_ids, return_inverse=True)
+    totals = torch.zeros(ids.numel(), dtype=torch.long).index_add_(0, inverse, edge_counts)
+    dense = totals >= min_edges
+    groups = [
+        (torch.nonzero(inverse == i).flatten(), True)
+        for i in torch.nonzero(dense).flatten().tolist()
+    ]
+    rest = torch.nonzero(~dense[inverse]).flatten()
+    return groups + ([(rest, False)] if rest.numel() else [])

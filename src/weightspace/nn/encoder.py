@@ -50,11 +50,17 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from weightspace.atomic import atomic_write_bytes
 from weightspace.errors import WeightspaceError
 from weightspace.graph import NeuralGraph, to_graph, to_state_dict
+from weightspace.layout import layout_of
 from weightspace.models import ModelInput, ModelInputError, as_spec_and_state
-from weightspace.nn.batch import GraphBank, GraphBatch
+from weightspace.nn.batch import (
+    DENSE_MIN_MODELS,
+    GraphBank,
+    GraphBatch,
+    dense_groups,
+    inference_chunks,
+)
 from weightspace.nn.features import EdgeEmbedding, NodeEmbedding, ScalarFeatures
 from weightspace.nn.layers import DensePlan, EdgeNodeConv, degree_inverses, dense_plan
 from weightspace.nn.pooling import TransformerPooling
@@ -62,7 +68,6 @@ from weightspace.nn.probes import (
     ProbeEncoder,
     ProbeError,
     ProbeGenerator,
-    domain_key,
     probe_forward,
 )
 from weightspace.spec import NetworkSpec
@@ -330,9 +335,35 @@ class Encoder(nn.Module):
         branches = self.config.branches
         if "probe" not in branches:
             return self._graph_forward(batch, compile)
-        parts = [self._graph_forward(batch, compile)] if "graph" in branches else []
+        return self._fused(
+            self._graph_forward(batch, compile) if "graph" in branches else None, batch
+        )
+
+    def _fused(self, z_graph: Tensor | None, batch: GraphBatch | Any) -> Tensor:
+        """The fused embedding from the graph branch's ``z_graph`` (``None`` without a graph
+        branch) and the probe branch run on ``batch`` (``z_graph`` itself without one)."""
+        if "probe" not in self.config.branches:
+            assert z_graph is not None  # EncoderConfig requires at least one branch
+            return z_graph
+        parts = [] if z_graph is None else [z_graph]
         parts.append(self._probe_forward(batch))
         return self.fuse(torch.cat(parts, dim=-1))
+
+    def _graph_forward_grouped(self, bank: GraphBank, index: Tensor) -> Tensor:
+        """The graph branch on the models ``index`` of ``bank`` (any architectures): each
+        architecture with enough edges as a dense sub-batch, the others together by message
+        passing (:func:`~weightspace.nn.batch.dense_groups`); rows in ``index`` order."""
+        groups = dense_groups(bank.spec_index[index], bank.edge_counts[index])
+        z: Tensor | None = None
+        for positions, _ in groups:
+            part = self._graph_forward(
+                bank.select(index[positions]).to(self.device, self.dtype), False
+            )
+            if z is None:
+                z = part.new_empty(len(index), part.shape[1])
+            z[positions.to(z.device)] = part
+        assert z is not None
+        return z
 
     def _probe_forward(self, batch: GraphBatch | Any) -> Tensor:
         """The probe branch: ``(B, probe_dim)``, ``probe_missing`` where a model cannot run."""
@@ -349,10 +380,13 @@ class Encoder(nn.Module):
             )
         except ProbeError as exc:
             raise EncoderError(str(exc)) from None
+        from weightspace.input_domains import resolve_domain  # free input sizes (global pooling)
+
+        domains = config.probe_domains
         domain_of_spec = torch.tensor(
-            [config.probe_domains.index(domain_key(spec)) for spec in batch.spec_table]
+            [domains.index(resolve_domain(spec, domains)) for spec in batch.spec_table]
             if batch.spec_ids is not None
-            else [config.probe_domains.index(domain_key(batch.spec))]
+            else [domains.index(resolve_domain(batch.spec, domains))]
         )
         spec_ids = (
             batch.spec_ids.cpu()
@@ -395,12 +429,14 @@ class Encoder(nn.Module):
                 plan = None
         if plan is not None:
             run = _compiled_encode_dense() if compile else encode_dense
+            # The bank pads edges to its widest architecture's; this one reads only its own.
+            width = max(layout_of(spec).max_edge_features, 1)
             return run(
                 self,
                 plan,
                 num_graphs,
                 batch.x.to(dtype),
-                batch.edge_attr.to(dtype),
+                batch.edge_attr[:, :width].to(dtype),
                 batch.node_depth,
                 batch.node_role,
                 batch.node_activation,
@@ -418,7 +454,7 @@ class Encoder(nn.Module):
             batch.node_activation,
             batch.node_position,
         )  # (N, hidden)
-        e = self.edge_embedding(batch.edge_attr.to(dtype), batch.edge_kind)  # (E, edge_hidden)
+        e = self._embed_edges(batch, dtype)  # (E, edge_hidden)
         edge_index = batch.edge_index
         reverse = edge_index.flip(0)
         inverse_degree = degree_inverses(edge_index, h.shape[0], h.dtype)
@@ -427,6 +463,28 @@ class Encoder(nn.Module):
             h, e = conv(h, edge_index, e, reverse, inverse_degree, update_edges=not last)
         max_num_nodes = getattr(batch, "max_num_nodes", None)
         return self.pool(h, node_batch, num_graphs, max_num_nodes)
+
+    def _embed_edges(self, batch: GraphBatch | Any, dtype: torch.dtype) -> Tensor:
+        r"""Initial edge states ``(E, edge_hidden)`` of a batch of any architectures.
+
+        A bank pads every edge to its widest (a 3x3 kernel: 9 entries), so a batch mixing MLPs
+        and CNNs would pay nine columns of features for every scalar weight. Edges are grouped
+        by their real width instead (``edge_width``: a few distinct values) and each group is
+        embedded at that width, which is exact since :math:`\phi(0) = 0`."""
+        attr = batch.edge_attr.to(dtype)
+        widths = getattr(batch, "edge_width", None)
+        if widths is None or attr.shape[1] == 1 or not attr.shape[0]:
+            return self.edge_embedding(attr, batch.edge_kind)
+        distinct = torch.unique(widths).tolist()
+        if len(distinct) == 1:
+            weights = self.edge_embedding.embed_weights(attr[:, : max(distinct[0], 1)])
+        else:
+            weights = attr.new_zeros(attr.shape[0], self.edge_embedding.hidden)
+            for width in distinct:
+                rows = torch.nonzero(widths == width).flatten()
+                block = self.edge_embedding.embed_weights(attr[rows, : max(width, 1)])
+                weights = weights.index_put((rows,), block)
+        return weights + self.edge_embedding.attributes(batch.edge_kind)
 
     def heads(self, z: Tensor) -> dict[str, Tensor]:
         """Raw head outputs for embeddings ``z``: ``projection``, ``properties`` (standardised
@@ -483,18 +541,29 @@ class Encoder(nn.Module):
         with_heads: bool,
         compile: bool = False,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        bank = models if isinstance(models, GraphBank) else self.bank(models)
+        if not isinstance(models, GraphBank):  # large models take the memory-lean path
+            from weightspace.nn.large_graph import run_splitting_large
+
+            return run_splitting_large(self, models, batch_size, device, with_heads, compile)
+        bank = models
         if device is not None:
             self.to(device)
         was_training = self.training
         self.eval()
-        # Batches of one architecture each run the dense fast path; results go back in order.
-        chunks = []
-        for spec_id in range(len(bank.unique_specs)):
-            members = torch.nonzero(bank.spec_index == spec_id).flatten()
-            chunks += list(members.split(batch_size))
-        # Compiled graphs have static shapes: pad every batch to the largest one (repeating its
-        # first model; the extra rows are dropped) so each architecture compiles once.
+        # Architectures with many models run the dense fast path in batches of their own; the
+        # rest share mixed batches: one probe call per padded bucket and the graph branch by
+        # dense sub-batches where they pay, not one batch per architecture. Compiled runs keep
+        # one batch per architecture (static shapes). Results go back in input order.
+        chunks = inference_chunks(
+            bank.spec_index,
+            batch_size,
+            bank.node_counts,
+            dense_min=1 if compile else DENSE_MIN_MODELS,
+        )
+        # Compiled graphs have static shapes: pad every one-architecture batch to the largest
+        # one (repeating its first model; the extra rows are dropped) so each architecture
+        # compiles once. Mixed batches run eagerly (forward compiles only the dense path).
+        uniform = [bool((bank.spec_index[i] == bank.spec_index[i[0]]).all()) for i in chunks]
         static = max(len(index) for index in chunks) if compile else 0
         embeddings: list[Tensor] = []
         outputs: dict[str, list[Tensor]] = {}
@@ -502,12 +571,15 @@ class Encoder(nn.Module):
         probing = "probe" in self.config.branches
         try:
             with torch.inference_mode():
-                for index in chunks:
+                for number, index in enumerate(chunks):
                     count = len(index)
-                    if count < static:
+                    if count < static and uniform[number]:
                         index = torch.cat([index, index[:1].expand(static - count)])
-                    batch = bank.select(index)
-                    z = self(batch.to(self.device, self.dtype), compile=compile)[:count]
+                    batch = bank.select(index).to(self.device, self.dtype)
+                    if uniform[number] or "graph" not in self.config.branches:
+                        z = self(batch, compile=compile)[:count]
+                    else:  # graph branch by dense sub-batches, probes on the whole batch
+                        z = self._fused(self._graph_forward_grouped(bank, index), batch)
                     embeddings.append(z.cpu())
                     if probing:
                         fallbacks.append(self.last_fallback[:count])
@@ -592,57 +664,19 @@ class Encoder(nn.Module):
         return digest.hexdigest()
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``encoder.safetensors`` and ``config.json`` into ``directory`` (atomically)."""
-        from safetensors.torch import save
+        """Write ``encoder.safetensors`` and ``config.json`` into ``directory`` (atomically;
+        :func:`weightspace.nn.encoder_files.save_encoder`)."""
+        from weightspace.nn.encoder_files import save_encoder
 
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        meta = {"format": _FORMAT_NAME, "format_version": str(ENCODER_FORMAT_VERSION)}
-        atomic_write_bytes(path / WEIGHTS_FILE, save(tensors, metadata=meta))
-        config = {
-            "format": _FORMAT_NAME,
-            "format_version": ENCODER_FORMAT_VERSION,
-            "encoder": self.config.to_dict(),
-            "fingerprint": self.fingerprint,
-        }
-        atomic_write_bytes(path / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
-        return path
+        return save_encoder(self, directory)
 
     @classmethod
     def read_config(cls, directory: str | os.PathLike[str]) -> EncoderConfig:
-        """The :class:`EncoderConfig` stored in an encoder directory (validated)."""
-        path = Path(directory)
-        if not path.is_dir():
-            raise EncoderError(
-                f"{path}: no such encoder directory; create one with `weightspace train`"
-            )
-        config_path = path / CONFIG_FILE
-        if not config_path.is_file():
-            raise EncoderError(
-                f"{config_path}: missing; {path} is not an encoder directory (expected "
-                f"{CONFIG_FILE} and {WEIGHTS_FILE} written by `weightspace train`)"
-            )
-        try:
-            data = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise EncoderError(
-                f"{config_path}: not valid JSON ({exc}); the file is corrupt"
-            ) from None
-        if not isinstance(data, dict) or data.get("format") != _FORMAT_NAME:
-            raise EncoderError(f"{config_path}: not a weightspace encoder config")
-        version = data.get("format_version")
-        if not isinstance(version, int) or version > ENCODER_FORMAT_VERSION:
-            raise EncoderError(
-                f"{config_path}: encoder format version {version!r} is not supported by this "
-                f"weightspace (supports up to {ENCODER_FORMAT_VERSION}); upgrade weightspace"
-            )
-        if not isinstance(data.get("encoder"), dict):
-            raise EncoderError(f"{config_path}: the 'encoder' section is missing")
-        try:
-            return EncoderConfig.from_dict(data["encoder"])
-        except EncoderError as exc:
-            raise EncoderError(f"{config_path}: {exc}") from None
+        """The :class:`EncoderConfig` stored in an encoder directory (validated;
+        :func:`weightspace.nn.encoder_files.read_encoder_config`)."""
+        from weightspace.nn.encoder_files import read_encoder_config
+
+        return read_encoder_config(directory)
 
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
         """Hugging Face's name for :meth:`save`: ``config.json`` + ``encoder.safetensors`` in
@@ -678,43 +712,15 @@ class Encoder(nn.Module):
         cls, directory: str | os.PathLike[str], *, device: torch.device | str | None = None
     ) -> Encoder:
         """Load an encoder directory written by :meth:`save` (in eval mode); ``pretrained:NAME``
-        loads the bundled encoder ``NAME``.
+        loads the bundled encoder ``NAME`` (:func:`weightspace.nn.encoder_files.load_encoder`).
 
         Raises:
             EncoderError: the directory is missing, corrupt, or incompatible with this version.
             PretrainedError: ``pretrained:NAME`` names no bundled encoder.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from weightspace.nn.encoder_files import load_encoder
 
-        from weightspace.pretrained import resolve_encoder_reference
-
-        path = resolve_encoder_reference(os.fspath(directory))
-        config = cls.read_config(path)
-        weights_path = path / WEIGHTS_FILE
-        if not weights_path.is_file():
-            raise EncoderError(f"{weights_path}: missing; the encoder directory is incomplete")
-        try:
-            tensors = load_file(str(weights_path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise EncoderError(
-                f"{weights_path}: cannot read the weights ({exc}); the file is corrupt"
-            ) from None
-        encoder = cls(config)
-        try:
-            encoder.load_state_dict(tensors, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()
-            raise EncoderError(
-                f"{weights_path}: weights do not match {path / CONFIG_FILE} "
-                f"({' '.join(first[:3])[:300]}); the directory is inconsistent"
-            ) from None
-        dtypes = {t.dtype for t in tensors.values()}
-        if len(dtypes) == 1:
-            encoder = encoder.to(dtype=dtypes.pop())
-        if device is not None:
-            encoder = encoder.to(device)
-        return encoder.eval()
+        return load_encoder(directory, device=device, cls=cls)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, parameters={sum(p.numel() for p in self.parameters())}"

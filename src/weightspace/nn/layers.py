@@ -370,7 +370,13 @@ class EdgeNodeConv(MessagePassing):
         return out, edge_out
 
     def _forward_dense(
-        self, x: Tensor, edge_attr: Tensor, plan: DensePlan, update_edges: bool
+        self,
+        x: Tensor,
+        edge_attr: Tensor,
+        plan: DensePlan,
+        update_edges: bool,
+        message_buffer: Tensor | None = None,
+        edges_in_place: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         r""":meth:`forward` on a batch of ``B`` graphs of one architecture, block by block.
 
@@ -393,6 +399,11 @@ class EdgeNodeConv(MessagePassing):
         ``[h | aggregates]`` (``out=`` reductions), so there is no zero fill, no running
         update and no concatenation. Otherwise the same values are built functionally (slices
         concatenated), which autograd differentiates and inductor fuses.
+
+        For a large graph (inference only) ``message_buffer`` ``(B * E, edge_hidden)`` receives
+        the messages instead of a fresh tensor, and ``edges_in_place`` adds the edge update
+        into ``edge_attr`` itself, so a stack of layers reuses two ``(E, d)`` buffers
+        (:mod:`weightspace.nn.large_graph`).
         """
         d = self.edge_hidden
         n, e = plan.num_nodes, plan.num_edges
@@ -420,7 +431,7 @@ class EdgeNodeConv(MessagePassing):
         starts = [link.edge_start for link in blocks]
         stops = [*starts[1:], e]
         if inplace:
-            pre = x.new_empty(b, e, d)
+            pre = x.new_empty(b, e, d) if message_buffer is None else message_buffer.view(b, e, d)
             for block, start, stop in zip(blocks, starts, stops, strict=True):
                 node_terms(block, pre[:, start:stop])
             pre = pre.view(b * e, d)  # addmm into its own input (addmm_, seen by flop counters)
@@ -483,7 +494,9 @@ class EdgeNodeConv(MessagePassing):
         u = second(_activate(u, self.activation_name, inplace))
         out = u.add_(x) if inplace else u + x  # (B * N, hidden)
         edge_out = None
-        if update_edges:
+        if update_edges and edges_in_place and inplace:
+            edge_out = edge_attr.addmm_(z, self.lin_edge_out.weight.t())
+        elif update_edges:
             edge_out = torch.addmm(edge_attr, z, self.lin_edge_out.weight.t())
         return out, edge_out
 

@@ -25,11 +25,13 @@ The probes are learned, ProbeGen style (Kahana et al., ICLR 2025): per input dom
 (no nonlinearity: the product is linear in :math:`u_p`, but the factorisation shares structure
 between probes and regularises them), reshaped to the domain's input shape.
 
-:func:`probe_forward` runs a batch of models on the probes: models are grouped by
-architecture, each group's weights are read out of the graph tensors in one vectorised gather
-per layer (so augmented views — permuted, noised, pruned — work unchanged), stacked, and run
-through :func:`torch.func.functional_call` of a :class:`~weightspace.module.SpecModule`
-template under :func:`torch.func.vmap`: one call per architecture, no Python loop over models.
+:func:`probe_forward` runs a batch of models on the probes: architectures that differ only in
+hidden widths are grouped into padded buckets (:mod:`weightspace.nn.padded`: zero-padding a
+hidden width preserves the function exactly), each bucket's weights are read out of the graph
+tensors in one vectorised gather per layer (so augmented views — permuted, noised, pruned —
+work unchanged), zero-padded, stacked, and run through :func:`torch.func.functional_call` of a
+:class:`~weightspace.module.SpecModule` template under :func:`torch.func.vmap`: one call per
+bucket, no Python loop over models or over architectures of a bucket.
 Gradients reach the probes (the generator), never the model weights (they are detached).
 """
 
@@ -43,8 +45,8 @@ import torch
 from torch import Tensor, nn
 
 from weightspace.errors import WeightspaceError
-from weightspace.layout import layout_of
 from weightspace.nn.batch import GraphBank, GraphBatch
+from weightspace.nn.padded import PaddedBucket, gather_padded_state, padding_plan
 from weightspace.spec import NetworkSpec
 
 __all__ = [
@@ -137,49 +139,24 @@ def stacked_state_dict(
     :math:`l` of graph :math:`g` sits at ``edge_ptr[g] + start_l + k``; its endpoints, read from
     ``edge_index``, place its features at :math:`W_g[o, i]`, so permuted views give the
     correspondingly permuted weights, and biases are read from the (permuted) node features.
+    (:func:`~weightspace.nn.padded.gather_padded_state` with a bucket of one architecture.)
 
     Args:
         node_ptr, edge_ptr: ``(B,)`` first node / edge of each graph (computed if not given).
     """
     b = batch.num_graphs
-    if node_ptr is None:
-        node_ptr = _pointers(batch.batch, b)
-    if edge_ptr is None:
-        edge_ptr = _pointers(batch.edge_batch, b)
     device = batch.edge_attr.device
+    node_ptr = _pointers(batch.batch, b) if node_ptr is None else node_ptr
+    edge_ptr = _pointers(batch.edge_batch, b) if edge_ptr is None else edge_ptr
     members = members.to(device)
-    layout = layout_of(spec)
-    g = members.numel()
-    nodes0, edges0 = node_ptr.to(device)[members], edge_ptr.to(device)[members]  # (G,)
-    rows = torch.arange(g, device=device)
-    state: dict[str, Tensor] = {}
-    start = 0
-    for link in layout.links:
-        src, dst = layout.groups[link.source], layout.groups[link.target]
-        count = src.size * dst.size
-        position = edges0[:, None] + start + torch.arange(count, device=device)  # (G, count)
-        start += count
-        flat = position.flatten()
-        if not bool((batch.edge_layer[flat] == link.index).all()):
-            raise ProbeError(
-                f"layer {link.name!r}: the batch's edges are not in to_graph order within each "
-                "graph; build batches with GraphBank.select and augment them without reordering "
-                "edges"
-            )
-        ends = batch.edge_index[:, flat]  # (2, G * count)
-        owner = rows.repeat_interleave(count)
-        source = ends[0] - nodes0[owner] - layout.offsets[src.index]
-        target = ends[1] - nodes0[owner] - layout.offsets[dst.index]
-        features = batch.edge_attr[flat, : link.edge_features]
-        w = batch.edge_attr.new_zeros(g, dst.size, src.size, link.edge_features)
-        w[owner, target, source] = features
-        op = spec[link.name]
-        state[f"{link.name}.weight"] = w.reshape(g, *op.weight_shape())
-        if op.attrs.get("bias", True):
-            offset = layout.offsets[dst.index]
-            nodes = nodes0[:, None] + offset + torch.arange(dst.size, device=device)
-            state[f"{link.name}.bias"] = batch.x[nodes, 0]  # (G, out)
-    return state
+    rows = torch.zeros_like(members)
+    bucket = padding_plan((spec,)).buckets[0]
+    try:
+        return gather_padded_state(
+            batch, members, rows, bucket, node_ptr.to(device), edge_ptr.to(device)
+        )
+    except ValueError as exc:
+        raise ProbeError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------ forward
@@ -236,8 +213,9 @@ def probe_forward(
         domains: the accepted domain keys (default: any).
 
     Returns:
-        :class:`ProbeOutputs`. Per architecture one ``vmap`` of ``functional_call`` over the
-        stacked (detached) weights; a group whose forward raises, or whose spec cannot be run,
+        :class:`ProbeOutputs`. Per padded bucket one ``vmap`` of ``functional_call`` over
+        the stacked (detached) weights; a bucket whose forward raises is retried architecture
+        by architecture; an architecture whose forward raises, or whose spec cannot be run,
         is marked not runnable, as is each model with a non-finite output. Those rows are zero
         and never send a gradient to the probes.
 
@@ -245,25 +223,19 @@ def probe_forward(
         ProbeError: a model's input domain is not in ``domains``, or it has more than
             ``classes`` outputs.
     """
-    from torch.func import functional_call, vmap
+    from weightspace.input_domains import resolve_domain  # free input sizes (global pooling)
 
     batch = _as_graph_batch(graphs)
     spec_ids, table = _spec_groups(batch)
     b = batch.num_graphs
     dtype, device = batch.edge_attr.dtype, batch.edge_attr.device
     get = probes if callable(probes) else probes.__getitem__
-    cache: dict[str, Tensor] = {}
-    node_ptr = _pointers(batch.batch, b)
-    edge_ptr = _pointers(batch.edge_batch, b)
-    rows_out: list[Tensor] = []
-    rows_index: list[Tensor] = []
-    runnable = torch.zeros(b, dtype=torch.bool)
-    class_mask = torch.zeros(b, classes, dtype=torch.bool)
-    reasons: dict[int, str] = {}
-    for spec_id in torch.unique(spec_ids).tolist():
+    present = torch.unique(spec_ids).tolist()
+    outputs_count = torch.zeros(len(table), dtype=torch.long)
+    keys: dict[int, str] = {}
+    for spec_id in present:  # checks per architecture: Python on a few integers, no tensors
         spec = table[spec_id]
-        members = torch.nonzero(spec_ids == spec_id).flatten()
-        key = domain_key(spec)
+        keys[spec_id] = key = resolve_domain(spec, domains)
         if domains is not None and key not in domains:
             raise ProbeError(
                 f"a model ({spec.summary()}) takes inputs of shape {list(spec.input_shape)}, but "
@@ -271,70 +243,121 @@ def probe_forward(
                 f"{[list(_domain_shape(d)) for d in domains]}; embed it with an encoder trained "
                 "on models of its input shape"
             )
-        outputs_count = spec.num_outputs
-        if outputs_count > classes:
+        if spec.num_outputs > classes:
             raise ProbeError(
-                f"a model ({spec.summary()}) has {outputs_count} outputs, more than the "
+                f"a model ({spec.summary()}) has {spec.num_outputs} outputs, more than the "
                 f"{classes} classes this encoder's probe branch reads; retrain the encoder on "
                 "a zoo that includes such models"
             )
-        class_mask[members, :outputs_count] = True
+        outputs_count[spec_id] = spec.num_outputs
+    class_mask = torch.arange(classes) < outputs_count[spec_ids].unsqueeze(-1)  # (B, C)
+
+    run = _GroupRunner(batch, get, classes, spec_ids)
+    plan = padding_plan(tuple(table))
+    bucket_ids = plan.bucket_of[spec_ids]  # (B,)
+    for bucket_id in torch.unique(bucket_ids).tolist():
+        bucket = plan.buckets[bucket_id]
+        graphs_in = torch.nonzero(bucket_ids == bucket_id).flatten()
+        # A member the interpreter cannot build is not runnable, whatever its padded form does.
+        for spec_id in bucket.members:
+            if spec_id in keys and _template(table[spec_id]) is None:
+                run.reasons[spec_id] = _FAILURES.get(table[spec_id], "its spec cannot be run")
+                graphs_in = graphs_in[spec_ids[graphs_in] != spec_id]
+        if not graphs_in.numel():
+            continue
+        key = keys[int(spec_ids[graphs_in[0]])]  # one skeleton, one input shape, one domain
+        if not run(bucket, graphs_in, plan.row_of[spec_ids[graphs_in]], key):
+            # The padded forward failed as a whole: retry architecture by architecture, so
+            # one member that cannot run does not take the others with it.
+            for spec_id in torch.unique(spec_ids[graphs_in]).tolist():
+                alone = padding_plan((table[spec_id],)).buckets[0]
+                members = graphs_in[spec_ids[graphs_in] == spec_id]
+                if not run(alone, members, torch.zeros_like(members), key):
+                    run.reasons.setdefault(spec_id, run.failure)
+    p = next(iter(run.cache.values())).shape[0] if run.cache else 0
+    if not p:
+        p = _probe_count(get, table, spec_ids)
+    log_probs = torch.zeros(b, p, classes, dtype=dtype, device=device)
+    if run.rows_out:
+        index = torch.cat(run.rows_index).to(device)
+        log_probs = log_probs.index_put((index,), torch.cat(run.rows_out))
+    return ProbeOutputs(
+        log_probs=log_probs,
+        class_mask=class_mask.to(device),
+        runnable=run.runnable.to(device),
+        reasons=run.reasons,
+    )
+
+
+class _GroupRunner:
+    """Runs buckets of a batch's models on their probes (:func:`probe_forward`'s loop body)
+    and collects the outputs, the runnable flags and the reasons for failures."""
+
+    def __init__(
+        self, batch: GraphBatch, get: Callable[[str], Tensor], classes: int, spec_ids: Tensor
+    ) -> None:
+        self.batch, self.get, self.classes, self.spec_ids = batch, get, classes, spec_ids
+        device = batch.edge_attr.device
+        self.node_ptr = _pointers(batch.batch, batch.num_graphs).to(device)
+        self.edge_ptr = _pointers(batch.edge_batch, batch.num_graphs).to(device)
+        self.cache: dict[str, Tensor] = {}
+        self.rows_out: list[Tensor] = []
+        self.rows_index: list[Tensor] = []
+        self.runnable = torch.zeros(batch.num_graphs, dtype=torch.bool)
+        self.reasons: dict[int, str] = {}
+        self.failure = ""  # why the last call returned False
+
+    def __call__(self, bucket: PaddedBucket, graphs: Tensor, rows: Tensor, key: str) -> bool:
+        """Run ``graphs`` (bucket rows ``rows``) through the bucket's padded architecture on
+        the probes of domain ``key``; ``False`` (and :attr:`failure` says why) if the forward
+        could not be built or raised."""
+        from torch.func import functional_call, vmap
+
+        batch, spec = self.batch, bucket.spec
         template = _template(spec)
         if template is None:
-            reasons[spec_id] = _FAILURES.get(spec, "its spec cannot be run")
-            continue
-        if key not in cache:
-            cache[key] = get(key).to(device=device, dtype=dtype)
-        x = cache[key]
-        state = stacked_state_dict(batch, members, spec, node_ptr, edge_ptr)
+            self.failure = _FAILURES.get(spec, "its spec cannot be run")
+            return False
+        if key not in self.cache:
+            device, dtype = batch.edge_attr.device, batch.edge_attr.dtype
+            self.cache[key] = self.get(key).to(device=device, dtype=dtype)
+        x = self.cache[key]
+        try:
+            state = gather_padded_state(batch, graphs, rows, bucket, self.node_ptr, self.edge_ptr)
+        except ValueError as exc:
+            raise ProbeError(str(exc)) from None
         state = {k: v.detach() for k, v in state.items()}
-
         # One output (a regressor, an INR's intensity): its log-softmax is identically 0, so the
         # raw output is what carries the function there.
-        single = outputs_count == 1
+        single = spec.num_outputs == 1
 
-        def run(
-            params: dict[str, Tensor],
-            x: Tensor = x,
-            template: nn.Module = template,
-            single: bool = single,
-        ) -> Tensor:
+        def forward(params: dict[str, Tensor]) -> Tensor:
             y = functional_call(template, params, (x,))
             return y if single else y.log_softmax(-1)
 
         try:
-            out = vmap(run)(state)  # (G, P, c)
+            out = vmap(forward)(state)  # (G, P, c)
         except Exception as exc:  # a forward that raises falls back to the graph branch
-            reasons[spec_id] = f"its forward raised {type(exc).__name__}: {exc}"[:200]
-            continue
+            self.failure = f"its forward raised {type(exc).__name__}: {exc}"[:200]
+            return False
         finite = torch.isfinite(out.detach()).flatten(1).all(1)
         if not bool(finite.all()):
-            reasons[spec_id] = "non-finite outputs on the probes"
+            bad = graphs[~finite.cpu()]
+            for spec_id in torch.unique(self.spec_ids[bad]).tolist():
+                self.reasons[spec_id] = "non-finite outputs on the probes"
             # Rerun the finite models only: a NaN anywhere in the graph would poison the
             # probes' gradient (0 * NaN = NaN).
             keep = torch.nonzero(finite).flatten()
-            members = members[keep.cpu()]
-            if not members.numel():
-                continue
-            out = vmap(run)({k: v[keep] for k, v in state.items()})
-        runnable[members] = True
-        if out.shape[-1] < classes:
-            out = nn.functional.pad(out, (0, classes - out.shape[-1]))
-        rows_out.append(out)
-        rows_index.append(members)
-    p = next(iter(cache.values())).shape[0] if cache else 0
-    if not p:
-        p = _probe_count(get, table, spec_ids)
-    log_probs = torch.zeros(b, p, classes, dtype=dtype, device=device)
-    if rows_out:
-        index = torch.cat(rows_index).to(device)
-        log_probs = log_probs.index_put((index,), torch.cat(rows_out))
-    return ProbeOutputs(
-        log_probs=log_probs,
-        class_mask=class_mask.to(device),
-        runnable=runnable.to(device),
-        reasons=reasons,
-    )
+            graphs = graphs[keep.cpu()]
+            if not graphs.numel():
+                return True
+            out = vmap(forward)({k: v[keep] for k, v in state.items()})
+        self.runnable[graphs] = True
+        if out.shape[-1] < self.classes:
+            out = nn.functional.pad(out, (0, self.classes - out.shape[-1]))
+        self.rows_out.append(out)
+        self.rows_index.append(graphs)
+        return True
 
 
 def _probe_count(get: Callable[[str], Tensor], table: Sequence[NetworkSpec], ids: Tensor) -> int:
