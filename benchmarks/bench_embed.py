@@ -10,6 +10,7 @@ For every architecture it times, in one process:
   beforehand, as a serving loop would), ``torch.inference_mode``;
 * ``end_to_end`` (CPU only, fewer models): canonicalisation + graph building + batching + forward,
   i.e. :meth:`Encoder.embed` on ``(spec, state_dict)`` pairs;
+* ``graph_branch_ms`` / ``probe_branch_ms``: each branch of the encoder alone on that batch;
 * ``flat_mlp``: the flat-weights baseline, an MLP ``P → 256 → 256 → d`` on the concatenated
   parameter vector, in the same dtype and batch size (``ratio`` = encoder / flat models per s).
 
@@ -245,6 +246,7 @@ def bench_architecture(
             use_compile = False
     seconds = time_call(run_encoder, device, args.repeats)
     encoder_rate = args.batch_size / seconds
+    branch_seconds = branch_times(encoder, batch, device, args.repeats)
 
     # FLOPs and bytes on a small batch, scaled per model.
     small = bank.select(torch.arange(64) % distinct).to(device, dtype)
@@ -307,6 +309,9 @@ def bench_architecture(
         "edges": int(graph.num_edges),
         "batch_size": args.batch_size,
         "encoder_models_per_s": encoder_rate,
+        # Each branch alone on the same batch (the rest is the fusion MLP), ms per batch.
+        "graph_branch_ms": branch_seconds.get("graph", 0.0) * 1e3,
+        "probe_branch_ms": branch_seconds.get("probe", 0.0) * 1e3,
         "end_to_end_models_per_s": end_to_end,
         "flat_mlp_models_per_s": flat_rate,
         "ratio_encoder_over_flat": encoder_rate / flat_rate,
@@ -324,6 +329,26 @@ def bench_architecture(
             else "eager kernel traffic"
         ),
     }
+
+
+def branch_times(encoder: Encoder, batch, device: torch.device, repeats: int) -> dict[str, float]:
+    """Seconds per batch of each branch of ``encoder`` alone (graph: eager dense path)."""
+    out = {}
+    if "graph" in encoder.config.branches:
+
+        def graph() -> None:
+            with torch.inference_mode():
+                encoder._graph_forward(batch, False)
+
+        out["graph"] = time_call(graph, device, repeats)
+    if "probe" in encoder.config.branches:
+
+        def probe() -> None:
+            with torch.inference_mode():
+                encoder._probe_forward(batch)
+
+        out["probe"] = time_call(probe, device, repeats)
+    return out
 
 
 def bench_heterogeneous(
@@ -439,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name:34s} {row['nodes']:5d}n {row['edges']:6d}e  encoder "
             f"{row['encoder_models_per_s']:12,.0f}/s  flat {row['flat_mlp_models_per_s']:12,.0f}/s"
+            f"  graph {row['graph_branch_ms']:6.0f} ms  probe {row['probe_branch_ms']:6.0f} ms"
             f"  {row['matmul_flops_per_model'] / 1e6:6.2f} MFLOP  "
             f"{row['traffic_bytes_per_model'] / 1e6:6.2f} MB  mem-bound "
             f"{row['memory_bound_fraction']:.2f}"

@@ -182,8 +182,17 @@ def test_embedding_many_architectures_costs_few_calls(monkeypatch: pytest.Monkey
         calls["vmap"] += 1
         return vmap(*args, **kwargs)
 
+    from weightspace.nn import probes
+
+    stacked_forward = probes.stacked_forward
+
+    def counting_stacked_forward(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["vmap"] += 1  # the batched-product forward that replaces vmap where it can
+        return stacked_forward(*args, **kwargs)
+
     monkeypatch.setattr(Encoder, "_graph_forward", counting_graph_forward)
     monkeypatch.setattr(torch.func, "vmap", counting_vmap)
+    monkeypatch.setattr(probes, "stacked_forward", counting_stacked_forward)
     encoder.embed(models, batch_size=512)
     assert calls["graph"] == 1  # small graphs: one message-passing batch, not one per arch
     assert calls["vmap"] == len(padding_plan(tuple(SPECS)).buckets) < len(SPECS)

@@ -31,7 +31,10 @@ hidden width preserves the function exactly), each bucket's weights are read out
 tensors in one vectorised gather per layer (so augmented views — permuted, noised, pruned —
 work unchanged), zero-padded, stacked, and run through :func:`torch.func.functional_call` of a
 :class:`~weightspace.module.SpecModule` template under :func:`torch.func.vmap`: one call per
-bucket, no Python loop over models or over architectures of a bucket.
+bucket, no Python loop over models or over architectures of a bucket. Specs made of linear and
+convolution layers, activations, adds and pools skip ``vmap``: :mod:`weightspace.nn.probe_ops`
+runs them as one batched matrix product per layer (per kernel entry for a convolution) for all
+models of the bucket, the same function without ``vmap``'s grouped convolutions.
 Gradients reach the probes (the generator), never the model weights (they are detached).
 """
 
@@ -47,6 +50,7 @@ from torch import Tensor, nn
 from weightspace.errors import WeightspaceError
 from weightspace.nn.batch import GraphBank, GraphBatch
 from weightspace.nn.padded import PaddedBucket, gather_padded_state, padding_plan
+from weightspace.nn.probe_ops import stacked_forward, supports
 from weightspace.spec import NetworkSpec
 
 __all__ = [
@@ -335,8 +339,14 @@ class _GroupRunner:
             y = functional_call(template, params, (x,))
             return y if single else y.log_softmax(-1)
 
+        def forward_all(params: dict[str, Tensor]) -> Tensor:  # (G, P, c)
+            if supports(spec):  # one batched product per layer (weightspace.nn.probe_ops)
+                y = stacked_forward(spec, params, x)
+                return y if single else y.log_softmax(-1)
+            return vmap(forward)(params)
+
         try:
-            out = vmap(forward)(state)  # (G, P, c)
+            out = forward_all(state)  # (G, P, c)
         except Exception as exc:  # a forward that raises falls back to the graph branch
             self.failure = f"its forward raised {type(exc).__name__}: {exc}"[:200]
             return False
@@ -351,7 +361,7 @@ class _GroupRunner:
             graphs = graphs[keep.cpu()]
             if not graphs.numel():
                 return True
-            out = vmap(forward)({k: v[keep] for k, v in state.items()})
+            out = forward_all({k: v[keep] for k, v in state.items()})
         self.runnable[graphs] = True
         if out.shape[-1] < self.classes:
             out = nn.functional.pad(out, (0, self.classes - out.shape[-1]))
