@@ -49,6 +49,7 @@ RETRIEVAL_NAMES = {
     "L": "L — lineage (query = a derivative of a gallery model, then a random symmetry "
     "transform; relevant = its source run's checkpoints)",
     "F": "F — function (relevant = the gallery models whose test predictions agree most)",
+    "T": "T — task (relevant = every gallery model of the query's task from other runs)",
 }
 
 

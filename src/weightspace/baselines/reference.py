@@ -8,7 +8,10 @@ r"""Reference rows that any learned method must beat: ``metadata`` and ``probing
   each model's log-softmax outputs on ``P`` fixed inputs, then the tuned tree head
   (:func:`weightspace.baselines.tuning.tuned_regressor`). It is invariant to every
   function-preserving transform by construction. Gaussian inputs keep it data-free; inputs
-  from the task's training split show what a little data buys.
+  from the task's training split show what a little data buys. A model that reads token ids
+  (a spec whose input has ``layout: "tokens"``, e.g. the lora preset's transformer) gets token
+  ids instead: uniform over its vocabulary with the same seed in place of Gaussians, and the
+  task's own sequences for ``probing-task``.
 """
 
 from __future__ import annotations
@@ -136,10 +139,14 @@ class MetadataLookup:
 # ------------------------------------------------------------------------------------ probing
 def _gaussian_inputs(spec: Any, probes: int, seed: int) -> Tensor:
     """``probes`` standard normal inputs ``(P, *input_shape)``; the same numbers (reshaped) for
-    every architecture with as many input values."""
+    every architecture with as many input values. For a token model: ``(P, T)`` int64 token ids
+    uniform over its vocabulary, the same for every model of that vocabulary and length."""
     shape = tuple(int(s) for s in spec.input_shape)
     numel = int(np.prod(shape))
     generator = torch.Generator().manual_seed(seed)
+    if spec.is_tokens:
+        vocabulary = int(spec.ops[0].attrs["vocab_size"])
+        return torch.randint(0, vocabulary, (probes, *shape), generator=generator)
     return torch.randn(probes, numel, generator=generator).reshape(probes, *shape)
 
 
@@ -160,7 +167,27 @@ def _task_inputs(task: str, spec: Any, probes: int, seed: int) -> Tensor:
             f"task {task!r} has {features.shape[0]} training examples, fewer than {probes} probes"
         )
     order = torch.randperm(features.shape[0], generator=torch.Generator().manual_seed(seed))
-    return features[order[:probes]].reshape(probes, *shape).float()
+    x = features[order[:probes]].reshape(probes, *shape)
+    return x.round().long() if spec.is_tokens else x.float()  # token ids are stored as floats
+
+
+def _token_outputs(graphs: Sequence[Any], inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`probe_outputs` for token models, one model at a time through
+    :func:`~weightspace.module.to_module`: the probe forward stacks weights of linear and conv
+    layers only, and feeds its probes as floats, which an embedding cannot index with."""
+    from weightspace.graph import to_state_dict
+    from weightspace.module import to_module
+
+    x = inputs.long()
+    rows, ok = [], []
+    with torch.no_grad():
+        for graph in graphs:
+            out = to_module(graph.spec, to_state_dict(graph))(x).float()  # (P, C)
+            out = out if out.shape[-1] == 1 else out.log_softmax(-1)
+            finite = bool(torch.isfinite(out).all())
+            rows.append(out if finite else torch.zeros_like(out))
+            ok.append(finite)
+    return torch.stack(rows), torch.tensor(ok, dtype=torch.bool)
 
 
 def probe_outputs(
@@ -187,6 +214,8 @@ def probe_outputs(
     from weightspace.nn.probes import domain_key, probe_forward
 
     spec = graphs[0].spec
+    if spec.is_tokens:
+        return _token_outputs(graphs, inputs)
     probes = {domain_key(spec): inputs}
     classes = int(spec.num_outputs)
     parts, masks = [], []

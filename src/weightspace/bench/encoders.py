@@ -47,6 +47,7 @@ def train_encoder(
 
     from weightspace.train import TrainConfig, train
 
+    token_zoo = _reads_token_ids(config.zoo)
     cfg = TrainConfig(
         zoo=config.zoo,
         out=str(out),
@@ -54,7 +55,15 @@ def train_encoder(
         epochs=epochs,
         time_limit=time_limit,
         device=config.device,
+        # The probe branch and the function head feed float inputs, which an embedding cannot
+        # index with: until they draw token ids, a token zoo trains the graph branch alone.
+        **({"branches": "graph", "function_weight": 0.0} if token_zoo else {}),
     )
+    if token_zoo:
+        results.notes.append(
+            "The zoo's models read token ids: our encoder was trained with its graph branch "
+            "only and no function head (neither feeds token ids yet)."
+        )
     cfg.splits = {k: list(map(str, v)) for k, v in splits.items()}
     start = time.perf_counter()
     trained = train(cfg, progress=False)
@@ -63,6 +72,16 @@ def train_encoder(
     results.time("encoder_epochs", trained.epochs_run)
     log(f"  encoder trained in {seconds:.0f}s ({trained.epochs_run} epochs)")
     return trained.encoder
+
+
+def _reads_token_ids(zoo_path: str) -> bool:
+    """Whether any architecture of the zoo at ``zoo_path`` takes token ids as input."""
+    from weightspace.zoo import Zoo
+
+    zoo = Zoo.open(zoo_path)
+    table = zoo.table
+    firsts = table.drop_duplicates("arch")["checkpoint_id"] if "arch" in table else table.index[:0]
+    return any(zoo.spec(str(c)).is_tokens for c in firsts)
 
 
 def load_encoder(directory: Path) -> Any:

@@ -41,7 +41,9 @@ def _check_options(config: BenchConfig) -> None:
         raise BenchError(f"unknown methods {unknown}; valid: {sorted(valid)} (each also +canon)")
     unknown = sorted(set(config.retrieval) - set(RETRIEVAL_PROTOCOLS))
     if unknown:
-        raise BenchError(f"unknown retrieval protocols {unknown}; valid: S, L, F")
+        raise BenchError(
+            f"unknown retrieval protocols {unknown}; valid: {', '.join(RETRIEVAL_PROTOCOLS)}"
+        )
     check_held_out(config.held_out)
 
 
@@ -142,6 +144,9 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] = print) -> Res
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     zoo: Any = Zoo.open(config.zoo)
+    from weightspace.zoo.lora_zoo import register_lora_tasks
+
+    register_lora_tasks(zoo)  # a lora zoo's six tasks: F and probing-task read their sequences
     table = zoo_table(zoo)
     graphs = GraphCache(zoo)
     results = start_results(config, table, sections)

@@ -50,7 +50,7 @@ __all__ = [
     "run_retrieval",
 ]
 
-RETRIEVAL_PROTOCOLS: tuple[str, ...] = ("S", "L", "F")
+RETRIEVAL_PROTOCOLS: tuple[str, ...] = ("S", "L", "F", "T")
 
 
 def failure_reason(exc: Exception) -> str:
@@ -218,8 +218,9 @@ def run_retrieval(
     ks: Sequence[int] = tuple(range(1, 11)),
     log: Callable[[str], None] = print,
 ) -> None:
-    """S, L and F retrieval of every method on ``gallery`` (held-out checkpoints whose table has
-    ``run_id`` and, for F and L's fine-tuning derivatives, ``task``), into ``results``."""
+    """S, L, F and T retrieval of every method on ``gallery`` (held-out checkpoints whose table
+    has ``run_id`` and, for F, T and L's fine-tuning derivatives, ``task``), into ``results``.
+    T (same task, other runs) is the only one that excludes a query's own run from the ranking."""
     from weightspace.evaluate import (
         evaluate_retrieval_function,
         evaluate_retrieval_lineage,
@@ -238,8 +239,13 @@ def run_retrieval(
     }
     if tasks is not None:
         available["F"] = lambda m: evaluate_retrieval_function(m, gallery.graphs, tasks, **common)
-    elif "F" in protocols:
-        results.skipped["retrieval F"] = "the zoo has no task column: no test inputs to compare"
+        available["T"] = lambda m: evaluate_retrieval_function(
+            m, gallery.graphs, tasks, runs=runs, relevance="task", **common
+        )
+    else:
+        for protocol in ("F", "T"):
+            if protocol in protocols:
+                results.skipped[f"retrieval {protocol}"] = "the zoo has no task column"
     chosen = {k: v for k, v in available.items() if k in protocols}
     log(f"  retrieval on a gallery of {len(gallery)} held-out checkpoints")
     for name, method in methods.items():

@@ -17,6 +17,8 @@ beside them. Results are flat dicts of floats (:class:`RetrievalResult`).
   descends from, with the source checkpoint itself out of the gallery.
 * **F** (:func:`evaluate_retrieval_function`): find the models *of other runs* that behave like
   the query.
+* **T** (:func:`evaluate_retrieval_function` with ``relevance="task"``): find the models *of
+  other runs* trained on the query's task (every one of them is relevant); needs no test inputs.
 """
 
 from __future__ import annotations
@@ -189,7 +191,8 @@ def predicted_labels(graph: NeuralGraph, inputs: Tensor) -> np.ndarray:
     spec = graph.spec
     state = to_state_dict(graph)
     dtype = next(iter(state.values())).dtype
-    x = inputs.reshape(inputs.shape[0], *spec.input_shape).to(dtype)
+    x = inputs.reshape(inputs.shape[0], *spec.input_shape)
+    x = x.round().long() if spec.is_tokens else x.to(dtype)  # token ids index an embedding
     return to_module(spec, state)(x).argmax(-1).cpu().numpy()
 
 
@@ -204,6 +207,7 @@ def evaluate_retrieval_function(
     num_queries: int | None = None,
     seed: int = 0,
     ks: Sequence[int] = DEFAULT_KS,
+    relevance: str = "agreement",
 ) -> RetrievalResult:
     r"""Retrieval F: find the models *of other runs* that behave like the query.
 
@@ -220,6 +224,12 @@ def evaluate_retrieval_function(
     fewer candidates (same task, other run) are skipped, and so are tasks without test inputs
     (named in :attr:`RetrievalResult.skipped`).
 
+    With ``relevance="task"`` (protocol T) every model of the query's task from other runs is
+    relevant, :math:`R(i) = \{j : \text{task}_j = \text{task}_i,\ \text{run}_j \ne
+    \text{run}_i\}`: retrieval of the task a model was trained for (a LoRA adapter's task), which
+    reads no test inputs and ignores ``k``; a query whose task has no other run in the gallery is
+    skipped.
+
     Args:
         tasks: task of each gallery model.
         k: relevant items per query.
@@ -228,10 +238,13 @@ def evaluate_retrieval_function(
         inputs: test inputs per task (mapping or function); default: the registered task's test
             split.
         num_queries: gallery models to query with (default: all), drawn with ``seed``.
+        relevance: ``"agreement"`` (the ``k`` most agreeing, above) or ``"task"``.
 
     Returns:
         :func:`retrieval_metrics` (``map`` over the relevant sets) and ``k``.
     """
+    if relevance not in ("agreement", "task"):
+        raise ProtocolError(f"relevance must be 'agreement' or 'task', got {relevance!r}")
     if len(tasks) != len(gallery):
         raise ProtocolError(f"got {len(tasks)} tasks for {len(gallery)} gallery models")
     if runs is not None and len(runs) != len(gallery):
@@ -251,6 +264,12 @@ def evaluate_retrieval_function(
     relevant_of: dict[int, list[int]] = {}
     skipped: dict[str, str] = {}
     for task, members in by_task.items():
+        if relevance == "task":
+            for i in members:
+                others = [j for j in members if run_of[j] != run_of[i]]
+                if others:
+                    relevant_of[i] = others
+            continue
         if len(members) <= k:
             continue
         try:
@@ -270,7 +289,8 @@ def evaluate_retrieval_function(
     candidates = np.array(sorted(relevant_of), dtype=int)
     if candidates.size == 0:
         raise ProtocolError(
-            f"no gallery model has more than k={k} models of its task from other runs; enlarge "
+            f"no gallery model has {'any' if relevance == 'task' else f'more than k={k}'} models "
+            "of its task from other runs; enlarge "
             f"the gallery or lower k {list(skipped.values())[:1]}"
         )
     rng = np.random.default_rng(seed)
