@@ -57,7 +57,12 @@ def bench(
         ),
     ] = 200,
     retrieval: Annotated[
-        str, typer.Option("--retrieval", help="Retrieval protocols: S,L,F or a subset, or ''.")
+        str,
+        typer.Option(
+            "--retrieval",
+            help="Retrieval protocols, comma-separated, or '': S (same model), L (lineage), "
+            "F (function), T (same task, other runs).",
+        ),
     ] = "S,L,F",
     max_gallery: Annotated[int, typer.Option("--max-gallery", help="Retrieval gallery cap.")] = 300,
     queries: Annotated[
