@@ -149,3 +149,29 @@ def test_embed_predict_merge_and_convert_name_twins(
     code, _, err = run_cli(capsys, "convert", *b, "--out-dir", tmp_path / "again",
                            "--activation", "relu")  # fmt: skip
     assert code == 1 and "would both be written" in err
+
+
+def test_index_build_on_ray_names_twins_too(
+    folder: Path, encoder_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The Ray path keeps one row per content as the single process does, and says so."""
+    pytest.importorskip("ray")
+    from weightspace.distributed import ray_index
+    from weightspace.distributed.ray_embed import EmbedReport
+    from weightspace.index import AddReport, ModelIndex
+    from weightspace.nn.encoder import Encoder
+
+    stored = ModelIndex.build(tmp_path / "stand-in", [], Encoder.load(encoder_dir))[0]
+
+    def fake(inputs, encoder, **kwargs) -> ray_index.RayIndexReport:  # noqa: ANN001
+        return ray_index.RayIndexReport(stored, AddReport([0, 1, 2, 3]), EmbedReport(), [])
+
+    monkeypatch.setattr(ray_index, "build_index_on_ray", fake)
+    code, _, err = run_cli(capsys, "index", "build", folder, "--out", tmp_path / "index",
+                           "--encoder", encoder_dir, "--activation", "relu", "--ray")  # fmt: skip
+    assert code == 0, err
+    lines = {line.split(" and ")[0].split("/")[-1]: line for line in twin_lines(err)}
+    assert set(lines) == {"a.pt", "b.pt"}
+    assert "same weights): stored once" in lines["a.pt"]
+    assert "different weights): each stored" in lines["b.pt"]

@@ -74,7 +74,13 @@ from weightspace.training.function_targets import (
     probe_inputs,
     unknown_tasks,
 )
-from weightspace.training.losses import batch_losses, function_kl, nt_xent, weighted_sum
+from weightspace.training.losses import (
+    batch_losses,
+    function_kl,
+    nt_xent,
+    uses_contrastive,
+    weighted_sum,
+)
 from weightspace.training.optim import make_optimizer
 from weightspace.training.records import (
     CHECKPOINT_FILE,
@@ -184,7 +190,7 @@ def train(
             batch = data.bank.select(index)
             tuned = data.finetuned.select(index) if data.finetuned is not None else None
             views = [view(batch, tuned, config, generator)]
-            if config.objective != "supervised":
+            if uses_contrastive(config):
                 views.append(view(batch, tuned, config, generator))
             lo, hi = ddp.shard(index.numel())  # this rank's rows; heads see the whole batch
             outputs = [

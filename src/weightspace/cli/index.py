@@ -97,6 +97,13 @@ def _report_twins(groups: list[TwinGroup], report: AddReport) -> None:
     report_twins(groups, consequence)
 
 
+def _ray_consequence(group: TwinGroup) -> str:
+    """What ``index build --ray`` did with a twin group (one row per content hash)."""
+    if group.same:
+        return "stored once (same content; the other counted as already stored)"
+    return "each stored (their architectures or weights differ)"
+
+
 def _progress_printer() -> ProgressCallback:
     from rich.console import Console
 
@@ -228,6 +235,9 @@ def build(
             address=ray_address, num_workers=ray_workers, work_dir=ray_shards,
         )  # fmt: skip
         typer.echo(_summary(done.index, done.added))
+        from weightspace.twins import report_twins
+
+        report_twins(_twins(inputs), _ray_consequence)  # the index keeps one row per content
         return
     embedder = load_embedder(encoder)
     # a directory or pretrained:NAME is recorded; an importable 'module:attr' must be given

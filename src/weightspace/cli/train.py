@@ -28,7 +28,11 @@ def train(
     ] = 12,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     objective: Annotated[
-        str, typer.Option(help="contrastive, supervised (accuracy, gap, task heads) or both.")
+        str,
+        typer.Option(
+            help="contrastive, supervised (accuracy, gap, task heads), both, or class (a "
+            "class-target zoo: cross-entropy on its label, trained on its own train split)."
+        ),
     ] = "both",
     seed: Annotated[int, typer.Option(help="Seeds initialisation, split, batches, views.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Checkpoints per step.")] = 128,
@@ -46,6 +50,30 @@ def train(
         ),
     ] = 0.0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0: default).")] = 0,
+    probe_lr_scale: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Learning rate of the learned probes as a fraction of --learning-rate (0: "
+            "probes stay at their initialisation).",
+        ),
+    ] = 1.0,
+    exact_views: Annotated[
+        bool,
+        typer.Option(
+            "--exact-views",
+            help="Views by exact symmetries only (hidden-neuron permutations): no weight noise, "
+            "pruning or quantisation, which change a SIREN's function off its grid.",
+        ),
+    ] = False,
+    class_contrastive_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="--objective class: weight of NT-Xent between two views beside the "
+            "cross-entropy (0: cross-entropy alone).",
+        ),
+    ] = 0.0,
     finetune_views: Annotated[
         float,
         typer.Option(
@@ -96,6 +124,7 @@ def train(
     from rich.console import Console
 
     from weightspace.cli.train_progress import TrainProgress
+    from weightspace.nn.augment import AugmentConfig
     from weightspace.train import TrainConfig
     from weightspace.train import train as run_training
     from weightspace.training.distributed import init_from_environment
@@ -120,6 +149,13 @@ def train(
         branches=branches,
         probes=probes,
         batch_by_architecture=batch_by_architecture,
+        class_contrastive_weight=class_contrastive_weight,
+        probe_lr_scale=probe_lr_scale,
+        augment=(
+            AugmentConfig(noise_probability=0.0, prune_probability=0.0, quantize_probability=0.0)
+            if exact_views
+            else AugmentConfig()
+        ),
     )
     ddp = init_from_environment(device)
     try:
@@ -141,7 +177,14 @@ def train(
     shown = ", ".join(
         f"{k.removeprefix('val_')} {v:.3f}"
         for k, v in result.best_metrics.items()
-        if k in ("val_accuracy_tau", "val_accuracy_r2", "val_accuracy_mae", "val_view_top1")
+        if k
+        in (
+            "val_accuracy_tau",
+            "val_accuracy_r2",
+            "val_accuracy_mae",
+            "val_view_top1",
+            "val_class_top1",
+        )
     )
     console.print(
         f"[green]encoder written to[/] {result.out} — best epoch {result.best_epoch} of "
@@ -252,6 +295,9 @@ def embed(
 
         kwargs = architecture_kwargs(activation, spec, model, allow_nonfinite, "embedding")
         embed_on_ray_cli(inputs, encoder, out, ray_address, ray_workers, batch_size, kwargs)
+        from weightspace.twins import each_read, report_input_twins
+
+        report_input_twins(inputs, each_read("embedded"))  # .pt/.safetensors twins, named
         return
 
     suffix = out.suffix.lower()

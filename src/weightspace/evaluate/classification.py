@@ -19,6 +19,12 @@ For a zoo whose manifest says ``target: "class"`` (an imported INR release, or `
     \sigma_\text{boot} = \operatorname{std}_b\, \mathrm{acc}(T_b),\ T_b \sim T \text{ with
     replacement (by run)}.
 
+A method that classifies by itself (it has ``predict_class(models) -> (N,)`` class indices,
+``-1`` where it does not cover a model) skips steps 3's head: its own predictions are scored.
+Our encoder trained with ``weightspace train --objective class`` (on the zoo's train split
+only) is such a method through :class:`EncoderClassHead` (row ``weightspace-class-head``),
+beside the ``weightspace`` row, its embedding under the tuned head.
+
 A test model a method does not cover (NaN embedding) is counted as wrong and reported in
 ``coverage``; the majority-class rate of the test split is the ``chance`` row.
 
@@ -49,7 +55,9 @@ from weightspace.evaluate.api import EMBED, MIXED_ARCHITECTURES, NEEDS_FORWARD, 
 __all__ = [
     "ClassificationError",
     "ClassificationResults",
+    "CLASS_HEAD",
     "CoordinateProbing",
+    "EncoderClassHead",
     "MethodAccuracy",
     "classification_section",
     "run_classification",
@@ -60,6 +68,8 @@ __all__ = [
 LOGISTIC_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 #: Histogram-GBT learning rates searched by grouped CV.
 GBT_GRID = (0.05, 0.1, 0.2)
+#: The row of our encoder's own class head (encoders trained with ``--objective class``).
+CLASS_HEAD = "weightspace-class-head"
 
 
 class ClassificationError(WeightspaceError):
@@ -178,6 +188,49 @@ class CoordinateProbing:
             if row is not None and len(row) == width:
                 out_array[i] = row
         return out_array
+
+    def predict_accuracy(self, models: ModelSet) -> np.ndarray:
+        raise ClassificationError(f"{self.name} has no accuracy head")
+
+
+class EncoderClassHead:
+    r"""Our encoder's own class head (``train --objective class``): :math:`\hat y =
+    \arg\max_c \operatorname{softmax}(h(z))_c`, no head fitted here. ``embed`` is the
+    encoder's embedding :math:`z`; ``predict_class`` the head's class indices.
+
+    Args:
+        encoder: a callable returning the loaded :class:`~weightspace.nn.Encoder` (called once,
+            by ``fit``).
+        name: the row's name.
+    """
+
+    capabilities = frozenset({EMBED, MIXED_ARCHITECTURES})
+
+    def __init__(self, encoder: Any, name: str = CLASS_HEAD) -> None:
+        self.encoder = encoder
+        self.name = name
+
+    def fit(self, models: ModelSet, targets: np.ndarray | None = None) -> EncoderClassHead:
+        encoder = self.encoder()
+        if not encoder.config.classes:
+            raise ClassificationError(
+                f"{self.name}: the encoder has no class head; train it with --objective class"
+            )
+        self.encoder_ = encoder
+        return self
+
+    def _fitted(self) -> Any:
+        if not hasattr(self, "encoder_"):
+            raise ClassificationError(f"{self.name}: call fit before embed or predict_class")
+        return self.encoder_
+
+    def embed(self, models: ModelSet) -> np.ndarray:
+        return np.asarray(self._fitted().embed(list(models.graphs)), dtype=np.float64)
+
+    def predict_class(self, models: ModelSet) -> np.ndarray:
+        """Class indices ``(N,)`` (the class names are ``"0"``, ``"1"``, ...)."""
+        predicted = self._fitted().predict(list(models.graphs))["class"]
+        return np.asarray([int(c) for c in predicted], dtype=np.int64)
 
     def predict_accuracy(self, models: ModelSet) -> np.ndarray:
         raise ClassificationError(f"{self.name} has no accuracy head")
@@ -333,6 +386,10 @@ def run_classification(
             method = _build(spec, seed, config)
             name = method.name
             method.fit(train, None)
+            if hasattr(method, "predict_class"):
+                predicted = np.asarray(method.predict_class(test), dtype=np.int64)
+                rows.append(_scored(name, predicted, y_test, test_runs, bootstrap, seed, started))
+                continue
             z_train = np.asarray(method.embed(train), dtype=np.float64)
             z_test = np.asarray(method.embed(test), dtype=np.float64)
         except WeightspaceError as exc:
@@ -375,6 +432,32 @@ def run_classification(
     )
 
 
+def _scored(
+    name: str,
+    predicted: np.ndarray,
+    y_test: np.ndarray,
+    test_runs: np.ndarray,
+    bootstrap: int,
+    seed: int,
+    started: float,
+) -> MethodAccuracy:
+    """The row of a method that predicts classes itself (``-1``: not covered)."""
+    import time
+
+    correct = predicted == y_test
+    std, low, high = _bootstrap(correct, test_runs, bootstrap, seed)
+    return MethodAccuracy(
+        name,
+        accuracy=float(correct.mean()),
+        bootstrap_std=std,
+        ci_low=low,
+        ci_high=high,
+        head={"kind": "own"},
+        coverage=float((predicted >= 0).mean()),
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
 def classification_section(
     zoo: Any,
     methods: Sequence[str],
@@ -385,7 +468,9 @@ def classification_section(
 ) -> dict[str, Any]:
     """What ``bench`` stores for a class-target zoo: :func:`run_classification` over the
     ``methods`` by name plus ``probing-coords`` (our encoder from the ``encoder`` directory when
-    given; a method that cannot be built or embedded becomes a row with its error), as
+    given, and, when that encoder has a class head, its own predictions as the
+    ``weightspace-class-head`` row; a method that cannot be built or embedded becomes a row with
+    its error), as
     ``{"results": ClassificationResults.to_dict(), "markdown": to_markdown(...)}``."""
     from weightspace.evaluate.methods import MethodConfig
 
@@ -395,7 +480,12 @@ def classification_section(
 
         loaded: dict[str, Any] = {}
         loader = lambda: loaded.setdefault("encoder", Encoder.load(encoder))  # noqa: E731
-    names = list(dict.fromkeys([*methods, "probing-coords"]))
+    names: list[Method | str] = list(dict.fromkeys([*methods, "probing-coords"]))
+    if loader is not None and "weightspace" in methods:
+        from weightspace.nn import Encoder
+
+        if Encoder.read_config(encoder).classes:
+            names.insert(names.index("weightspace") + 1, EncoderClassHead(loader))
     results = run_classification(
         zoo, names, seed=seed, bootstrap=bootstrap, config=MethodConfig(encoder=loader)
     )
@@ -418,9 +508,10 @@ def to_markdown(results: ClassificationResults) -> str:
         if row.error:
             lines.append(f"| {row.method} | — | | | | failed: {row.error} |")
             continue
+        cv = f"{100 * row.cv_accuracy:.1f}" if np.isfinite(row.cv_accuracy) else "—"
         lines.append(
             f"| {row.method} | {100 * row.accuracy:.1f} | {100 * row.bootstrap_std:.1f} | "
-            f"{100 * row.ci_low:.1f}–{100 * row.ci_high:.1f} | {100 * row.cv_accuracy:.1f} | "
+            f"{100 * row.ci_low:.1f}–{100 * row.ci_high:.1f} | {cv} | "
             f"{100 * row.coverage:.0f} % |"
         )
     return "\n".join(lines)

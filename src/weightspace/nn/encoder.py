@@ -132,6 +132,8 @@ class EncoderConfig:
     probe_latent: int = 16  # probe branch: width k of the probes' latent codes
     probe_hidden: int = 64  # probe branch: width of the generator and of the output encoder
     probe_dim: int = 64  # probe branch: width of z_probe before the fusion
+    classes: tuple[str, ...] = ()  # class names of the class head (a class-target zoo's labels,
+    #   `train --objective class`; empty: no class head)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -181,6 +183,8 @@ class EncoderConfig:
         if "probe" not in self.branches:
             for name in _PROBE_FIELDS:
                 data.pop(name)
+        if not self.classes:  # encoders without a class head keep their fingerprint
+            data.pop("classes")
         return data
 
     @classmethod
@@ -285,6 +289,11 @@ class Encoder(nn.Module):
         self.task_head = (
             _mlp(config.embedding_dim, config.head_hidden, len(config.tasks))
             if config.tasks
+            else None
+        )
+        self.class_head = (
+            _mlp(config.embedding_dim, config.head_hidden, len(config.classes))
+            if config.classes
             else None
         )
         self.function_head = (
@@ -488,7 +497,8 @@ class Encoder(nn.Module):
 
     def heads(self, z: Tensor) -> dict[str, Tensor]:
         """Raw head outputs for embeddings ``z``: ``projection``, ``properties`` (standardised
-        targets), ``task_logits`` when the encoder has a task head, and ``function_logits``
+        targets), ``task_logits`` when the encoder has a task head, ``class_logits`` when it has
+        a class head (``--objective class``), and ``function_logits``
         ``(B, function_probes, function_classes)`` when it has a function head (padded classes
         included: mask them with the task's class count)."""
         out = {"projection": self.projection_head(z)}
@@ -498,6 +508,8 @@ class Encoder(nn.Module):
             out["properties"] = z.new_zeros(z.shape[0], 0)
         if self.task_head is not None:
             out["task_logits"] = self.task_head(z)
+        if self.class_head is not None:
+            out["class_logits"] = self.class_head(z)
         if self.function_head is not None:
             out["function_logits"] = self.function_head(z).view(
                 z.shape[0], self.config.function_probes, self.config.function_classes
@@ -626,7 +638,8 @@ class Encoder(nn.Module):
     ) -> dict[str, np.ndarray]:
         """Predicted properties: one array per regression target (``test_accuracy``,
         ``generalization_gap``), plus ``task`` (class names) and ``task_probabilities``
-        ``(n, num_tasks)`` when the encoder has a task head. ``compile``: as in :meth:`embed`."""
+        ``(n, num_tasks)`` when the encoder has a task head, and ``class`` / ``class_probabilities``
+        when it has a class head. ``compile``: as in :meth:`embed`."""
         _, out = self._run(models, batch_size, device, with_heads=True, compile=compile)
         mean = torch.tensor(self.config.target_mean, dtype=out["properties"].dtype)
         std = torch.tensor(self.config.target_std, dtype=out["properties"].dtype)
@@ -637,6 +650,11 @@ class Encoder(nn.Module):
             result["task_probabilities"] = probabilities.numpy()
             names = np.asarray(self.config.tasks, dtype=object)
             result["task"] = names[probabilities.argmax(-1).numpy()]
+        if "class_logits" in out:
+            probabilities = out["class_logits"].softmax(-1)
+            result["class_probabilities"] = probabilities.numpy()
+            names = np.asarray(self.config.classes, dtype=object)
+            result["class"] = names[probabilities.argmax(-1).numpy()]
         return result
 
     def predict_accuracy(

@@ -22,7 +22,9 @@ __all__ = [
     "resolve_function_weight",
 ]
 
-OBJECTIVES = ("contrastive", "supervised", "both")
+#: ``class``: cross-entropy of a class head on the zoo's ``label`` (class-target zoos, e.g.
+#: INRs), trained on the zoo's own ``split`` column (its test rows never read).
+OBJECTIVES = ("contrastive", "supervised", "both", "class")
 
 #: Default weight of the function loss (``TrainConfig.function_weight=None`` on a zoo whose tasks
 #: are all built-in); chosen by measurement on the ``small`` demo zoo.
@@ -43,10 +45,13 @@ class TrainConfig:
 
     zoo: str = ""  # zoo directory (`weightspace zoo generate --out ...`)
     out: str = ""  # encoder directory to write
-    objective: str = "both"  # contrastive | supervised | both
+    objective: str = "both"  # contrastive | supervised | both | class (class-target zoos)
     epochs: int = 12  # maximum passes over the training checkpoints (small zoo: ~8 min on 2 cores)
     batch_size: int = 128  # checkpoints per step (each gives two views when contrastive)
     learning_rate: float = 2e-3  # peak AdamW learning rate
+    probe_lr_scale: float = 1.0  # the probe generator's learning rate, as a fraction of the peak
+    #   (a SIREN's outputs off its grid change completely when a probe moves a little: on
+    #   inr-digits the class objective learns nothing at 1.0 and does at 0.01)
     weight_decay: float = 0.05  # AdamW weight decay on matrices (not on biases, norms, tables)
     warmup_fraction: float = 0.05  # share of all steps spent warming the learning rate up
     min_lr_ratio: float = 0.05  # the cosine schedule ends at this fraction of the peak
@@ -56,6 +61,9 @@ class TrainConfig:
     accuracy_weight: float = 1.0  # weight of the MSE on standardised test accuracy
     gap_weight: float = 0.5  # weight of the MSE on the standardised generalisation gap
     task_weight: float = 0.2  # weight of the task cross-entropy (zoos with several tasks)
+    class_weight: float = 1.0  # weight of the class cross-entropy (objective "class")
+    class_contrastive_weight: float = 0.0  # objective "class": NT-Xent beside the cross-entropy
+    #   (0: one view per step, cross-entropy alone)
     val_fraction: float = 0.15  # share of runs held out for validation / early stopping
     test_fraction: float = 0.15  # share of runs held out for benchmarks (never seen here)
     patience: int = 8  # epochs without validation improvement before stopping
@@ -102,6 +110,13 @@ class TrainConfig:
             raise TrainError("finetune_probability must be in [0, 1] and finetune_steps >= 1")
         if self.function_weight is not None and not self.function_weight >= 0:
             raise TrainError(f"function_weight must be >= 0, got {self.function_weight}")
+        if not self.class_weight > 0 or not self.class_contrastive_weight >= 0:
+            raise TrainError(
+                "class_weight must be > 0 and class_contrastive_weight >= 0, got "
+                f"{self.class_weight} and {self.class_contrastive_weight}"
+            )
+        if not self.probe_lr_scale >= 0:
+            raise TrainError(f"probe_lr_scale must be >= 0, got {self.probe_lr_scale}")
         if self.function_probes < 1:
             raise TrainError(f"function_probes must be >= 1, got {self.function_probes}")
         if self.probes < 1:

@@ -20,6 +20,7 @@ from weightspace.evaluate.splits import split_runs
 from weightspace.nn.batch import GraphBank
 from weightspace.nn.encoder import EncoderConfig, prepare_graph
 from weightspace.nn.probes import domain_key, is_runnable
+from weightspace.training.classes import class_names, class_splits
 from weightspace.training.config import MissingLabelError, TrainConfig, TrainError
 from weightspace.training.function_targets import (
     FunctionTargets,
@@ -88,6 +89,8 @@ class TrainingData:
     finetuned: GraphBank | None = None  # bank-aligned fine-tuned views (train rows; else copies)
     function: FunctionTargets | None = None  # the function head's targets (function_weight > 0)
     zoo_specs: list[Any] = field(default_factory=list)  # every architecture, test runs included
+    class_labels: Tensor | None = None  # (n,) class index per checkpoint (objective "class")
+    classes: tuple[str, ...] = ()  # the class head's class names (objective "class")
 
 
 def load_data(
@@ -97,7 +100,11 @@ def load_data(
 
     zoo = Zoo.open(config.zoo)
     table = zoo.table.reset_index(drop=True)
-    if config.splits is not None:
+    if config.objective == "class":
+        if config.splits is not None:
+            raise TrainError("--objective class uses the zoo's own split; drop explicit splits")
+        splits = class_splits(zoo, table, config)
+    elif config.splits is not None:
         splits = {part: sorted(map(str, config.splits.get(part, []))) for part in SPLITS}
         if not splits["train"] or not splits["val"]:
             raise TrainError("explicit splits need at least one train and one val run")
@@ -136,7 +143,7 @@ def load_data(
 
     names: list[str] = []
     columns: list[np.ndarray] = []
-    if config.objective != "contrastive":
+    if config.objective not in ("contrastive", "class"):
         accuracy = used["test_accuracy"].to_numpy(dtype=float)
         if not np.isfinite(accuracy).any():
             raise MissingLabelError(
@@ -186,6 +193,10 @@ def load_data(
             config, encoder_config, models, [str(t) for t in used["task"]], graphs, index["train"]
         )
         report("fine-tuning views", 1, 1)
+    class_labels, classes = None, ()
+    if config.objective == "class":
+        classes = class_names(zoo, table)
+        class_labels = torch.tensor(used["label"].to_numpy().astype(np.int64))
     return TrainingData(
         bank,
         ids,
@@ -199,6 +210,8 @@ def load_data(
         finetuned,
         function,
         zoo_specs,
+        class_labels,
+        classes,
     )
 
 
@@ -307,7 +320,12 @@ def encoder_config_for(config: TrainConfig, data: TrainingData) -> EncoderConfig
         targets=data.target_names,
         target_mean=tuple(means),
         target_std=tuple(max(s, 1e-6) for s in stds),
-        tasks=data.tasks if len(data.tasks) > 1 and config.objective != "contrastive" else (),
+        tasks=(
+            data.tasks
+            if len(data.tasks) > 1 and config.objective not in ("contrastive", "class")
+            else ()
+        ),
+        classes=data.classes,
         function_probes=config.function_probes if data.function is not None else 0,
         function_classes=(
             int(data.function.probabilities.shape[-1]) if data.function is not None else 0

@@ -13,7 +13,14 @@ if TYPE_CHECKING:
     from weightspace.training.config import TrainConfig
     from weightspace.training.data import TrainingData
 
-__all__ = ["batch_losses", "function_kl", "masked_mse", "nt_xent", "weighted_sum"]
+__all__ = [
+    "batch_losses",
+    "function_kl",
+    "masked_mse",
+    "nt_xent",
+    "uses_contrastive",
+    "weighted_sum",
+]
 
 
 def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:
@@ -52,6 +59,13 @@ def function_kl(logits: Tensor, targets: Tensor, mask: Tensor, known: Tensor) ->
     return kl.sum(-1).mean()
 
 
+def uses_contrastive(config: TrainConfig) -> bool:
+    """Whether a step compares two views by NT-Xent (else it encodes one view)."""
+    if config.objective == "class":
+        return config.class_contrastive_weight > 0
+    return config.objective != "supervised"
+
+
 def batch_losses(
     outputs: list[dict[str, Tensor]],
     index: Tensor,
@@ -63,14 +77,19 @@ def batch_losses(
     """The losses of one step, by name, from the heads' ``outputs`` on each view of the
     checkpoints at ``index``: NT-Xent between the two views' projections, and, averaged over
     the views, MSE on each standardised label (``standardised``: ``(n, T)``), task
-    cross-entropy and the function head's KL."""
+    cross-entropy, the class cross-entropy (objective ``class``) and the function head's KL."""
     device = outputs[0]["projection"].device
     losses: dict[str, Tensor] = {}
-    if config.objective != "supervised":
+    if uses_contrastive(config):
         losses["contrastive"] = nt_xent(
             outputs[0]["projection"], outputs[1]["projection"], config.temperature
         )
-    if config.objective != "contrastive":
+    if config.objective == "class" and data.class_labels is not None:
+        labels = data.class_labels[index].to(device)
+        losses["class_ce"] = sum(F.cross_entropy(o["class_logits"], labels) for o in outputs) / len(
+            outputs
+        )
+    if config.objective in ("supervised", "both"):
         target = standardised[index].to(device)
         for i, name in enumerate(encoder.config.targets):
             key = "accuracy_mse" if name == "test_accuracy" else "gap_mse"
@@ -97,7 +116,12 @@ def batch_losses(
 def weighted_sum(losses: dict[str, Tensor], config: TrainConfig) -> Tensor:
     """The training objective: each loss times its weight in ``config``."""
     weights = {
-        "contrastive": config.contrastive_weight,
+        "contrastive": (
+            config.class_contrastive_weight
+            if config.objective == "class"
+            else config.contrastive_weight
+        ),
+        "class_ce": config.class_weight,
         "accuracy_mse": config.accuracy_weight,
         "gap_mse": config.gap_weight,
         "task_ce": config.task_weight,

@@ -13,17 +13,27 @@ from weightspace.training.config import TrainConfig
 __all__ = ["make_optimizer"]
 
 
-def _parameter_groups(encoder: Encoder, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def _parameter_groups(
+    encoder: Encoder, weight_decay: float, probe_lr: float | None = None
+) -> list[dict[str, Any]]:
+    """Matrices decay, biases/norms/tables do not; with ``probe_lr`` the probe generator's
+    parameters form their own group at that learning rate (decayed like the others)."""
+    decay, no_decay, probe = [], [], []
     for name, parameter in encoder.named_parameters():
+        if probe_lr is not None and name.startswith("probe_generator."):
+            probe.append(parameter)
+            continue
         is_table = ".weight" in name and any(
             t in name for t in ("depth", "role", "activation", "position", "kind", "seeds", "norm")
         )
         (decay if parameter.dim() >= 2 and not is_table else no_decay).append(parameter)
-    return [
+    groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if probe:
+        groups.append({"params": probe, "weight_decay": 0.0, "lr": probe_lr})
+    return groups
 
 
 def make_optimizer(
@@ -36,8 +46,11 @@ def make_optimizer(
         f(s) = \frac{s + 1}{w} \ (s < w), \qquad
         f(s) = r + (1 - r) \, \tfrac12 \big(1 + \cos(\pi \min(1, \tfrac{s - w}{T - w}))\big).
     """
+    probe_lr = (
+        None if config.probe_lr_scale == 1.0 else config.probe_lr_scale * config.learning_rate
+    )
     optimizer = torch.optim.AdamW(
-        _parameter_groups(encoder, config.weight_decay), lr=config.learning_rate
+        _parameter_groups(encoder, config.weight_decay, probe_lr), lr=config.learning_rate
     )
     warmup = max(1, int(config.warmup_fraction * total_steps))
 

@@ -48,6 +48,9 @@ LOG_COLUMNS = (
     "val_task_accuracy",
     "val_function_kl",
     "val_function_agreement",
+    "train_class_ce",
+    "val_class_ce",
+    "val_class_top1",
     "val_score",
 )
 
@@ -75,6 +78,15 @@ def _resumable_part(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in ("device", "threads", "time_limit")}
 
 
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config completed with today's defaults for the fields it predates, so a run
+    left before a field existed still resumes."""
+    from weightspace.training.config import TrainConfig
+
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+    return {**{k: v for k, v in defaults.items() if k not in config}, **config}
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """The resumable state (``config``, ``zoo_fingerprint``, ``model``, ``optimizer``,
     ``scheduler``, ``best_weights``, ``state``, ``log``), atomically."""
@@ -99,7 +111,8 @@ def load_checkpoint(
             f"{path}: cannot resume from it ({exc}); delete it to start over"
         ) from None
     if (
-        _resumable_part(saved.get("config", {})) != _resumable_part(json.loads(json.dumps(config)))
+        _resumable_part(_with_defaults(saved.get("config", {})))
+        != _resumable_part(json.loads(json.dumps(config)))
         or saved.get("zoo_fingerprint") != fingerprint
     ):
         raise TrainError(

@@ -40,7 +40,7 @@ def validate(
     generator = torch.Generator().manual_seed(config.seed * 7919 + 17)
     metrics: dict[str, float] = {}
     projections: list[list[Tensor]] = [[], []]
-    properties, logits, function_logits = [], [], []
+    properties, logits, function_logits, class_logits = [], [], [], []
     parts = batches(
         index, data.bank.spec_index, config.batch_size, config.batch_by_architecture, None
     )
@@ -52,6 +52,8 @@ def validate(
         properties.append(heads["properties"].cpu())
         if "task_logits" in heads:
             logits.append(heads["task_logits"].cpu())
+        if "class_logits" in heads:
+            class_logits.append(heads["class_logits"].cpu())
         if "function_logits" in heads:
             function_logits.append(heads["function_logits"].cpu())
         for view in range(2):
@@ -94,8 +96,17 @@ def validate(
         metrics["val_function_agreement"] = (
             float(same[known].float().mean()) if bool(known.any()) else float("nan")
         )
+    if class_logits and data.class_labels is not None:
+        labels = data.class_labels[index]
+        predicted_class = torch.cat(class_logits)
+        metrics["val_class_ce"] = float(F.cross_entropy(predicted_class, labels))
+        metrics["val_class_top1"] = float((predicted_class.argmax(1) == labels).float().mean())
     supervised = config.objective != "contrastive" and "val_accuracy_tau" in metrics
-    metrics["val_score"] = metrics["val_accuracy_tau"] if supervised else metrics["val_view_top1"]
+    if config.objective == "class" and "val_class_top1" in metrics:
+        metrics["val_score"] = metrics["val_class_top1"]
+    else:
+        key = "val_accuracy_tau" if supervised else "val_view_top1"
+        metrics["val_score"] = metrics[key]
     if not math.isfinite(metrics["val_score"]):
         metrics["val_score"] = -1.0
     return metrics
