@@ -280,15 +280,21 @@ def merge_curves_figure(synthesis: Mapping[str, Any]) -> Any | None:
         ax.set_ylabel("test accuracy", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    spare = list(axes.flat)[len(tasks) :]
+    finish_grid(fig, axes, len(tasks), handles)
+    return fig
+
+
+def finish_grid(fig: Any, axes: Any, used: int, handles: Mapping[str, Any]) -> None:
+    """Blank a figure grid's panels after the first ``used``, put the legend (``handles``: label
+    → artist) in the first blank one (or the last used panel when none is blank), tighten."""
+    spare = list(axes.flat)[used:]
     for ax in spare:
         ax.axis("off")
-    where = spare[0] if spare else axes.flat[len(tasks) - 1]
+    where = spare[0] if spare else axes.flat[used - 1]
     where.legend(
         list(handles.values()), list(handles), fontsize=7, loc="center" if spare else "best"
     )
     fig.tight_layout()
-    return fig
 
 
 def merge_curves(results: Results, out: Path) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from weightspace.report_plots import finish_grid
 from weightspace.synthesis.common import SynthesisError, pyplot, save_figure
 
 __all__ = ["plot_reconstructions", "plot_sampling", "sampling_figure"]
@@ -55,14 +56,7 @@ def sampling_figure(frames: Mapping[str, Mapping[str, pd.DataFrame]]) -> Any:
         ax.set_ylabel("test accuracy", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    spare = list(axes.flat)[len(tasks) :]
-    for ax in spare:
-        ax.axis("off")
-    where = spare[0] if spare else axes.flat[len(tasks) - 1]
-    where.legend(
-        list(handles.values()), list(handles), fontsize=7, loc="center" if spare else "best"
-    )
-    fig.tight_layout()
+    finish_grid(fig, axes, len(tasks), handles)
     return fig
 
 
