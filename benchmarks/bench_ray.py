@@ -50,20 +50,35 @@ from _common import print_table, write_json  # noqa: E402
 
 
 def export_files(zoo_dir: Path, count: int, folder: Path) -> list[Path]:
-    """The zoo's first ``count`` checkpoints as single files (spec in the metadata)."""
+    """The zoo's first ``count`` checkpoints with finite weights as single files (spec in the
+    metadata); diverged ones (NaN or Inf, or weights so large that their canonical form
+    overflows; no command embeds them) are passed over."""
+    import torch
+
     from weightspace.ingest import save_checkpoint
+    from weightspace.symmetry import canonicalize
     from weightspace.zoo import Zoo
 
     zoo = Zoo.open(zoo_dir)
-    ids = list(zoo.ids)[:count]
-    paths = [folder / f"{i:07d}.safetensors" for i in range(len(ids))]
-    done = folder / f".exported-{len(ids)}"
+    done = folder / f".exported-canonical-finite-{count}"
     if not done.is_file():
         shutil.rmtree(folder, ignore_errors=True)
-        for checkpoint_id, path in zip(ids, paths, strict=True):
-            save_checkpoint(path, zoo.spec(checkpoint_id), zoo.state_dict(checkpoint_id))
-        done.touch()
-    return paths
+        written = 0
+        for checkpoint_id in zoo.ids:
+            if written == count:
+                break
+            spec, state = zoo.spec(checkpoint_id), zoo.state_dict(checkpoint_id)
+            canonical = canonicalize(spec, state)  # extreme weights can overflow here too
+            if not all(
+                bool(torch.isfinite(t).all()) for t in (*state.values(), *canonical.values())
+            ):
+                continue
+            path = folder / f"{written:07d}.safetensors"
+            save_checkpoint(path, spec, state)
+            written += 1
+        done.write_text(str(written))
+    written = int(done.read_text())
+    return [folder / f"{i:07d}.safetensors" for i in range(written)]
 
 
 def single_process(paths: list[Path], encoder_dir: Path, batch_size: int) -> tuple[float, Any]:
