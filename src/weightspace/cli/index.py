@@ -20,6 +20,7 @@ from weightspace.cli.default_encoder import DEFAULT_HELP, encoder_or_default
 from weightspace.cli.options import (
     Activation,
     AllowNonfinite,
+    EncoderOverride,
     ModelFactory,
     SpecFile,
     architecture_kwargs,
@@ -287,13 +288,7 @@ def build(
 def add(
     index_path: IndexPath,
     inputs: Inputs,
-    encoder: Annotated[
-        str | None,
-        typer.Option(
-            "--encoder",
-            help="Override the encoder recorded in the index (a directory or pretrained:NAME).",
-        ),
-    ] = None,
+    encoder: EncoderOverride = None,
     batch_size: BatchSize = 64,
     activation: Activation = None,
     spec: SpecFile = None,

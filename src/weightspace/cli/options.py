@@ -19,6 +19,13 @@ Activation = Annotated[
         "with --spec or --model.",
     ),
 ]
+EncoderOverride = Annotated[
+    str | None,
+    typer.Option(
+        "--encoder",
+        help="Override the encoder recorded in the index (a directory or pretrained:NAME).",
+    ),
+]
 SpecFile = Annotated[
     Path | None,
     typer.Option(

@@ -23,6 +23,7 @@ from weightspace.cli.index import (
 from weightspace.cli.options import (
     Activation,
     AllowNonfinite,
+    EncoderOverride,
     ModelFactory,
     SpecFile,
 )
@@ -64,13 +65,7 @@ def search(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    encoder: Annotated[
-        str | None,
-        typer.Option(
-            "--encoder",
-            help="Override the encoder recorded in the index (a directory or pretrained:NAME).",
-        ),
-    ] = None,
+    encoder: EncoderOverride = None,
     activation: Activation = None,
     spec: SpecFile = None,
     model: ModelFactory = None,
@@ -114,13 +109,7 @@ def serve(
     index_path: IndexPath,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
-    encoder: Annotated[
-        str | None,
-        typer.Option(
-            "--encoder",
-            help="Override the encoder recorded in the index (a directory or pretrained:NAME).",
-        ),
-    ] = None,
+    encoder: EncoderOverride = None,
     max_upload_mb: Annotated[
         float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload.")
     ] = 64.0,
