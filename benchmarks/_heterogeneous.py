@@ -17,32 +17,9 @@ from typing import Any
 import torch
 
 from weightspace.module import to_module
-from weightspace.spec import NetworkSpec, Op, mlp_spec
+from weightspace.spec import NetworkSpec, cnn_spec, mlp_spec
 
 ACTIVATIONS = ("relu", "tanh", "gelu", "silu")
-
-
-def cnn_spec(channels: Sequence[int], activation: str, classes: int = 10) -> NetworkSpec:
-    """3x3 convolutions (padding 1) on 1x8x8 inputs, global average pool, linear to
-    ``classes``."""
-    ops = [Op("x", "input", (), {"shape": (1, 8, 8)})]
-    prev, width = "x", 1
-    for i, out in enumerate(channels):
-        attrs = {
-            "in_channels": width,
-            "out_channels": out,
-            "kernel_size": (3, 3),
-            "stride": (1, 1),
-            "padding": (1, 1),
-            "dilation": (1, 1),
-            "bias": True,
-        }
-        ops += [Op(f"c{i}", "conv2d", (prev,), attrs)]
-        ops += [Op(f"a{i}", "activation", (f"c{i}",), {"function": activation})]
-        prev, width = f"a{i}", out
-    ops += [Op("gp", "global_pool", (prev,), {"mode": "avg"})]
-    ops += [Op("fc", "linear", ("gp",), {"in_features": width, "out_features": classes})]
-    return NetworkSpec(tuple(ops))
 
 
 def architectures(

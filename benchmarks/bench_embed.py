@@ -50,7 +50,7 @@ from weightspace.module import to_module
 from weightspace.nn import Encoder, EncoderConfig
 from weightspace.nn.batch import GraphBank
 from weightspace.nn.encoder import prepare_graph
-from weightspace.spec import NetworkSpec, Op, mlp_spec
+from weightspace.spec import NetworkSpec, cnn_spec, mlp_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -60,24 +60,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def cnn_35_nodes() -> NetworkSpec:
     """1→8→8→8 3x3 convs (ReLU), global average pool, linear 8→10: 1,338 parameters, 35 nodes,
     216 edges — the reference architecture of the throughput goal."""
-    ops = [Op("x", "input", (), {"shape": (1, 8, 8)})]
-    prev, channels = "x", 1
-    for i in range(3):
-        attrs = {
-            "in_channels": channels,
-            "out_channels": 8,
-            "kernel_size": (3, 3),
-            "stride": (1, 1),
-            "padding": (1, 1),
-            "dilation": (1, 1),
-            "bias": True,
-        }
-        ops += [Op(f"c{i}", "conv2d", (prev,), attrs)]
-        ops += [Op(f"a{i}", "activation", (f"c{i}",), {"function": "relu"})]
-        prev, channels = f"a{i}", 8
-    ops += [Op("gp", "global_pool", (prev,), {"mode": "avg"})]
-    ops += [Op("fc", "linear", ("gp",), {"in_features": 8, "out_features": 10, "bias": True})]
-    return NetworkSpec(tuple(ops))
+    return cnn_spec([8, 8, 8], "relu")
 
 
 def builtin_architectures() -> dict[str, NetworkSpec]:

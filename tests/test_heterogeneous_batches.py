@@ -17,7 +17,8 @@ from weightspace.nn.augment import permute_hidden
 from weightspace.nn.batch import dense_groups, inference_chunks
 from weightspace.nn.padded import free_widths, padding_plan, skeleton
 from weightspace.nn.probes import ProbeGenerator, domain_key, probe_forward
-from weightspace.spec import NetworkSpec, Op, mlp_spec
+from weightspace.spec import NetworkSpec, mlp_spec
+from weightspace.spec import cnn_spec as spec_of_cnn
 
 torch.set_num_threads(1)
 
@@ -25,29 +26,7 @@ torch.set_num_threads(1)
 def cnn_spec(channels: list[int], activation: str = "relu", flatten: bool = False) -> NetworkSpec:
     """3x3 convolutions on 1x6x6 inputs, then global average pooling (or a flatten of the
     last map) and a linear layer to 3 classes."""
-    ops = [Op("x", "input", (), {"shape": (1, 6, 6)})]
-    prev, width = "x", 1
-    for i, out in enumerate(channels):
-        attrs = {
-            "in_channels": width,
-            "out_channels": out,
-            "kernel_size": (3, 3),
-            "stride": (1, 1),
-            "padding": (1, 1),
-            "dilation": (1, 1),
-            "bias": True,
-        }
-        ops += [Op(f"c{i}", "conv2d", (prev,), attrs)]
-        ops += [Op(f"a{i}", "activation", (f"c{i}",), {"function": activation})]
-        prev, width = f"a{i}", out
-    if flatten:
-        ops += [Op("gp", "flatten", (prev,), {})]
-        features = width * 36
-    else:
-        ops += [Op("gp", "global_pool", (prev,), {"mode": "avg"})]
-        features = width
-    ops += [Op("fc", "linear", ("gp",), {"in_features": features, "out_features": 3})]
-    return NetworkSpec(tuple(ops))
+    return spec_of_cnn(channels, activation, input_shape=(1, 6, 6), classes=3, flatten=flatten)
 
 
 SPECS = [

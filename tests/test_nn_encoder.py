@@ -14,7 +14,7 @@ from weightspace.errors import WeightspaceError
 from weightspace.graph import to_graph
 from weightspace.module import to_module
 from weightspace.nn import Encoder, EncoderConfig, EncoderError
-from weightspace.spec import NetworkSpec, Op, mlp_spec
+from weightspace.spec import NetworkSpec, cnn_spec, mlp_spec
 from weightspace.symmetry import (
     random_broken_permutation,
     random_permutation,
@@ -36,24 +36,7 @@ def encoder64() -> Encoder:
 
 def _cnn_35_nodes() -> NetworkSpec:
     """The benchmark CNN: 1→8→8→8 3x3 convs, global pool, linear 8→10 (35 nodes, 216 edges)."""
-    ops = [Op("x", "input", (), {"shape": (1, 8, 8)})]
-    prev, channels = "x", 1
-    for i in range(3):
-        attrs = {
-            "in_channels": channels,
-            "out_channels": 8,
-            "kernel_size": (3, 3),
-            "stride": (1, 1),
-            "padding": (1, 1),
-            "dilation": (1, 1),
-            "bias": True,
-        }
-        ops += [Op(f"c{i}", "conv2d", (prev,), attrs)]
-        ops += [Op(f"a{i}", "activation", (f"c{i}",), {"function": "relu"})]
-        prev, channels = f"a{i}", 8
-    ops += [Op("gp", "global_pool", (prev,), {"mode": "avg"})]
-    ops += [Op("fc", "linear", ("gp",), {"in_features": 8, "out_features": 10, "bias": True})]
-    return NetworkSpec(tuple(ops))
+    return cnn_spec([8, 8, 8], "relu")
 
 
 SYMMETRY_CASES = [(arch, act) for arch in ARCHITECTURES for act in ("relu", "tanh", "leaky_relu")]

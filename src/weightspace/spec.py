@@ -55,7 +55,7 @@ op is named the same way (its affine ``weight`` and ``bias``) but is not one of
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +88,7 @@ __all__ = [
     "SPEC_FORMAT_VERSION",
     "Op",
     "NetworkSpec",
+    "cnn_spec",
     "mlp_spec",
     "siren_spec",
     "ODD_ACTIVATIONS",
@@ -352,4 +353,51 @@ def mlp_spec(
             ops.append(Op(act_name, "activation", (prev,), {"function": activation}))
             prev = act_name
             index += 1
+    return NetworkSpec(tuple(ops))
+
+
+def cnn_spec(
+    channels: Sequence[int],
+    activation: str = "relu",
+    *,
+    input_shape: tuple[int, int, int] = (1, 8, 8),
+    classes: int = 10,
+    flatten: bool = False,
+) -> NetworkSpec:
+    """The spec of a small CNN: 3x3 convolutions (stride 1, padding 1, with bias), ``activation``
+    after each, then global average pooling — or, with ``flatten``, the last feature map
+    flattened — and a linear layer (with bias) to ``classes``.
+
+    Ops are named ``c{i}`` (conv), ``a{i}`` (activation), ``gp`` (pool or flatten), ``fc``.
+
+    Args:
+        channels: output channels of each conv, e.g. ``[8, 8, 8]``.
+        activation: the activation after every conv.
+        input_shape: ``(C, H, W)`` of the input.
+        classes: outputs of the final linear layer.
+        flatten: flatten the last map (``C·H·W`` features) instead of pooling it (``C``).
+    """
+    ops = [Op("x", "input", (), {"shape": tuple(input_shape)})]
+    prev, width = "x", int(input_shape[0])
+    for i, out in enumerate(channels):
+        attrs = {
+            "in_channels": width,
+            "out_channels": out,
+            "kernel_size": (3, 3),
+            "stride": (1, 1),
+            "padding": (1, 1),
+            "dilation": (1, 1),
+            "bias": True,
+        }
+        ops += [Op(f"c{i}", "conv2d", (prev,), attrs)]
+        ops += [Op(f"a{i}", "activation", (f"c{i}",), {"function": activation})]
+        prev, width = f"a{i}", out
+    if flatten:
+        ops += [Op("gp", "flatten", (prev,), {})]
+        features = width * int(input_shape[1]) * int(input_shape[2])
+    else:
+        ops += [Op("gp", "global_pool", (prev,), {"mode": "avg"})]
+        features = width
+    linear = {"in_features": features, "out_features": classes, "bias": True}
+    ops += [Op("fc", "linear", ("gp",), linear)]
     return NetworkSpec(tuple(ops))

@@ -41,16 +41,25 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from weightspace.errors import WeightspaceError
-from weightspace.evaluate.api import EMBED, MIXED_ARCHITECTURES, NEEDS_FORWARD, Method, ModelSet
+from weightspace.evaluate.api import Method, ModelSet
+from weightspace.evaluate.classification_methods import (
+    CLASS_HEAD,
+    CoordinateProbing,
+    EncoderClassHead,
+)
+from weightspace.evaluate.classification_results import (
+    ClassificationError,
+    ClassificationResults,
+    MethodAccuracy,
+    to_markdown,
+)
 
 __all__ = [
     "ClassificationError",
@@ -68,172 +77,6 @@ __all__ = [
 LOGISTIC_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 #: Histogram-GBT learning rates searched by grouped CV.
 GBT_GRID = (0.05, 0.1, 0.2)
-#: The row of our encoder's own class head (encoders trained with ``--objective class``).
-CLASS_HEAD = "weightspace-class-head"
-
-
-class ClassificationError(WeightspaceError):
-    """The zoo cannot be evaluated by the classification protocol (one line saying why)."""
-
-
-@dataclass
-class MethodAccuracy:
-    """Top-1 test accuracy of one method (fractions in ``[0, 1]``).
-
-    Attributes:
-        method: the method's name.
-        accuracy: top-1 accuracy on the test models (uncovered models count as wrong).
-        bootstrap_std: standard deviation over resamples of the test runs.
-        ci_low, ci_high: the 2.5 % and 97.5 % bootstrap percentiles.
-        cv_accuracy: the best grouped-CV accuracy on the training split.
-        head: the chosen head and its hyper-parameters.
-        coverage: fraction of test models with a finite embedding.
-        seconds: fit + embed + head time.
-        error: why the method could not run (then the numbers are NaN).
-    """
-
-    method: str
-    accuracy: float = float("nan")
-    bootstrap_std: float = float("nan")
-    ci_low: float = float("nan")
-    ci_high: float = float("nan")
-    cv_accuracy: float = float("nan")
-    head: dict[str, Any] = field(default_factory=dict)
-    coverage: float = float("nan")
-    seconds: float = float("nan")
-    error: str | None = None
-
-
-@dataclass
-class ClassificationResults:
-    """What :func:`run_classification` measured."""
-
-    zoo: str
-    num_classes: int
-    train_models: int
-    test_models: int
-    chance: float
-    seed: int
-    bootstrap: int
-    head: str
-    rows: list[MethodAccuracy]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return asdict(self)
-
-    def row(self, method: str) -> MethodAccuracy:
-        """The row of ``method`` (KeyError if it was not run)."""
-        for row in self.rows:
-            if row.method == method:
-                return row
-        raise KeyError(method)
-
-
-class CoordinateProbing:
-    r"""The INR's own output on a fixed coordinate grid: for a model
-    :math:`f_\theta: [-1, 1]^d \to \mathbb{R}^C`, :math:`z(\theta) = (f_\theta(p_j))_{j \le S^d}`
-    with :math:`p_j` the pixel centres of an :math:`S^d` grid (:math:`S` = ``side``).
-
-    For an image INR this is the reconstructed image: the *function* reference row (invariant to
-    every function-preserving transform). The generic ``probing-*`` methods take a log-softmax
-    over outputs, which is constant for a one-output INR, so they carry nothing here.
-
-    Args:
-        side: grid points per input dimension (8 for 8×8 digits).
-    """
-
-    capabilities = frozenset({EMBED, MIXED_ARCHITECTURES, NEEDS_FORWARD})
-
-    def __init__(self, side: int = 8, name: str = "probing-coords") -> None:
-        self.side = side
-        self.name = name
-
-    def fit(self, models: ModelSet, targets: np.ndarray | None = None) -> CoordinateProbing:
-        self.fitted_ = True
-        return self
-
-    def _grid(self, dims: int) -> torch.Tensor:
-        axis = torch.linspace(-1.0, 1.0, self.side)
-        mesh = torch.meshgrid(*([axis] * dims), indexing="ij")
-        return torch.stack([m.reshape(-1) for m in mesh], dim=1)  # (S^d, d)
-
-    def embed(self, models: ModelSet) -> np.ndarray:
-        """Outputs ``(N, S^d · C)`` on the grid; NaN rows where the forward fails."""
-        from torch.func import functional_call, vmap
-
-        from weightspace.graph import to_state_dict
-        from weightspace.module import to_module
-
-        groups: dict[str, list[int]] = {}
-        for i, graph in enumerate(models.graphs):
-            groups.setdefault(graph.spec.to_json(), []).append(i)
-        rows: list[np.ndarray | None] = [None] * len(models)
-        for members in groups.values():
-            spec = models.graphs[members[0]].spec
-            shape = tuple(int(s) for s in spec.input_shape)
-            if len(shape) != 1:
-                continue
-            template = to_module(spec).float()
-            grid = self._grid(shape[0])
-            states = [to_state_dict(models.graphs[i]) for i in members]
-            params = {k: torch.stack([s[k].float() for s in states]) for k in states[0]}
-            with torch.no_grad():
-                out = vmap(lambda p: functional_call(template, p, (grid,)))(params)  # noqa: B023
-            for i, value in zip(members, out.flatten(1).double().numpy(), strict=True):
-                rows[i] = value if np.isfinite(value).all() else None
-        width = max((len(r) for r in rows if r is not None), default=0)
-        out_array = np.full((len(models), width), np.nan)
-        for i, row in enumerate(rows):
-            if row is not None and len(row) == width:
-                out_array[i] = row
-        return out_array
-
-    def predict_accuracy(self, models: ModelSet) -> np.ndarray:
-        raise ClassificationError(f"{self.name} has no accuracy head")
-
-
-class EncoderClassHead:
-    r"""Our encoder's own class head (``train --objective class``): :math:`\hat y =
-    \arg\max_c \operatorname{softmax}(h(z))_c`, no head fitted here. ``embed`` is the
-    encoder's embedding :math:`z`; ``predict_class`` the head's class indices.
-
-    Args:
-        encoder: a callable returning the loaded :class:`~weightspace.nn.Encoder` (called once,
-            by ``fit``).
-        name: the row's name.
-    """
-
-    capabilities = frozenset({EMBED, MIXED_ARCHITECTURES})
-
-    def __init__(self, encoder: Any, name: str = CLASS_HEAD) -> None:
-        self.encoder = encoder
-        self.name = name
-
-    def fit(self, models: ModelSet, targets: np.ndarray | None = None) -> EncoderClassHead:
-        encoder = self.encoder()
-        if not encoder.config.classes:
-            raise ClassificationError(
-                f"{self.name}: the encoder has no class head; train it with --objective class"
-            )
-        self.encoder_ = encoder
-        return self
-
-    def _fitted(self) -> Any:
-        if not hasattr(self, "encoder_"):
-            raise ClassificationError(f"{self.name}: call fit before embed or predict_class")
-        return self.encoder_
-
-    def embed(self, models: ModelSet) -> np.ndarray:
-        return np.asarray(self._fitted().embed(list(models.graphs)), dtype=np.float64)
-
-    def predict_class(self, models: ModelSet) -> np.ndarray:
-        """Class indices ``(N,)`` (the class names are ``"0"``, ``"1"``, ...)."""
-        predicted = self._fitted().predict(list(models.graphs))["class"]
-        return np.asarray([int(c) for c in predicted], dtype=np.int64)
-
-    def predict_accuracy(self, models: ModelSet) -> np.ndarray:
-        raise ClassificationError(f"{self.name} has no accuracy head")
 
 
 def _load(zoo: Any) -> Any:
@@ -490,28 +333,3 @@ def classification_section(
         zoo, names, seed=seed, bootstrap=bootstrap, config=MethodConfig(encoder=loader)
     )
     return {"results": results.to_dict(), "markdown": to_markdown(results)}
-
-
-def to_markdown(results: ClassificationResults) -> str:
-    """The results as Markdown: one row per method (accuracy ± bootstrap std, 95 % interval,
-    CV accuracy, coverage) and the chance row."""
-    lines = [
-        f"INR classification on `{results.zoo}`: {results.train_models} training / "
-        f"{results.test_models} test models, {results.num_classes} classes, head "
-        f"{results.head}, bootstrap {results.bootstrap} (seed {results.seed})",
-        "",
-        "| method | test top-1 (%) | ± boot std | 95 % interval | CV top-1 (%) | coverage |",
-        "| --- | --- | --- | --- | --- | --- |",
-        f"| chance (majority class) | {100 * results.chance:.1f} | | | | |",
-    ]
-    for row in results.rows:
-        if row.error:
-            lines.append(f"| {row.method} | — | | | | failed: {row.error} |")
-            continue
-        cv = f"{100 * row.cv_accuracy:.1f}" if np.isfinite(row.cv_accuracy) else "—"
-        lines.append(
-            f"| {row.method} | {100 * row.accuracy:.1f} | {100 * row.bootstrap_std:.1f} | "
-            f"{100 * row.ci_low:.1f}–{100 * row.ci_high:.1f} | {cv} | "
-            f"{100 * row.coverage:.0f} % |"
-        )
-    return "\n".join(lines)
