@@ -1,5 +1,7 @@
-"""Scale-out on Ray: bulk embedding (:mod:`weightspace.distributed.ray_embed`) and zoo
-generation (:mod:`weightspace.distributed.ray_zoo`).
+"""Scale-out on Ray: bulk embedding (:mod:`weightspace.distributed.ray_embed`: the job;
+``ray_workers``: what its workers run; ``ray_shards``: its plan and files), ``index build
+--ray`` (:mod:`weightspace.distributed.ray_index`; ``ray_catalog``: the index rows beside the
+shards) and zoo generation (:mod:`weightspace.distributed.ray_zoo`, ``storage``).
 
 Ray is an optional dependency (``pip install "weightspace[distributed]"``); nothing here imports
 it at module import time, so ``import weightspace`` stays fast without it.

@@ -1,15 +1,18 @@
-"""Bulk embedding on Ray Data: CPU tasks read and canonicalise, actors embed, Parquet shards out.
+"""Bulk embedding on Ray Data: shards of checkpoints read, canonicalised and embedded by
+workers (:mod:`weightspace.distributed.ray_workers`), Parquet shards out.
 
 The inputs (checkpoint files, directories of them, model zoos) are cut, in input order, into
 shards of ``shard_size`` models. Each shard travels as one row through a streaming Ray Data
 pipeline:
 
 ```
-from_items(shards) ─ map (CPU task): load every checkpoint safely, canonicalise, build the
-                     │               GraphBank (Encoder.prepare); bad files become failures
-                     ▼
-map_batches (actor pool, one Encoder per actor; a GPU each where the cluster has GPUs):
-                     Encoder.embed(bank) → OUT/part-NNNNNN-<digest>.parquet, written atomically
+with GPUs:  from_items(shards) ─ map (CPU task, load_shard): load every checkpoint safely,
+                                 │  canonicalise, build the GraphBank; bad files → failures
+                                 ▼
+            map_batches (actor pool, one Encoder and one GPU per actor, ShardEmbedder):
+                                    Encoder.embed(bank) → OUT/part-NNNNNN-<digest>.parquet
+CPU only:   from_items(shards) ─ map_batches (actor pool, one Encoder and one CPU per actor,
+                                    ShardEmbedder): load_shard, then embed, in one process
 ```
 
 A shard file holds one row per input: ``source`` (file path, or ``ZOO_DIR#ID``),
@@ -31,10 +34,7 @@ of ``batch_size`` within one architecture.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +44,6 @@ from weightspace.atomic import atomic_write_bytes
 from weightspace.distributed import connect, require_ray
 from weightspace.distributed.ray_shards import (
     EmbedJobError,
-    _open_zoo,
     _shard_failures,
     catalog_path,
     expand_inputs,
@@ -52,11 +51,22 @@ from weightspace.distributed.ray_shards import (
     read_embeddings,
     write_shard,
 )
-from weightspace.errors import WeightspaceError
+from weightspace.distributed.ray_workers import (
+    FAIL_ONCE_ENV,
+    ShardEmbedder,
+    load_shard,
+    maybe_fail,
+)
 
 __all__ = [
+    "FAIL_ONCE_ENV",
     "EmbedJobError",
     "EmbedReport",
+    "ShardEmbedder",
+    "catalog_path",
+    "load_shard",
+    "maybe_fail",
+    "write_shard",
     "embed_files",
     "expand_inputs",
     "plan_shards",
@@ -78,170 +88,14 @@ class EmbedReport:
         failures: ``(source, reason)`` of every input that could not be embedded (bad or
             unsupported checkpoints; skipped shards' too, read back from their files); the job
             goes on without them.
+        fingerprint: the encoder's fingerprint (what the shards were embedded with).
     """
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     embedded: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
-
-
-# ------------------------------------------------------------------------------ stage 1: CPU
-@functools.lru_cache(maxsize=2)
-def _encoder(directory: str, fingerprint: str, device: str | None = None) -> Any:
-    """The encoder of ``directory``, loaded once per process, checked to be the job's."""
-    from weightspace.nn.encoder import Encoder
-
-    encoder = Encoder.load(directory, device=device)
-    if encoder.fingerprint != fingerprint:
-        raise EmbedJobError(
-            f"{directory}: the encoder changed while the job ran (fingerprint "
-            f"{encoder.fingerprint[:12]}, the job's {fingerprint[:12]}); rerun the job"
-        )
-    return encoder
-
-
-def _load(source: str, load_kwargs: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """``(spec, state_dict)`` of one source, loaded as the single-process path does."""
-    directory, sep, checkpoint_id = source.rpartition("#")
-    if sep and Path(directory).is_dir():
-        zoo = _open_zoo(directory)
-        return zoo.spec(checkpoint_id), zoo.state_dict(checkpoint_id)
-    from weightspace.ingest import load_checkpoint
-
-    return load_checkpoint(Path(source), **load_kwargs)
-
-
-def load_shard(
-    row: dict[str, Any],
-    encoder_dir: str,
-    fingerprint: str,
-    load_kwargs: dict[str, Any],
-    catalog: bool = False,
-) -> dict:
-    """Ray task: load, check and canonicalise one shard's checkpoints into a ``GraphBank``.
-
-    A source that fails (a :class:`WeightspaceError`: unreadable, unsafe, unsupported, too
-    wide for the encoder) becomes a failure ``(source, reason)``; the others go on. With
-    ``catalog``, the row also carries the index's catalog entries of the embedded sources
-    (:func:`weightspace.distributed.ray_index.catalog_entries`), taken from the specs loaded
-    here, so that ``index build --ray`` never reads a file twice.
-    """
-    import torch
-
-    from weightspace.index import content_hash
-    from weightspace.nn.batch import GraphBank
-
-    torch.set_num_threads(1)
-    encoder = _encoder(encoder_dir, fingerprint, "cpu")  # shared with a CPU actor
-    graphs, sources, hashes, failures = [], [], [], []
-    entries: dict[str, dict[str, Any]] = {}
-    zoo_rows: list[str] = []
-    for source in json.loads(row["sources"]):
-        maybe_fail(source)
-        try:
-            spec, state = _load(source, load_kwargs)
-            digest = content_hash(spec.to_json(), state)
-            graphs += encoder.prepare([(spec, state)])  # what Encoder.embed does to it
-        except WeightspaceError as exc:
-            failures.append((source, str(exc)))
-            continue
-        sources.append(source)
-        hashes.append(digest)
-        if catalog and _is_zoo_row(source):
-            zoo_rows.append(source)
-        elif catalog:
-            entries[source] = {
-                "spec_json": spec.to_json(),
-                "spec_summary": spec.summary(),
-                "metrics": {},
-            }
-    if zoo_rows:  # their metrics come from the zoo's table
-        from weightspace.distributed.ray_index import catalog_entries
-
-        entries.update(catalog_entries(zoo_rows, load_kwargs))
-    return {
-        "name": row["name"],
-        "inputs": row["sources"],
-        "embedded": json.dumps(list(zip(sources, hashes, strict=True))),
-        "failures": json.dumps(failures),
-        "catalog": json.dumps(entries, sort_keys=True) if catalog else "",
-        "bank": GraphBank(graphs) if graphs else None,
-    }
-
-
-def _is_zoo_row(source: str) -> bool:
-    directory, sep, _ = source.rpartition("#")
-    return bool(sep) and Path(directory).is_dir()
-
-
-FAIL_ONCE_ENV = "WEIGHTSPACE_TEST_FAIL_ONCE"
-
-
-def maybe_fail(source: str) -> None:
-    """Fault injection for tests: when the environment variable ``WEIGHTSPACE_TEST_FAIL_ONCE``
-    is ``SUFFIX:MARKER_DIR`` and ``source`` ends with ``SUFFIX``, the first attempt at
-    ``source`` (the one that creates its marker file in ``MARKER_DIR``) kills this worker
-    process, as a lost node would; later attempts go on. Unset (always, outside tests), it
-    does nothing."""
-    setting = os.environ.get(FAIL_ONCE_ENV)
-    if not setting:
-        return
-    suffix, _, marker_dir = setting.partition(":")
-    if not source.endswith(suffix):
-        return
-    marker = Path(marker_dir) / hashlib.sha256(source.encode()).hexdigest()[:16]
-    try:
-        with open(marker, "x"):
-            pass
-    except FileExistsError:
-        return
-    os._exit(1)
-
-
-# ------------------------------------------------------------------------------ stage 2: actors
-class ShardEmbedder:
-    """Ray actor: one :class:`~weightspace.nn.encoder.Encoder`; embeds whole shards and writes
-    each as a Parquet file atomically."""
-
-    def __init__(
-        self, encoder_dir: str, fingerprint: str, out_dir: str, batch_size: int, device: str
-    ) -> None:
-        import torch
-
-        if device == "cpu":
-            torch.set_num_threads(1)
-        self.encoder = _encoder(encoder_dir, fingerprint, device)
-        self.out_dir = Path(out_dir)
-        self.batch_size = batch_size
-        self.device = device
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        names, counts, failures = [], [], []
-        for i, name in enumerate(batch["name"]):
-            embedded = json.loads(batch["embedded"][i])
-            bank = batch["bank"][i]
-            vectors = (
-                self.encoder.embed(bank, batch_size=self.batch_size, device=self.device)
-                if embedded
-                else None
-            )
-            flags = self.encoder.last_fallback if embedded else None
-            if batch["catalog"][i]:  # before the shard: a shard on disk has its catalog
-                atomic_write_bytes(catalog_path(self.out_dir / name), batch["catalog"][i].encode())
-            write_shard(
-                self.out_dir / name,
-                json.loads(batch["inputs"][i]),
-                embedded,
-                vectors,
-                dict(json.loads(batch["failures"][i])),
-                self.encoder.fingerprint,
-                graph_only=None if flags is None else [bool(f) for f in flags],
-            )
-            names.append(name)
-            counts.append(len(embedded))
-            failures.append(batch["failures"][i])
-        return {"name": names, "count": counts, "failures": failures}
+    fingerprint: str = ""
 
 
 # ------------------------------------------------------------------------------ the job
@@ -275,6 +129,7 @@ def embed_files(
     resume: bool = True,
     load_kwargs: Mapping[str, Any] | None = None,
     catalog: bool = False,
+    loading_tasks: bool | None = None,
 ) -> EmbedReport:
     """Embed checkpoints on a Ray cluster into Parquet shards under ``out_dir``.
 
@@ -293,6 +148,8 @@ def embed_files(
             ``spec``, ``model``, ``allow_nonfinite``, ``finite_for``).
         catalog: also write each shard's index catalog entries beside it
             (:func:`catalog_path`; what ``index build --ray`` commits), from the same load.
+        loading_tasks: load and canonicalise on CPU tasks that feed the embedding actors
+            (default: where the cluster has GPUs); else each actor loads its own shards.
 
     Raises:
         RayUnavailableError: Ray is not installed or the cluster cannot be reached.
@@ -317,7 +174,7 @@ def embed_files(
             "shard_size": shard_size,
         },
     )
-    report = EmbedReport()
+    report = EmbedReport(fingerprint=fingerprint)
     pending = []
     for shard in shards:
         if resume and (out / shard.name).is_file():
@@ -340,27 +197,30 @@ def embed_files(
             [{"name": s.name, "sources": json.dumps(s.sources)} for s in pending],
             override_num_blocks=len(pending),
         )
-        loaded = dataset.map(
-            load_shard,
-            fn_kwargs={
-                "encoder_dir": encoder_dir,
-                "fingerprint": fingerprint,
-                "load_kwargs": dict(load_kwargs or {}),
-                "catalog": catalog,
-            },
-            num_cpus=1,
-        )
-        # On a CPU-only cluster Ray Data fuses the two stages into one actor per worker (a
-        # shard's bank is handed over in-process); with GPUs, CPU tasks feed GPU actors.
-        embedded = loaded.map_batches(
+        embedder_kwargs = {
+            "encoder_dir": encoder_dir,
+            "fingerprint": fingerprint,
+            "out_dir": str(out),
+            "batch_size": batch_size,
+            "device": "cuda" if gpus else "cpu",
+        }
+        load_kwargs = dict(load_kwargs or {})
+        if bool(gpus) if loading_tasks is None else loading_tasks:  # tasks load, actors embed
+            dataset = dataset.map(
+                load_shard,
+                fn_kwargs={
+                    "encoder_dir": encoder_dir,
+                    "fingerprint": fingerprint,
+                    "load_kwargs": load_kwargs,
+                    "catalog": catalog,
+                },
+                num_cpus=1,
+            )
+        else:  # each actor loads its own shard: no bank through the object store
+            embedder_kwargs |= {"load_kwargs": load_kwargs, "catalog": catalog}
+        embedded = dataset.map_batches(
             ShardEmbedder,
-            fn_constructor_kwargs={
-                "encoder_dir": encoder_dir,
-                "fingerprint": fingerprint,
-                "out_dir": str(out),
-                "batch_size": batch_size,
-                "device": "cuda" if gpus else "cpu",
-            },
+            fn_constructor_kwargs=embedder_kwargs,
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=1 if gpus else 0,

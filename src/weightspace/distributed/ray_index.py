@@ -1,7 +1,7 @@
 """``weightspace index build --ray``: embed on Ray, commit from one writer (the driver).
 
 ```
-expand inputs ─ embed_files (ray_embed: CPU tasks load + canonicalise, encoder actors embed)
+expand inputs ─ embed_files (ray_embed: workers load + canonicalise, encoder actors embed)
               │   → WORK/catalog-NNNNNN-<digest>.json   (spec JSON, spec summary, zoo metrics
               │                                          of each embedded source, from the
               │                                          same load), then
@@ -38,16 +38,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from weightspace.atomic import atomic_write_bytes
 from weightspace.distributed import connect, require_ray
-from weightspace.distributed.ray_embed import (
-    EmbedReport,
-    _open_zoo,
+from weightspace.distributed.ray_catalog import (
+    IndexJobError,
+    catalog_entries,
     catalog_path,
-    embed_files,
+    collect_shards,
+    unit_vectors,
+    write_catalog,
 )
+from weightspace.distributed.ray_embed import EmbedReport, embed_files
 from weightspace.errors import WeightspaceError
 
 if TYPE_CHECKING:
@@ -62,13 +63,10 @@ __all__ = [
     "collect_shards",
     "default_work_dir",
     "unit_vectors",
+    "write_catalog",
 ]
 
 INDEX_JOB_FILE = "index_job.json"
-
-
-class IndexJobError(WeightspaceError):
-    """Inputs could not be embedded, or the work directory belongs to another job."""
 
 
 @dataclass
@@ -116,123 +114,6 @@ def _encoder_directory(encoder: str | Path) -> Path:
     return Path(text).resolve()
 
 
-# ------------------------------------------------------------------------------ catalog rows
-def _zoo_metrics(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A zoo row's metadata as the single-process path stores it (``sources.iter_zoo``)."""
-    from weightspace.index.catalog import json_scalar
-
-    return {
-        str(key): scalar
-        for key, value in row.items()
-        if not str(key).startswith("spec") and (scalar := json_scalar(value)) is not None
-    }
-
-
-def catalog_entries(
-    sources: Sequence[str], load_kwargs: Mapping[str, Any]
-) -> dict[str, dict[str, Any]]:
-    """``source → {spec_json, spec_summary, metrics}`` as the single-process ``index build``
-    records them: a zoo row's spec and metrics from the zoo's table (no weights read), a
-    file's spec from :func:`weightspace.sources.load_model_file` with the job's options."""
-    from weightspace.sources import load_model_file
-
-    entries: dict[str, dict[str, Any]] = {}
-    by_zoo: dict[str, list[str]] = {}
-    for source in sources:
-        directory, sep, checkpoint_id = source.rpartition("#")
-        if sep and Path(directory).is_dir():
-            by_zoo.setdefault(directory, []).append(checkpoint_id)
-            continue
-        model = load_model_file(Path(source), None, **load_kwargs)
-        entries[source] = {
-            "spec_json": model.spec_json,
-            "spec_summary": model.spec_summary,
-            "metrics": {},
-        }
-    for directory, ids in by_zoo.items():
-        zoo = _open_zoo(directory)
-        table = zoo.table[zoo.table["checkpoint_id"].astype(str).isin(set(ids))]
-        for row in table.to_dict(orient="records"):
-            checkpoint_id = str(row["checkpoint_id"])
-            spec = zoo.spec(checkpoint_id)
-            entries[f"{directory}#{checkpoint_id}"] = {
-                "spec_json": spec.to_json(),
-                "spec_summary": spec.summary(),
-                "metrics": _zoo_metrics(row),
-            }
-    return entries
-
-
-def write_catalog(shard: Path, load_kwargs: Mapping[str, Any]) -> Path:
-    """Ray task: the catalog rows of a written shard's embedded sources, written atomically."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(shard, columns=["source", "error"]).to_pydict()
-    sources = [s for s, e in zip(table["source"], table["error"], strict=True) if e is None]
-    entries = catalog_entries(sources, load_kwargs)
-    return atomic_write_bytes(catalog_path(shard), json.dumps(entries, sort_keys=True).encode())
-
-
-# ------------------------------------------------------------------------------ the driver
-def collect_shards(
-    shards: Sequence[Path],
-) -> tuple[list[dict[str, Any]], np.ndarray, list[tuple[str, str]], list[int]]:
-    """Read shards and their catalog files, in the order given, into index records, their
-    embeddings ``(n, dim)`` as float32 (as the single-process path casts them; not yet
-    normalised), the failures, and each shard's row count.
-
-    Raises:
-        IndexJobError: a shard's catalog file is missing or lacks one of its sources.
-    """
-    import pyarrow.parquet as pq
-
-    records: list[dict[str, Any]] = []
-    chunks: list[np.ndarray] = []
-    failures: list[tuple[str, str]] = []
-    counts: list[int] = []
-    for shard in shards:
-        table = pq.read_table(shard).to_pydict()
-        try:
-            entries = json.loads(catalog_path(shard).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise IndexJobError(f"{catalog_path(shard)}: unreadable ({exc}); rerun") from None
-        flags = table.get("graph_only") or [False] * len(table["source"])  # older shards: none
-        rows = zip(
-            table["source"], table["content_hash"], table["z"], table["error"], flags, strict=True
-        )
-        vectors = []
-        for source, digest, z, error, graph_only in rows:
-            if error is not None:
-                failures.append((source, error))
-                continue
-            if source not in entries:
-                raise IndexJobError(f"{catalog_path(shard)}: lacks {source}; delete it and rerun")
-            records.append(
-                {
-                    "path": source,
-                    "content_hash": digest,
-                    **entries[source],
-                    "graph_only": bool(graph_only),
-                }
-            )
-            vectors.append(z)
-        counts.append(len(vectors))
-        if vectors:
-            chunks.append(np.asarray(vectors, dtype=np.float32))
-    dim = int(chunks[0].shape[1]) if chunks else 0
-    vectors = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
-    return records, vectors, failures, counts
-
-
-def unit_vectors(vectors: np.ndarray, counts: Sequence[int]) -> np.ndarray:
-    r"""Rows scaled to unit length, :math:`v / \lVert v \rVert_2`, one shard (``counts`` rows)
-    at a time, as the single-process path normalises each batch it embeds."""
-    from weightspace.index.embedders import normalise
-
-    parts = np.split(vectors, np.cumsum(counts)[:-1]) if len(counts) else [vectors]
-    return np.concatenate([normalise(part) for part in parts])
-
-
 def _check_index_job(work: Path, load_kwargs: Mapping[str, Any]) -> None:
     """Shards embed files read with the job's loading options (``--activation`` ...): a work
     directory of other options is refused rather than mixed in."""
@@ -256,6 +137,13 @@ def _check_index_job(work: Path, load_kwargs: Mapping[str, Any]) -> None:
         return
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(job).encode())
+
+
+def _default_forward_batch() -> int:
+    """``Encoder.embed``'s default ``batch_size`` (the single-process build's forward batch)."""
+    from weightspace.nn.encoder import Encoder
+
+    return int(inspect.signature(Encoder.embed).parameters["batch_size"].default)
 
 
 def _postgres_index_exists(dsn: str, schema: str) -> bool:
@@ -317,10 +205,9 @@ def build_index_on_ray(
     """
     from weightspace.index import ModelIndex, PostgresIndex, load_embedder
     from weightspace.index.catalog import existing_generation
-    from weightspace.index.embedders import embedder_fingerprint, recordable_encoder
+    from weightspace.index.embedders import recordable_encoder
     from weightspace.index.vectors import DEFAULT_APPROXIMATE_THRESHOLD
     from weightspace.index.writing import build_index_from_vectors
-    from weightspace.nn.encoder import Encoder
 
     if (out is None) == (dsn is None):
         raise IndexJobError("give either an index directory (out) or a PostgreSQL dsn")
@@ -355,7 +242,7 @@ def build_index_on_ray(
             work,
             num_workers=num_workers,
             # one Encoder.embed call per single-process batch, at its default forward batch
-            batch_size=inspect.signature(Encoder.embed).parameters["batch_size"].default,
+            batch_size=_default_forward_batch(),
             shard_size=batch_size,
             load_kwargs=load_kwargs,
             catalog=True,  # written by the embedding actors, from the files they load
@@ -363,8 +250,9 @@ def build_index_on_ray(
         shards = sorted([*embedding.written, *embedding.skipped])
         # only shards of an older job lack their catalog file
         missing = [s for s in shards if not catalog_path(s).is_file()]
-        task = ray.remote(num_cpus=1, max_retries=3)(write_catalog)
-        ray.get([task.remote(shard, load_kwargs) for shard in missing])
+        if missing:
+            task = ray.remote(num_cpus=1, max_retries=3)(write_catalog)
+            ray.get([task.remote(shard, load_kwargs) for shard in missing])
     except ray.exceptions.RayError as exc:
         raise IndexJobError(
             f"the Ray job failed ({str(exc).strip().splitlines()[0][:300]}); shards written so "
@@ -383,13 +271,12 @@ def build_index_on_ray(
         raise IndexJobError(
             f"none of the {len(failures)} inputs could be embedded; nothing indexed"
         )
-    embedder = load_embedder(encoder)
     recorded = recordable_encoder(encoder)
     if dsn is not None:
         index, _ = PostgresIndex.build(
             dsn,
             iter(()),
-            embedder,
+            load_embedder(encoder),
             schema=schema,
             encoder=recorded,
             overwrite=overwrite,
@@ -415,7 +302,7 @@ def build_index_on_ray(
         Path(out),
         records,
         unit_vectors(vectors, counts),
-        fingerprint=embedder_fingerprint(embedder),
+        fingerprint=embedding.fingerprint,  # of the encoder the driver loaded to plan
         encoder=recorded,
         kind=kind,  # type: ignore[arg-type]
         approximate_threshold=approximate_threshold or DEFAULT_APPROXIMATE_THRESHOLD,

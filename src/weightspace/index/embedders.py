@@ -167,8 +167,25 @@ def embed_models(embedder: Embedder, models: Sequence[Any], *, source: str = "")
 
 
 def embed_loaded(embedder: Embedder, models: Sequence[LoadedModel]) -> np.ndarray:
-    """Unit vectors ``(n, d)`` of loaded models, each read the way ``embedder`` wants it."""
-    return embed_models(embedder, embedder_inputs(embedder, models), source=models[0].path)
+    """Unit vectors ``(n, d)`` of loaded models, each read the way ``embedder`` wants it.
+
+    Raises:
+        NonFiniteWeightsError: a model's canonical form overflows (a canonicalising embedder),
+            naming its file; otherwise the embedder's error as raised.
+    """
+    try:
+        return embed_models(embedder, embedder_inputs(embedder, models), source=models[0].path)
+    except WeightspaceError:
+        if not _canonicalises(embedder):
+            raise
+        from weightspace.symmetry import first_canonical_overflow
+
+        named = first_canonical_overflow(
+            (model.path, model.network_spec(), model.tensors) for model in models
+        )
+        if named is None:
+            raise
+        raise named from None
 
 
 def graph_only_flags(embedder: Embedder, count: int) -> list[bool]:
