@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from weightspace.errors import SymmetryError, UnsupportedLayerError
-from weightspace.lora import LoraFactors, canonical_factors
+from weightspace.one_thread import one_thread
 from weightspace.spec import Op
 
 __all__ = [
@@ -333,12 +333,25 @@ def random_invertible(
 
 
 # ------------------------------------------------------------------------------ canonical form
-def _canonical_pair(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``left (m, d) @ right (d, n)`` refactored canonically; returns the new factors and the
-    singular values."""
-    star = canonical_factors(LoraFactors(A=right, B=left, scaling=1.0))
-    sigma = star.B.pow(2).sum(0).sqrt()  # B* = U Sigma: column norms are the singular values
-    return star.B, star.A, sigma
+def _canonical_pairs(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Per head, ``left[h] (m, d) @ right[h] (d, n)`` refactored canonically: the factors of
+    :func:`~weightspace.lora.canonical_factors` (:math:`B^\star = U\Sigma`,
+    :math:`A^\star = V^\top`, signs fixed by :math:`\sum_i u_i^3 > 0`), computed for all heads
+    in one batched QR / SVD. Returns ``B* (H, m, d)``, ``A* (H, d, n)`` and the singular values
+    ``(H, d)`` (zero beyond the rank)."""
+    heads, m, d = left.shape
+    q_b, r_b = torch.linalg.qr(left)  # (H, m, k_b), (H, k_b, d)
+    q_a, r_a = torch.linalg.qr(right.transpose(1, 2))  # (H, n, k_a), (H, k_a, d)
+    u_c, sigma, vh_c = torch.linalg.svd(r_b @ r_a.transpose(1, 2), full_matrices=False)
+    u, v = q_b @ u_c, q_a @ vh_c.transpose(1, 2)  # (H, m, k), (H, n, k)
+    sign = torch.sign(u.pow(3).sum(dim=1, keepdim=True))  # (H, 1, k)
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    u, v = u * sign, v * sign
+    k = sigma.shape[-1]
+    a_star = right.new_zeros(heads, d, right.shape[2])
+    b_star = left.new_zeros(heads, m, d)
+    a_star[:, :k], b_star[:, :, :k] = v.transpose(1, 2), u * sigma.unsqueeze(1)
+    return b_star, a_star, b_star.pow(2).sum(1).sqrt()  # column norms: the singular values
 
 
 def canonical_attention(weights: AttentionWeights) -> AttentionWeights:
@@ -347,26 +360,24 @@ def canonical_attention(weights: AttentionWeights) -> AttentionWeights:
 
     Per head, :math:`M^{QK}_h = \tilde Q_h^\top \tilde K_h` and :math:`M^{VO}_h = O_h \tilde V_h`
     are refactored as :math:`U\Sigma \cdot V^\top` (canonical signs); heads are ordered by
-    :math:`(\Sigma^{QK}_h, \Sigma^{VO}_h)`, largest first, lexicographically. Float64 inside.
+    :math:`(\Sigma^{QK}_h, \Sigma^{VO}_h)`, largest first, lexicographically. Float64 inside,
+    all heads at once.
     """
-    q, k, v = (t.double() for t in weights.augmented())
-    o = weights.head_outputs().double()
-    q_star, k_star, v_star, o_star, keys = [], [], [], [], []
-    for h in range(weights.num_heads):
-        qt, kh, s_qk = _canonical_pair(q[h].T, k[h])  # (E+1, d), (d, E+1)
-        oh, vh, s_vo = _canonical_pair(o[h], v[h])  # (E, d), (d, E+1)
-        q_star.append(qt.T)
-        k_star.append(kh)
-        v_star.append(vh)
-        o_star.append(oh)
-        keys.append(torch.cat([s_qk, s_vo]))
-    order = sorted(range(weights.num_heads), key=lambda h: [-float(x) for x in keys[h]])
+    q, k, v = (t.double() for t in weights.augmented())  # (H, d, E + 1) each
+    o = weights.head_outputs().double()  # (H, E, d)
+    with one_thread():  # small QRs and SVDs: a thread pool's barriers cost more than it gains
+        q_t, k_star, s_qk = _canonical_pairs(q.transpose(1, 2), k)  # (H, E+1, d), (H, d, E+1)
+        o_star, v_star, s_vo = _canonical_pairs(o, v)  # (H, E, d), (H, d, E+1)
+    keys = torch.cat([s_qk, s_vo], dim=1).tolist()  # (H, 2d)
+    order = sorted(range(weights.num_heads), key=lambda h: [-x for x in keys[h]])
     dtype = weights.in_proj.dtype
 
-    def stack(parts: list[Tensor]) -> Tensor:
-        return torch.stack([parts[h] for h in order]).to(dtype)
+    def pick(t: Tensor) -> Tensor:
+        return t[order].to(dtype)
 
-    return _from_augmented(weights, stack(q_star), stack(k_star), stack(v_star), stack(o_star))
+    return _from_augmented(
+        weights, pick(q_t.transpose(1, 2)), pick(k_star), pick(v_star), pick(o_star)
+    )
 
 
 def attention_forward(weights: AttentionWeights, x: Tensor) -> Tensor:

@@ -15,10 +15,11 @@ Here the same function is computed from the model's weights directly:
   .. math::
       e^{(0)}_{ij} = W_e[:, :kF]\,\phi(w_{ij}) + b_e + E_{\mathrm{kind}}
 
-  computed in chunks of :data:`CHUNK_EDGES` rows straight into one ``(E, d)`` buffer;
-* the message-passing layers run :meth:`EdgeNodeConv._forward_dense
-  <weightspace.nn.layers.EdgeNodeConv._forward_dense>` with one shared message buffer and the
-  edge update added in place, so four layers allocate two ``(E, d)`` tensors in all;
+  computed chunk by chunk (:func:`initial_edge_writer`) by the first layer as it reads them;
+* the message-passing layers stream through the edges in cache-sized chunks
+  (:func:`weightspace.nn.edge_stream.stream_conv`): messages, aggregates and the in-place edge
+  update of a chunk are computed while it is in cache, so a layer reads and writes the one
+  ``(E, d)`` edge buffer once and allocates no other ``(E, d)`` tensor;
 * no bank or batch copies the graph; the graph branch never builds the padded ``(E, K)``
   features (the probe branch, where configured, reads the model's weights back from a
   :class:`~weightspace.graph.NeuralGraph` built once and freed before the graph branch runs).
@@ -43,8 +44,10 @@ from weightspace.graph_edges import EdgeBlock, edge_blocks, node_attributes
 from weightspace.layout import layout_of
 from weightspace.models import ModelInputError, as_spec_and_state
 from weightspace.nn.batch import GraphBank, GraphBatch, symmetry_masks
+from weightspace.nn.edge_stream import InitialEdges, stream_conv
 from weightspace.nn.features import EdgeEmbedding
 from weightspace.nn.layers import dense_plan
+from weightspace.one_thread import one_thread
 from weightspace.spec import NetworkSpec
 
 if TYPE_CHECKING:
@@ -55,6 +58,7 @@ __all__ = [
     "LARGE_GRAPH_EDGES",
     "embed_edge_blocks",
     "encode_graph_lean",
+    "initial_edge_writer",
     "run_splitting_large",
     "single_graph_batch",
 ]
@@ -65,11 +69,18 @@ LARGE_GRAPH_EDGES = 200_000
 CHUNK_EDGES = 131_072
 
 
-def embed_edge_blocks(embedding: EdgeEmbedding, blocks: list[EdgeBlock], out: Tensor) -> Tensor:
-    r"""The initial edge states of every block, written into ``out`` ``(E, d)`` in block order:
-    :math:`W_e[:, :kF]\,\phi(w) + b_e + E_{\mathrm{kind}}` per block of width ``k``."""
+def initial_edge_writer(
+    embedding: EdgeEmbedding, blocks: list[EdgeBlock], dtype: torch.dtype, device: torch.device
+) -> InitialEdges:
+    r"""A writer of initial edge states block by block (the ``initial`` of
+    :func:`~weightspace.nn.edge_stream.stream_conv`): edges ``start:start + len(out)`` of
+    block ``i`` of width ``k`` get :math:`W_e[:, :kF]\,\phi(w) + b_e + E_{\mathrm{kind}}`.
+
+    Raises:
+        ValueError: a block wider than the embedding accepts.
+    """
     num_features = embedding.features.num_features
-    start = 0
+    tables = []
     for block in blocks:
         k = block.width
         if k > embedding.max_edge_features:
@@ -77,13 +88,29 @@ def embed_edge_blocks(embedding: EdgeEmbedding, blocks: list[EdgeBlock], out: Te
                 f"edges carry {k} weights but this encoder accepts at most "
                 f"{embedding.max_edge_features}"
             )
-        weight = embedding.weight[:, : k * num_features].t()  # (k F, d)
+        weight = embedding.weight[:, : k * num_features].t().to(device, dtype)  # (k F, d)
         row = (embedding.bias + embedding.kind.weight[block.kind]).unsqueeze(0)  # (1, d)
-        for chunk in block.features.split(CHUNK_EDGES):
-            stop = start + chunk.shape[0]
-            feats = embedding.features(chunk.to(device=out.device, dtype=out.dtype))
-            torch.addmm(row, feats, weight, out=out[start:stop])
-            start = stop
+        tables.append((weight, row.to(device, dtype)))
+
+    def write(index: int, start: int, out: Tensor) -> None:
+        weight, row = tables[index]
+        chunk = blocks[index].features[start : start + out.shape[0]]
+        feats = embedding.features(chunk.to(device=device, dtype=dtype))  # (count, k F)
+        torch.addmm(row, feats, weight, out=out)
+
+    return write
+
+
+def embed_edge_blocks(embedding: EdgeEmbedding, blocks: list[EdgeBlock], out: Tensor) -> Tensor:
+    r"""The initial edge states of every block, written into ``out`` ``(E, d)`` in block order:
+    :math:`W_e[:, :kF]\,\phi(w) + b_e + E_{\mathrm{kind}}` per block of width ``k``."""
+    write = initial_edge_writer(embedding, blocks, out.dtype, out.device)
+    start = 0
+    for index, block in enumerate(blocks):
+        for first in range(0, block.count, CHUNK_EDGES):
+            count = min(CHUNK_EDGES, block.count - first)
+            write(index, first, out[start : start + count])
+            start += count
     return out
 
 
@@ -114,13 +141,12 @@ def encode_graph_lean(encoder: Encoder, spec: NetworkSpec, state: Mapping[str, T
     h = encoder.node_embedding.embed_bias(nodes.bias) + table  # (N, hidden)
     d = encoder.config.edge_hidden
     edges = torch.empty(plan.num_edges, d, dtype=dtype, device=device)  # (E, d)
-    embed_edge_blocks(encoder.edge_embedding, edge_blocks(spec, state, layout=layout), edges)
-    messages = torch.empty_like(edges)  # (E, d), reused by every layer
+    blocks = edge_blocks(spec, state, layout=layout)
+    initial = initial_edge_writer(encoder.edge_embedding, blocks, dtype, device)
     for i, conv in enumerate(encoder.convs):
         last = i == len(encoder.convs) - 1
-        h, _ = conv._forward_dense(
-            h, edges, plan, update_edges=not last, message_buffer=messages, edges_in_place=True
-        )
+        # the first layer computes the initial edge states chunk by chunk as it reads them
+        h = stream_conv(conv, h, edges, plan, not last, initial=None if i else initial)
     return encoder.pool(h, None, 1, nodes_per_graph=plan.num_nodes)
 
 
@@ -189,23 +215,25 @@ def _prepare(model: Any, encoder: Encoder, index: int) -> NeuralGraph | tuple:
             raise EncoderError(str(exc)) from None
         if graph_size(spec)[1] < LARGE_GRAPH_EDGES:
             return prepare_graph((spec, state), config, index=index)
-    check_state_dict(
-        spec,
-        state,
-        source="model",
-        nonfinite_hint="a neural graph (and an embedding) needs finite weights",
-    )
-    width = layout_of(spec).max_edge_features
-    if width > config.max_edge_features:
-        widest = max(spec.layers, key=lambda op: op.kernel_numel)
-        raise EncoderError(
-            f"model #{index} ({spec.summary()}): its edges carry {width} weights (e.g. layer "
-            f"{widest.name!r}, a kernel or flattened feature map), more than the "
-            f"{config.max_edge_features} this encoder accepts; retrain the encoder with a larger "
-            "max_edge_features"
+    # per-tensor checks, per-head QR / SVD: small kernels, cheaper on one thread (one_thread)
+    with one_thread():
+        check_state_dict(
+            spec,
+            state,
+            source="model",
+            nonfinite_hint="a neural graph (and an embedding) needs finite weights",
         )
-    if config.canonicalize:
-        state = canonicalize(spec, state)
+        width = layout_of(spec).max_edge_features
+        if width > config.max_edge_features:
+            widest = max(spec.layers, key=lambda op: op.kernel_numel)
+            raise EncoderError(
+                f"model #{index} ({spec.summary()}): its edges carry {width} weights (e.g. "
+                f"layer {widest.name!r}, a kernel or flattened feature map), more than the "
+                f"{config.max_edge_features} this encoder accepts; retrain the encoder with a "
+                "larger max_edge_features"
+            )
+        if config.canonicalize:
+            state = canonicalize(spec, state)
     return spec, state
 
 
