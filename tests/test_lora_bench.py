@@ -165,3 +165,51 @@ def test_bench_trains_token_zoos_with_the_graph_branch(lora_zoo: Any) -> None:
     from weightspace.bench.encoders import _reads_token_ids
 
     assert _reads_token_ids(str(lora_zoo.root))
+
+
+def test_the_rebuilt_base_is_the_zoos_and_is_registered(lora_zoo: Any) -> None:
+    from weightspace.nn.adapter_features import find_base, merged_delta
+    from weightspace.zoo.lora_zoo import TARGETS, lora_base
+
+    base = lora_base(lora_zoo)
+    first = str(lora_zoo.table.iloc[0]["checkpoint_id"])
+    assert find_base(lora_zoo.spec(first)).modules == TARGETS  # register_lora_tasks did it
+    deltas = merged_delta(lora_zoo.spec(first), lora_zoo.state_dict(first), base)
+    rank = int(lora_zoo.table.iloc[0]["rank"])
+    for module in TARGETS:  # the update of a rank-r adapter has rank <= r, and is not zero
+        singular = torch.linalg.svdvals(deltas[module])
+        assert singular[0] > 0
+        tail = torch.cat([singular[rank:], singular.new_zeros(1)])  # float32 rounding only
+        assert float(tail.max()) < 1e-3 * float(singular[0])
+
+
+def test_adapter_rows_embed_and_predict(lora_zoo: Any) -> None:
+    from weightspace.evaluate.methods import build_method
+
+    table = zoo_table(lora_zoo)
+    graphs = GraphCache(lora_zoo)
+    models = model_set(table, graphs, list(table["checkpoint_id"]))
+    y = models.column("test_accuracy")
+    ours = build_method("weightspace-adapter", config=None).fit(models, y)
+    z = ours.embed(models)
+    assert z.shape == (len(models), 16 * 16 + 32 * 32 + 16 * 16) and np.isfinite(z).all()
+    assert np.allclose(np.linalg.norm(z, axis=1), np.sqrt(3))  # one unit vector per module
+    assert np.isfinite(ours.predict_accuracy(models)).all()
+    statnn = build_method("statnn-delta").fit(models, y)
+    assert statnn.name == "statnn-delta"
+    raw = build_method("statnn").fit(models, y)
+    assert not np.allclose(statnn.embed(models), raw.embed(models))  # it reads ΔW, not W + ΔW
+
+
+def test_a_base_that_cannot_be_rebuilt_is_refused(lora_zoo: Any) -> None:
+    from weightspace.zoo.lora_zoo import lora_base
+
+    other = SimpleNamespace(  # the zoo, but claiming another batch size: another base
+        manifest={**lora_zoo.manifest, "batch_size": 64},
+        table=lora_zoo.table,
+        root=lora_zoo.root,
+        spec=lora_zoo.spec,
+        state_dict=lora_zoo.state_dict,
+    )
+    with pytest.raises(ZooError, match="base cannot be rebuilt"):
+        lora_base(other)

@@ -27,6 +27,8 @@ sign is fixed so that :math:`\sum_i U_{ik}^3 > 0`. :math:`(A^\star, B^\star)` de
 every :math:`G`. :func:`adapter_models` turns each module's canonical factors into a two-layer
 linear network ``in → r → out``, which the encoder embeds like any other model; the encoder's
 remaining hidden-neuron symmetries (permutation, scaling, sign) are a subgroup of ``GL(r)``.
+:mod:`weightspace.nn.adapter_features` embeds an adapter without training, from
+:math:`\Delta W` alone (the singular-value-weighted row space per module).
 """
 
 from __future__ import annotations

@@ -261,6 +261,22 @@ def _weightwatcher(seed: int, config: MethodConfig) -> Method:
     return Subsampled(method, config.weightwatcher_max_models, seed)
 
 
+@register_method("weightspace-adapter")
+def _ours_adapter(seed: int, config: MethodConfig) -> Method:
+    # LoRA zoos: training-free adapter features of the update over the registered base
+    from weightspace.evaluate.adapter_methods import AdapterFeatureMethod
+
+    return AdapterFeatureMethod(seed=seed, tune=config.tune)
+
+
+@register_method("statnn-delta")
+def _statnn_delta(seed: int, config: MethodConfig) -> Method:
+    # StatNN on the adapter's update, the preprocessing weightspace-adapter gets
+    from weightspace.evaluate.adapter_methods import OnAdapterDelta
+
+    return OnAdapterDelta(_baseline("statnn", seed, config))
+
+
 def _baselines() -> list[str]:
     from weightspace.baselines import list_embedders
 

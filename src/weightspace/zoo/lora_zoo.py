@@ -40,7 +40,10 @@ lora zoo can register its six tasks ``lora-seq-<task>`` (:func:`register_lora_ta
 inputs are the token ids (stored as float, exact), so F retrieval and ``probing-task`` read the
 tasks' own sequences. Registration re-derives the data from the manifest's seed and checks it
 against the zoo (one checkpoint's recorded test accuracy must be reproduced), so a zoo whose
-sequences cannot be regenerated is refused rather than scored on other data.
+sequences cannot be regenerated is refused rather than scored on other data. It also rebuilds
+the base (:func:`lora_base`, checked tensor for tensor against the zoo's frozen layers) and
+registers it (:func:`weightspace.nn.adapter_features.register_base`), so the adapter features
+and the ``<method>-delta`` bench rows can read each checkpoint's update :math:`\Delta W`.
 """
 
 from __future__ import annotations
@@ -61,10 +64,12 @@ __all__ = [
     "RANKS",
     "TARGETS",
     "generate_lora_zoo",
+    "lora_base",
     "lora_task_data",
     "register_lora_tasks",
     "task_labels",
     "token_splits",
+    "trained_base",
 ]
 
 TASK = "lora-seq"
@@ -157,6 +162,14 @@ def register_lora_tasks(zoo: Any) -> list[str]:
     seed = int(config["seed"])
     data = lora_task_data(seed)
     _check_reproduced(zoo, data)
+    from weightspace.nn.adapter_features import register_base
+
+    try:  # adapter features and `<method>-delta` read the update over the base
+        register_base(lora_base(zoo))
+    except ZooError as exc:  # the tasks still serve; those rows then say no base is registered
+        import warnings
+
+        warnings.warn(f"no adapter base registered: {exc}", RuntimeWarning, stacklevel=2)
     directory = _data_dir(seed)
     for name, task_data in data.items():
         path = directory / f"{name}.npz"
@@ -200,6 +213,51 @@ def _base(seed: int) -> nn.Module:
         num_outputs=CLASSES,
         max_positions=LENGTH,
     )
+
+
+def trained_base(seed: int, batch_size: int) -> tuple[nn.Module, dict[str, Tensor]]:
+    """The zoo's base (trained on ``max`` for ``BASE_EPOCHS``, in eval mode) and its token
+    splits (:func:`token_splits`): a function of ``seed`` and ``batch_size`` alone."""
+    gen, splits = token_splits(seed)
+    # no dropout in tiny_transformer; eval keeps attention's fast path off
+    base = _base(seed).eval()
+    x_train = splits["train"]
+
+    def base_loss(x: Tensor, y: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(base(x), y)
+
+    labels = task_labels(BASE_TASK, x_train)
+    _train(base_loss, list(base.parameters()), x_train, labels, 3e-3, BASE_EPOCHS, gen, batch_size)
+    return base, splits
+
+
+def lora_base(zoo: Any) -> Any:
+    """The base of a lora-preset ``zoo`` as an :class:`~weightspace.nn.adapter_features.AdapterBase`,
+    rebuilt from the manifest's seed and checked: every tensor the adapters do not touch must
+    equal the zoo's first checkpoint's exactly.
+
+    Raises:
+        ZooError: not a lora zoo, or the rebuilt base does not match (another generator).
+    """
+    from weightspace.nn.adapter_features import AdapterBase
+    from weightspace.zoo.presets import get_preset
+
+    config = zoo.manifest.get("config") or {}
+    if config.get("preset") != "lora" or not isinstance(config.get("seed"), int):
+        raise ZooError(f"{zoo.root}: not a lora-preset zoo, so it has no base to rebuild")
+    batch = zoo.manifest.get("batch_size", get_preset("lora").settings.batch_size)
+    base, _ = trained_base(int(config["seed"]), int(batch))
+    state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    first = str(zoo.table.iloc[0]["checkpoint_id"])
+    stored = zoo.state_dict(first)
+    adapted = {f"{m}.weight" for m in TARGETS}
+    for key, value in stored.items():
+        if key not in adapted and (key not in state or not torch.equal(state[key], value)):
+            raise ZooError(
+                f"{zoo.root}: the base rebuilt from seed {config['seed']} differs from "
+                f"checkpoint {first} at {key!r}; this zoo's base cannot be rebuilt"
+            )
+    return AdapterBase(f"{TASK}-base", zoo.spec(first), state, TARGETS)
 
 
 def _train(
@@ -262,26 +320,8 @@ def generate_lora_zoo(out: str | Path, preset: Any, *, seed: int = 0, device: st
             return Zoo.open(root)
         raise ZooError(f"{root}: already holds a different zoo; use a new --out")
     started = time.perf_counter()
-    gen, splits = token_splits(seed)
-
-    base = _base(
-        seed
-    ).eval()  # no dropout in tiny_transformer; eval keeps attention's fast path off
+    base, splits = trained_base(seed, settings.batch_size)
     x_train = splits["train"]
-
-    def base_loss(x: Tensor, y: Tensor) -> Tensor:
-        return nn.functional.cross_entropy(base(x), y)
-
-    _train(
-        base_loss,
-        list(base.parameters()),
-        x_train,
-        task_labels(BASE_TASK, x_train),
-        3e-3,
-        BASE_EPOCHS,
-        gen,
-        settings.batch_size,
-    )
     spec, base_state = token_model_spec(base, x_train[:1])
     frozen = {k: v.detach() for k, v in base.state_dict().items()}
     shapes = {name: tuple(frozen[f"{name}.weight"].shape) for name in TARGETS}
@@ -381,6 +421,7 @@ def generate_lora_zoo(out: str | Path, preset: Any, *, seed: int = 0, device: st
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": config,
         "device": device,
+        "batch_size": settings.batch_size,  # the base's too: lora_base rebuilds it with this
         "base_test_accuracy": float(
             (base(splits["test"]).argmax(1) == task_labels(BASE_TASK, splits["test"]))
             .float()
