@@ -112,6 +112,14 @@ def train(
     probes: Annotated[
         int, typer.Option(min=1, help="Learned probe inputs per input shape (probe branch).")
     ] = 32,
+    probe_init: Annotated[
+        str,
+        typer.Option(
+            help="Where the learned probes start: gauss (random Gaussian) or task (inputs from "
+            "the zoo's task training split, or an INR zoo's coordinate grid; Gaussian where "
+            "neither is known, said once).",
+        ),
+    ] = "gauss",
 ) -> None:
     """Train the symmetry-aware encoder on a zoo (contrastive views + supervised heads); write
     weights, config, training log and the zoo's fingerprint to OUT. Rerunning the same command
@@ -148,6 +156,7 @@ def train(
         function_probes=function_probes,
         branches=branches,
         probes=probes,
+        probe_init=probe_init,
         batch_by_architecture=batch_by_architecture,
         class_contrastive_weight=class_contrastive_weight,
         probe_lr_scale=probe_lr_scale,
@@ -285,6 +294,7 @@ def embed(
     import numpy as np
     from rich.console import Console
 
+    from weightspace.errors import WeightspaceError
     from weightspace.nn.encoder import Encoder, EncoderError
     from weightspace.pretrained import resolve_encoder_reference
 
@@ -315,7 +325,17 @@ def embed(
     report_input_twins(inputs, each_read("embedded"))  # .pt/.safetensors twins, named
     specs, sources = [m[0] for m in models], [r["source"] for r in rows]
     check_input_domains(specs, sources, model_encoder, say=cli_warning)  # free input sizes
-    embeddings = model_encoder.embed(models, batch_size=batch_size, device=device, compile=compile)
+    try:
+        embeddings = model_encoder.embed(
+            models, batch_size=batch_size, device=device, compile=compile
+        )
+    except WeightspaceError:
+        from weightspace.symmetry import first_canonical_overflow
+
+        named = first_canonical_overflow(zip(sources, specs, (m[1] for m in models), strict=True))
+        if named is None:
+            raise
+        raise named from None  # a weight overflow in a model's canonical form, by file
     fallback = model_encoder.last_fallback
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":

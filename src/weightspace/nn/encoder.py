@@ -64,6 +64,7 @@ from weightspace.nn.batch import (
 from weightspace.nn.features import EdgeEmbedding, NodeEmbedding, ScalarFeatures
 from weightspace.nn.layers import DensePlan, EdgeNodeConv, degree_inverses, dense_plan
 from weightspace.nn.pooling import TransformerPooling
+from weightspace.nn.probe_init import ProbeInitError, check_probe_init
 from weightspace.nn.probes import (
     ProbeEncoder,
     ProbeError,
@@ -132,6 +133,9 @@ class EncoderConfig:
     probe_latent: int = 16  # probe branch: width k of the probes' latent codes
     probe_hidden: int = 64  # probe branch: width of the generator and of the output encoder
     probe_dim: int = 64  # probe branch: width of z_probe before the fusion
+    probe_init: str = "gauss"  # probe branch: where the probes start: gauss | task
+    #   (weightspace.nn.probe_init: the task's training inputs, an INR's coordinate grid)
+    probe_sources: tuple[str, ...] = ()  # probe_init "task": the start of each probe domain
     classes: tuple[str, ...] = ()  # class names of the class head (a class-target zoo's labels,
     #   `train --objective class`; empty: no class head)
 
@@ -167,6 +171,15 @@ class EncoderConfig:
                 f"least one probe domain, got {self.probes}, {self.probe_classes} and "
                 f"{list(self.probe_domains)}"
             )
+        try:
+            check_probe_init(self.probe_init)
+        except ProbeInitError as exc:
+            raise EncoderError(f"encoder config: {exc}") from None
+        if self.probe_init == "task" and len(self.probe_sources) != len(self.probe_domains):
+            raise EncoderError(
+                f"encoder config: probe_init 'task' needs one probe source per probe domain, "
+                f"got {list(self.probe_sources)} for {list(self.probe_domains)}"
+            )
         if self.hidden % self.pool_heads:
             raise EncoderError(
                 f"encoder config: hidden={self.hidden} must be divisible by "
@@ -183,6 +196,9 @@ class EncoderConfig:
         if "probe" not in self.branches:
             for name in _PROBE_FIELDS:
                 data.pop(name)
+        if self.probe_init == "gauss" and not self.probe_sources:
+            data.pop("probe_init", None)  # Gaussian-start encoders keep their fingerprint
+            data.pop("probe_sources", None)
         if not self.classes:  # encoders without a class head keep their fingerprint
             data.pop("classes")
         return data
@@ -212,6 +228,8 @@ _PROBE_FIELDS = (
     "probe_latent",
     "probe_hidden",
     "probe_dim",
+    "probe_init",
+    "probe_sources",
 )
 
 
@@ -268,7 +286,13 @@ class Encoder(nn.Module):
         self._warned_fallback = False
         if "probe" in config.branches:
             self.probe_generator = ProbeGenerator(
-                config.probe_domains, config.probes, config.probe_latent, config.probe_hidden
+                config.probe_domains,
+                config.probes,
+                config.probe_latent,
+                config.probe_hidden,
+                init=config.probe_init,
+                sources=config.probe_sources,
+                seed=config.function_seed,
             )
             self.probe_encoder = ProbeEncoder(
                 config.probe_domains,

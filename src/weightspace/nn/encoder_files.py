@@ -23,6 +23,7 @@ from weightspace.nn.encoder import (
     EncoderConfig,
     EncoderError,
 )
+from weightspace.nn.probe_init import deferred_probe_init
 
 __all__ = ["load_encoder", "read_encoder_config", "save_encoder"]
 
@@ -108,7 +109,8 @@ def load_encoder(
         raise EncoderError(
             f"{weights_path}: cannot read the weights ({exc}); the file is corrupt"
         ) from None
-    encoder = cls(config)
+    with deferred_probe_init():  # the probes' start is in the weights read next
+        encoder = cls(config)
     try:
         encoder.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

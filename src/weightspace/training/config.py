@@ -10,6 +10,7 @@ from typing import Any
 from weightspace.errors import WeightspaceError
 from weightspace.nn.augment import AugmentConfig
 from weightspace.nn.encoder import BRANCHES, Encoder, EncoderConfig
+from weightspace.nn.probe_init import ProbeInitError, check_probe_init
 
 __all__ = [
     "FUNCTION_WEIGHT",
@@ -91,6 +92,8 @@ class TrainConfig:
     branches: str | tuple[str, ...] = "auto"  # encoder branches: "graph", "probe" or both;
     #   "auto": both when every checkpoint's architecture can be run, else graph only
     probes: int = 32  # learned probe inputs per input domain of the probe branch
+    probe_init: str = "gauss"  # where the probes start: gauss (random) | task (the zoo's task
+    #   training inputs; an INR zoo's coordinate grid; Gaussian where neither is known)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # architecture
 
     def __post_init__(self) -> None:
@@ -121,6 +124,10 @@ class TrainConfig:
             raise TrainError(f"function_probes must be >= 1, got {self.function_probes}")
         if self.probes < 1:
             raise TrainError(f"probes must be >= 1, got {self.probes}")
+        try:
+            check_probe_init(self.probe_init)
+        except ProbeInitError as exc:
+            raise TrainError(str(exc)) from None
         if isinstance(self.branches, str) and self.branches != "auto":
             self.branches = tuple(b.strip() for b in self.branches.split(",") if b.strip())
         elif isinstance(self.branches, list):

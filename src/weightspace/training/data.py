@@ -332,12 +332,21 @@ def encoder_config_for(config: TrainConfig, data: TrainingData) -> EncoderConfig
         ),
     )
     branches, domains, classes = resolve_branches(config, data.zoo_specs)
+    probe_init = getattr(config, "probe_init", "gauss")
+    sources: tuple[str, ...] = ()
+    if probe_init == "task" and domains:  # where each domain's probes start
+        from weightspace.nn.probe_init import probe_sources_for_zoo
+        from weightspace.zoo import Zoo
+
+        sources = probe_sources_for_zoo(Zoo.open(config.zoo), domains)
     return replace(
         encoder_config,
         branches=branches,
         probes=config.probes,
         probe_domains=domains,
         probe_classes=classes,
+        probe_init=probe_init if domains else "gauss",
+        probe_sources=sources,
     )
 
 
