@@ -208,3 +208,47 @@ def test_train_with_task_init_on_a_zoo_of_unknown_tasks_falls_back_and_says_so(t
     assert result.encoder.config.probe_sources == ("gauss",)
     loaded = Encoder.load(tmp_path / "enc")
     assert loaded.fingerprint == result.encoder.fingerprint
+
+
+def test_auto_init_is_silent_and_gaussian_where_no_task_inputs_are_known(tmp_path) -> None:
+    from test_train import TINY, make_synthetic_zoo
+    from weightspace.train import train
+
+    zoo = make_synthetic_zoo(tmp_path / "zoo")  # tasks "a" and "b": no inputs known
+    assert TrainConfig(zoo="z", out="o").probe_init == "auto"  # the default
+    config = TrainConfig(
+        zoo=str(zoo),
+        out=str(tmp_path / "enc"),
+        epochs=1,
+        batch_size=16,
+        encoder=TINY,
+        probes=4,
+        max_checkpoints=40,
+        branches="graph,probe",
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(config)
+    assert not [w for w in caught if "start Gaussian" in str(w.message)]
+    assert result.encoder.config.probe_init == "gauss"
+    assert result.encoder.config.probe_sources == ()
+
+
+def test_auto_init_starts_at_the_task_inputs_where_they_are_known() -> None:
+    from weightspace.spec import mlp_spec
+    from weightspace.training.data import probe_start
+
+    def zoo_of(task: str, spec: object, preset: str = "") -> SimpleNamespace:
+        table = pd.DataFrame({"task": [task], "spec": [spec.to_json()]})
+        return SimpleNamespace(table=table, manifest={"config": {"preset": preset}})
+
+    digits, inr = mlp_spec([64, 8, 10]), mlp_spec([2, 8, 1], "sine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto never warns
+        assert probe_start("auto", zoo_of("digits", digits), ("64",)) == ("task", ("task:digits",))
+        assert probe_start("auto", zoo_of("x", inr, "inr-digits"), ("2",)) == ("task", ("grid:8",))
+        assert probe_start("auto", zoo_of("nope", digits), ("64",)) == ("gauss", ())
+    with pytest.warns(UserWarning, match="start Gaussian"):
+        assert probe_start("task", zoo_of("nope", digits), ("64",)) == ("task", ("gauss",))
+    assert probe_start("gauss", zoo_of("digits", digits), ("64",)) == ("gauss", ())
+    assert probe_start("auto", zoo_of("digits", digits), ()) == ("gauss", ())

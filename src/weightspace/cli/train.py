@@ -115,11 +115,11 @@ def train(
     probe_init: Annotated[
         str,
         typer.Option(
-            help="Where the learned probes start: gauss (random Gaussian) or task (inputs from "
-            "the zoo's task training split, or an INR zoo's coordinate grid; Gaussian where "
-            "neither is known, said once).",
+            help="Where the learned probes start: task (inputs from the zoo's task training "
+            "split, or an INR zoo's coordinate grid; Gaussian where neither is known, said "
+            "once), gauss (random Gaussian), or auto (task where known, else gauss).",
         ),
-    ] = "gauss",
+    ] = "auto",
 ) -> None:
     """Train the symmetry-aware encoder on a zoo (contrastive views + supervised heads); write
     weights, config, training log and the zoo's fingerprint to OUT. Rerunning the same command

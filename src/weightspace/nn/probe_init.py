@@ -38,7 +38,10 @@ from weightspace.errors import WeightspaceError
 
 __all__ = [
     "PROBE_INITS",
+    "TRAIN_PROBE_INITS",
     "ProbeInitError",
+    "check_probe_init",
+    "check_train_probe_init",
     "deferred_probe_init",
     "init_deferred",
     "probe_sources_for_zoo",
@@ -46,8 +49,12 @@ __all__ = [
     "source_inputs",
 ]
 
-#: The accepted values of ``EncoderConfig.probe_init`` / ``weightspace train --probe-init``.
+#: The accepted values of ``EncoderConfig.probe_init``.
 PROBE_INITS = ("gauss", "task")
+
+#: The accepted values of ``TrainConfig.probe_init`` / ``weightspace train --probe-init``:
+#: ``auto`` is ``task`` where some domain's training inputs are known, silently ``gauss`` otherwise.
+TRAIN_PROBE_INITS = ("auto", *PROBE_INITS)
 
 #: Side of the pixel grid the INRs of each INR preset were fitted on.
 _INR_GRIDS = {"inr-digits": 8}
@@ -65,6 +72,18 @@ def check_probe_init(value: str) -> str:
         raise ProbeInitError(
             f"probe_init must be one of {list(PROBE_INITS)} (gauss: random Gaussian start; "
             f"task: start at the task's training inputs), got {value!r}"
+        )
+    return value
+
+
+def check_train_probe_init(value: str) -> str:
+    """``value`` if it is one of :data:`TRAIN_PROBE_INITS`, else a one-line
+    :class:`ProbeInitError`."""
+    if value not in TRAIN_PROBE_INITS:
+        raise ProbeInitError(
+            f"probe_init must be one of {list(TRAIN_PROBE_INITS)} (auto: task where the task's "
+            f"inputs are known, else gauss; gauss: random Gaussian start; task: start at the "
+            f"task's training inputs), got {value!r}"
         )
     return value
 

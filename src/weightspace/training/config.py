@@ -10,7 +10,7 @@ from typing import Any
 from weightspace.errors import WeightspaceError
 from weightspace.nn.augment import AugmentConfig
 from weightspace.nn.encoder import BRANCHES, Encoder, EncoderConfig
-from weightspace.nn.probe_init import ProbeInitError, check_probe_init
+from weightspace.nn.probe_init import ProbeInitError, check_train_probe_init
 
 __all__ = [
     "FUNCTION_WEIGHT",
@@ -92,8 +92,9 @@ class TrainConfig:
     branches: str | tuple[str, ...] = "auto"  # encoder branches: "graph", "probe" or both;
     #   "auto": both when every checkpoint's architecture can be run, else graph only
     probes: int = 32  # learned probe inputs per input domain of the probe branch
-    probe_init: str = "gauss"  # where the probes start: gauss (random) | task (the zoo's task
-    #   training inputs; an INR zoo's coordinate grid; Gaussian where neither is known)
+    probe_init: str = "auto"  # where the probes start: gauss (random) | task (the zoo's task
+    #   training inputs; an INR zoo's coordinate grid; Gaussian where neither is known, said
+    #   once) | auto (task where some domain's inputs are known, else gauss, silently)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # architecture
 
     def __post_init__(self) -> None:
@@ -125,7 +126,7 @@ class TrainConfig:
         if self.probes < 1:
             raise TrainError(f"probes must be >= 1, got {self.probes}")
         try:
-            check_probe_init(self.probe_init)
+            check_train_probe_init(self.probe_init)
         except ProbeInitError as exc:
             raise TrainError(str(exc)) from None
         if isinstance(self.branches, str) and self.branches != "auto":

@@ -305,6 +305,24 @@ def resolve_branches(
     return branches, domains, max(int(spec.num_outputs) for spec in specs)
 
 
+def probe_start(probe_init: str, zoo: Any, domains: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """The encoder's ``(probe_init, probe_sources)`` for ``TrainConfig.probe_init`` on ``zoo``.
+
+    ``task``: each domain's source (:func:`weightspace.nn.probe_init.probe_sources_for_zoo`),
+    Gaussian where no inputs are known, said once. ``auto``: the same without a word, and a plain
+    Gaussian start (``("gauss", ())``, the fingerprint of an encoder trained before starts
+    existed) when no domain's inputs are known. ``gauss``: ``("gauss", ())``.
+    """
+    from weightspace.nn.probe_init import probe_sources_for_zoo
+
+    if probe_init == "gauss" or not domains:
+        return "gauss", ()
+    sources = probe_sources_for_zoo(zoo, domains, warn=probe_init == "task")
+    if probe_init == "auto" and all(source == "gauss" for source in sources):
+        return "gauss", ()
+    return "task", sources
+
+
 def encoder_config_for(config: TrainConfig, data: TrainingData) -> EncoderConfig:
     """``config.encoder`` completed by the data: the heads' targets and tasks, the label
     statistics of the training split (mean and standard deviation of each target, which the
@@ -332,20 +350,18 @@ def encoder_config_for(config: TrainConfig, data: TrainingData) -> EncoderConfig
         ),
     )
     branches, domains, classes = resolve_branches(config, data.zoo_specs)
-    probe_init = getattr(config, "probe_init", "gauss")
-    sources: tuple[str, ...] = ()
-    if probe_init == "task" and domains:  # where each domain's probes start
-        from weightspace.nn.probe_init import probe_sources_for_zoo
+    probe_init, sources = "gauss", ()
+    if domains and getattr(config, "probe_init", "gauss") != "gauss":
         from weightspace.zoo import Zoo
 
-        sources = probe_sources_for_zoo(Zoo.open(config.zoo), domains)
+        probe_init, sources = probe_start(config.probe_init, Zoo.open(config.zoo), domains)
     return replace(
         encoder_config,
         branches=branches,
         probes=config.probes,
         probe_domains=domains,
         probe_classes=classes,
-        probe_init=probe_init if domains else "gauss",
+        probe_init=probe_init,
         probe_sources=sources,
     )
 
