@@ -11,6 +11,9 @@ For every architecture it times, in one process:
 * ``end_to_end`` (CPU only, fewer models): canonicalisation + graph building + batching + forward,
   i.e. :meth:`Encoder.embed` on ``(spec, state_dict)`` pairs;
 * ``graph_branch_ms`` / ``probe_branch_ms``: each branch of the encoder alone on that batch;
+* ``encoder_cpu_ms_per_batch`` / ``encoder_models_per_cpu_s``: the encoder's CPU time per batch
+  (best of the repeats), steadier than wall time on a shared machine (``load_average`` records
+  the 1-minute load before and after the run);
 * ``flat_mlp``: the flat-weights baseline, an MLP ``P → 256 → 256 → d`` on the concatenated
   parameter vector, in the same dtype and batch size (``ratio`` = encoder / flat models per s).
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -229,13 +233,26 @@ def bench_architecture(
             use_compile = False
     seconds = time_call(run_encoder, device, args.repeats)
     encoder_rate = args.batch_size / seconds
+    # CPU time of this process per batch (best of the repeats): on a shared machine, less
+    # sensitive to other processes than wall time.
+    cpu_seconds = []
+    for _ in range(max(args.repeats, 3)):
+        start = time.process_time()
+        run_encoder()
+        cpu_seconds.append(time.process_time() - start)
     branch_seconds = branch_times(encoder, batch, device, args.repeats)
 
     # FLOPs and bytes on a small batch, scaled per model.
     small = bank.select(torch.arange(64) % distinct).to(device, dtype)
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+    # In-place accumulating products (baddbmm_/addmm_, used by the inference paths) count
+    # like their out-of-place forms: 2 m k n per product (shapes, not tensors, arrive here).
+    in_place = {
+        torch.ops.aten.baddbmm_: lambda self, a, b, *args, **kwargs: 2 * a.numel() * b[-1],
+        torch.ops.aten.addmm_: lambda self, a, b, *args, **kwargs: 2 * a.numel() * b[-1],
+    }
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=in_place) as flops:
         encoder(small)
     flops_per_model = flops.get_total_flops() / small.num_graphs
     counter = TrafficCounter()
@@ -292,6 +309,8 @@ def bench_architecture(
         "edges": int(graph.num_edges),
         "batch_size": args.batch_size,
         "encoder_models_per_s": encoder_rate,
+        "encoder_cpu_ms_per_batch": min(cpu_seconds) * 1e3,
+        "encoder_models_per_cpu_s": args.batch_size / min(cpu_seconds),
         # Each branch alone on the same batch (the rest is the fusion MLP), ms per batch.
         "graph_branch_ms": branch_seconds.get("graph", 0.0) * 1e3,
         "probe_branch_ms": branch_seconds.get("probe", 0.0) * 1e3,
@@ -432,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     encoder = Encoder.load(args.encoder) if args.encoder else Encoder(EncoderConfig())
     encoder = encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    load_before = os.getloadavg()[0]
     peaks = machine_peaks(device, dtype)
 
     architectures: dict[str, NetworkSpec] = builtin_architectures()
@@ -446,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(
             f"{name:34s} {row['nodes']:5d}n {row['edges']:6d}e  encoder "
-            f"{row['encoder_models_per_s']:12,.0f}/s  flat {row['flat_mlp_models_per_s']:12,.0f}/s"
+            f"{row['encoder_models_per_s']:12,.0f}/s ({row['encoder_models_per_cpu_s']:,.0f}/CPU s)"
+            f"  flat {row['flat_mlp_models_per_s']:12,.0f}/s"
             f"  graph {row['graph_branch_ms']:6.0f} ms  probe {row['probe_branch_ms']:6.0f} ms"
             f"  {row['matmul_flops_per_model'] / 1e6:6.2f} MFLOP  "
             f"{row['traffic_bytes_per_model'] / 1e6:6.2f} MB  mem-bound "
@@ -519,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
         "compile": args.compile,
         "torch": torch.__version__,
         "python": sys.version.split()[0],
+        # 1-minute load average before and after (other processes share the CPU)
+        "load_average": [load_before, os.getloadavg()[0]],
         "encoder_config": encoder.config.to_dict(),
         "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
         "peaks": peaks,

@@ -14,246 +14,46 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from weightspace.zoo.architectures import (
-    build_model,
-    fold_batchnorm,
-    get_arch,
-)
 from weightspace.zoo.presets import Preset
+from weightspace.zoo.shard_plan import (  # noqa: F401 (re-exported)
+    FITTED_PRESETS,
+    ShardPlan,
+    describe_preset,
+    plan_shards,
+    zoo_config,
+)
+from weightspace.zoo.shard_run import (  # noqa: F401 (re-exported)
+    _checkpoint_row,
+    _run_parallel,
+    _run_shard_in_worker,
+    _shard_done,
+    _spec_json,
+    _worker_init,
+    run_shard,
+)
 from weightspace.zoo.store import (
     MANIFEST,
     PARTS,
     TABLE,
-    WEIGHTS,
     Zoo,
     ZooError,
-    atomic_write,
     library_versions,
     read_manifest,
     remove_temporaries,
     write_manifest,
-    write_shard,
     write_table,
 )
-from weightspace.zoo.sweep import RunSpec, TrainSettings
-from weightspace.zoo.tasks import get_task, task_families
-from weightspace.zoo.trainer import STREAMS_VERSION, CheckpointResult, train_group
+from weightspace.zoo.sweep import TrainSettings
+from weightspace.zoo.tasks import get_task
+from weightspace.zoo.trainer import STREAMS_VERSION
 
 __all__ = ["ShardPlan", "generate_zoo", "plan_shards", "zoo_config"]
-
-
-@dataclass(frozen=True)
-class ShardPlan:
-    """Runs trained together and stored in one shard."""
-
-    name: str
-    task: str
-    arch: str
-    runs: tuple[RunSpec, ...]
-
-
-#: presets written by a generator of their own: name → ``"module:function"``, called as
-#: ``function(out, preset, seed=..., device=...)`` and returning the opened zoo.
-FITTED_PRESETS: dict[str, str] = {
-    "vit-digits": "weightspace.zoo.vit_digits:generate_vit_digits_zoo",
-    "lora": "weightspace.zoo.lora_zoo:generate_lora_zoo",
-}
-
-
-def zoo_config(preset: Preset, seed: int) -> dict[str, Any]:
-    """The JSON-able configuration that determines a zoo's contents (stored in the manifest).
-
-    ``streams_version`` is the version of the runs' random streams
-    (:data:`~weightspace.zoo.streams.STREAMS_VERSION`): the same config under other streams gives
-    other weights, so a zoo is only resumed by the streams that began it.
-    """
-    return {
-        "streams_version": STREAMS_VERSION,
-        "preset": preset.name,
-        "seed": seed,
-        "tasks": list(preset.tasks),
-        "archs": list(preset.archs),
-        "runs": preset.runs,
-        "runs_per_shard": preset.runs_per_shard,
-        "settings": json.loads(json.dumps(preset.settings.to_dict())),
-        "search_space": json.loads(json.dumps(preset.search_space.to_dict())),
-    }
-
-
-def plan_shards(preset: Preset, seed: int) -> list[ShardPlan]:
-    """Every shard of ``preset``: compatible (task, arch) pairs × runs, chunked.
-
-    Raises:
-        UnknownNameError: a task or architecture name is unknown (lists the valid ones).
-        ZooError: no architecture fits any of the tasks, or ``preset`` is an INR preset (one
-            vectorised fit, :mod:`weightspace.zoo.inr_fit`, no shards).
-    """
-    if preset.inr is not None:
-        raise ZooError(f"preset {preset.name!r} fits INRs in one go; it has no shard plan")
-    if preset.name in FITTED_PRESETS:
-        raise ZooError(f"preset {preset.name!r} is written by its own generator; no shard plan")
-    shards: list[ShardPlan] = []
-    skipped: list[str] = []
-    for task_name in preset.tasks:
-        families = task_families(task_name)
-        for arch_name in preset.archs:
-            arch = get_arch(arch_name)
-            if arch.family not in families:
-                skipped.append(f"{arch.name} on {task_name}")
-                continue
-            runs = [
-                RunSpec.make(task_name, arch.name, i, seed, preset.search_space)
-                for i in range(preset.runs)
-            ]
-            for chunk, start in enumerate(range(0, len(runs), preset.runs_per_shard)):
-                shards.append(
-                    ShardPlan(
-                        name=f"{task_name}__{arch.name}__{chunk:03d}",
-                        task=task_name,
-                        arch=arch.name,
-                        runs=tuple(runs[start : start + preset.runs_per_shard]),
-                    )
-                )
-    if not shards:
-        raise ZooError(
-            f"no architecture fits any task: {', '.join(skipped)} are incompatible (MLPs fit every "
-            "task, cnn2d fits digits, cnn1d fits mnist1d)"
-        )
-    return shards
-
-
-def _spec_json(task_name: str, arch_name: str, first: CheckpointResult) -> str:
-    """The spec of (task, arch), traced by ``weightspace.ingest.from_module`` on a trained model,
-    after checking that our vectorisable BatchNorm folding gives the same tensors."""
-    from weightspace.ingest import from_module
-
-    task, arch = get_task(task_name), get_arch(arch_name)
-    model = build_model(arch, task.input_shape(arch.family), task.num_classes)
-    model.load_state_dict(first.state_dict)
-    example = task.inputs("val", arch.family)[:4]
-    spec, traced = from_module(model.eval(), example)
-    ours = fold_batchnorm(arch, first.state_dict)
-    if first.finite and (
-        sorted(ours) != sorted(traced)
-        or any(not torch.allclose(ours[k], traced[k], rtol=1e-5, atol=1e-6) for k in ours)
-    ):
-        raise ZooError(
-            f"internal error: BatchNorm folding of {arch_name} disagrees with "
-            f"weightspace.ingest.from_module (keys {sorted(ours)} vs {sorted(traced)})"
-        )
-    return spec.to_json()
-
-
-def _checkpoint_row(
-    shard: ShardPlan,
-    run: RunSpec,
-    result: CheckpointResult,
-    spec_json: str,
-    settings: TrainSettings,
-    steps_per_epoch: int,
-    num_params: int,
-) -> dict[str, Any]:
-    arch = get_arch(shard.arch)
-    return {
-        "checkpoint_id": run.checkpoint_id(result.epoch),
-        "run_id": run.run_id,
-        "run_index": run.index,
-        "epoch": result.epoch,
-        "step": result.epoch * steps_per_epoch,
-        "task": shard.task,
-        "arch": shard.arch,
-        "family": arch.family,
-        "activation": arch.activation,
-        "depth": arch.depth,
-        "width": arch.width,
-        "batchnorm": arch.batchnorm,
-        "residual": arch.residual,
-        "num_params": num_params,
-        "spec": spec_json,
-        "shard": f"{WEIGHTS}/{shard.name}.safetensors",
-        "weights_form": "module",
-        "seed": run.seed,
-        **run.hyper.to_dict(),
-        "batch_size": settings.batch_size,
-        "epochs": settings.epochs,
-        **result.metrics,
-    }
-
-
-def run_shard(
-    root: str | Path,
-    shard: ShardPlan,
-    settings: TrainSettings,
-    device: str = "cpu",
-    progress: Callable[[int], None] | None = None,
-) -> int:
-    """Train one shard and write its weights, skipped list and part table; returns #stored."""
-    root = Path(root)
-    task = get_task(shard.task)
-    results = train_group(task, shard.arch, shard.runs, settings, device=device, progress=progress)
-    runs = {run.run_id: run for run in shard.runs}
-    first = next((r for r in results if r.finite), results[0])
-    spec_json = _spec_json(shard.task, shard.arch, first)
-    steps_per_epoch = max(1, int(task.labels["train"].shape[0]) // settings.batch_size)
-    num_params = sum(
-        v.numel() for k, v in first.state_dict.items() if k.endswith(("weight", "bias"))
-    )
-    tensors: dict[str, torch.Tensor] = {}
-    rows: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    for result in results:
-        run = runs[result.run_id]
-        checkpoint_id = run.checkpoint_id(result.epoch)
-        if not result.finite:
-            skipped.append(
-                {
-                    "checkpoint_id": checkpoint_id,
-                    "run_id": run.run_id,
-                    "epoch": result.epoch,
-                    "problem": "training diverged: non-finite weights",
-                }
-            )
-            continue
-        for key, value in result.state_dict.items():
-            tensors[f"{checkpoint_id}/{key}"] = value
-        rows.append(
-            _checkpoint_row(shard, run, result, spec_json, settings, steps_per_epoch, num_params)
-        )
-    metadata = {
-        "format": "weightspace-zoo",
-        "spec": spec_json,
-        "weights_form": "module",
-        "task": shard.task,
-        "arch": shard.arch,
-    }
-    write_shard(root / WEIGHTS / f"{shard.name}.safetensors", tensors, metadata)
-    skipped_text = json.dumps(skipped, indent=1)
-    atomic_write(root / PARTS / f"{shard.name}.skipped.json", lambda p: p.write_text(skipped_text))
-    write_table(root / PARTS / f"{shard.name}.parquet", pd.DataFrame(rows))
-    return len(rows)
-
-
-def _shard_done(root: Path, shard: ShardPlan) -> bool:
-    return (root / PARTS / f"{shard.name}.parquet").exists() and (
-        root / WEIGHTS / f"{shard.name}.safetensors"
-    ).exists()
-
-
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def _run_shard_in_worker(
-    root: str, shard: ShardPlan, settings: TrainSettings, device: str
-) -> tuple[str, int]:
-    return shard.name, run_shard(root, shard, settings, device)
 
 
 #: ``runner(root, shards, settings, device)`` trains and writes (:func:`run_shard`) each shard,
@@ -396,33 +196,6 @@ def generate_zoo(
     return Zoo.open(root)
 
 
-def _run_parallel(
-    root: Path,
-    todo: Sequence[ShardPlan],
-    settings: TrainSettings,
-    device: str,
-    workers: int,
-    threads: int,
-    progress: Any,
-    bar: Any,
-    on_shard_done: Callable[[str], None] | None,
-) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    context = multiprocessing.get_context("spawn")
-    sizes = {s.name: len(s.runs) for s in todo}
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_worker_init, initargs=(threads,)
-    ) as pool:
-        futures = [pool.submit(_run_shard_in_worker, str(root), s, settings, device) for s in todo]
-        for future in as_completed(futures):
-            name, _ = future.result()
-            progress.update(bar, advance=sizes[name] * settings.epochs)
-            if on_shard_done is not None:
-                on_shard_done(name)
-
-
 @contextlib.contextmanager
 def _restore_threads(threads: int) -> Iterator[None]:
     try:
@@ -467,26 +240,3 @@ def _progress(show: bool, console: Any) -> Any:
         TimeRemainingColumn(),
         console=console,
     )
-
-
-def describe_preset(preset: Preset, seed: int = 0) -> dict[str, Any]:
-    """Counts a preset would produce (runs, checkpoints, shards) without training anything."""
-    if preset.inr is not None:
-        return {
-            "preset": preset.name,
-            "shards": 1,
-            "runs": preset.runs,
-            "checkpoints": preset.runs * len(preset.settings.checkpoint_epochs),
-            "model_epochs": preset.runs * preset.settings.epochs,
-            **{"config": asdict(preset.settings)},
-        }
-    shards = plan_shards(preset, seed)
-    runs = sum(len(s.runs) for s in shards)
-    return {
-        "preset": preset.name,
-        "shards": len(shards),
-        "runs": runs,
-        "checkpoints": runs * len(preset.settings.checkpoint_epochs),
-        "model_epochs": runs * preset.settings.epochs,
-        **{"config": asdict(preset.settings)},
-    }
