@@ -11,6 +11,11 @@ committed FAISS + SQLite index) against the single-process ``index build``
 bits (``same_index``); its rows also split the Ray time into the embedding job
 (``embed_s``: actors' start, loading, embedding, shard and catalog writes) and the driver's
 commit (``commit_s``). Its JSON goes to ``bench_ray_index.json`` unless ``--out`` says otherwise.
+With ``--ceiling`` it adds the machine's own ceiling for 2 workers: two independent
+single-process builds, each of half the files into its own index, in two processes released
+together by a barrier once both have imported torch and loaded the encoder (``two_singles``:
+the wall time from the release to the later finish). No coordination at all, so
+``speedup`` there is the most any 2-worker scheme can reach on this machine.
 
 It exports ``--count`` checkpoints of the zoo (its first runs, in table order) as single
 ``.safetensors`` files under ``--work`` (once; reused), then, in one process and one run:
@@ -158,6 +163,55 @@ def index_single_process(paths: list[Path], encoder_dir: Path, out: Path, batch_
     return {"seconds": time.perf_counter() - start, "index": index, "added": len(report.added)}
 
 
+def _half_build(
+    paths: list[Path], encoder_dir: Path, out: Path, batch_size: int, barrier: Any, results: Any
+) -> None:
+    """One of :func:`index_two_singles`' processes: load, wait for the other, build, report."""
+    from functools import partial
+
+    from weightspace.index import ModelIndex, iter_inputs, load_embedder
+    from weightspace.sources import load_model_file
+
+    torch.set_num_threads(1)
+    shutil.rmtree(out, ignore_errors=True)
+    embedder = load_embedder(str(encoder_dir))
+    loader = partial(load_model_file, finite_for="embedding")
+    barrier.wait()
+    start = time.time()
+    _, report = ModelIndex.build(
+        out,
+        iter_inputs(paths, loader=loader),
+        embedder,
+        encoder=str(encoder_dir),
+        batch_size=batch_size,
+    )
+    results.put((start, time.time(), len(report.added)))
+
+
+def index_two_singles(paths: list[Path], encoder_dir: Path, work: Path, batch_size: int) -> dict:
+    """Two independent single-process builds of half the files each, started together: the
+    wall time from the common start to the later finish, and the models both added."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    halves = [paths[: len(paths) // 2], paths[len(paths) // 2 :]]
+    processes = [
+        context.Process(
+            target=_half_build,
+            args=(half, encoder_dir, work / f"half-{i}", batch_size, barrier, results),
+        )
+        for i, half in enumerate(halves)
+    ]
+    for process in processes:
+        process.start()
+    done = [results.get() for _ in processes]
+    for process in processes:
+        process.join()
+    start = min(d[0] for d in done)
+    return {"seconds": max(d[1] for d in done) - start, "added": sum(d[2] for d in done)}
+
+
 def index_on_ray(
     paths: list[Path], encoder_dir: Path, work: Path, workers: int, batch_size: int
 ) -> dict:
@@ -250,6 +304,24 @@ def main_index(args: argparse.Namespace, paths: list[Path]) -> None:
                 "same_index": same_index(result["index"], single["index"]),
             }
         )
+    if args.ceiling:
+        result = index_two_singles(paths, args.encoder, args.work, args.batch_size)
+        rate = result["added"] / result["seconds"]
+        rows.append(
+            {
+                "path": "two_singles",
+                "workers": 2,
+                "models": result["added"],
+                "seconds": result["seconds"],
+                "models_per_s": rate,
+                "init_s": 0.0,
+                "embed_s": None,
+                "commit_s": None,
+                "speedup": rate / rows[0]["models_per_s"],
+                "vs_single": rate / rows[0]["models_per_s"],
+                "same_index": None,
+            }
+        )
     print_table(rows, f"index build --ray, {len(paths)} checkpoint files of {args.zoo.name}")
     path = write_json(
         args.out or "bench_ray_index",
@@ -279,6 +351,11 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=250)
     parser.add_argument("--work", type=Path, default=Path("/tmp/weightspace-bench-ray"))
     parser.add_argument("--out", default=None, help="result name (default: bench_ray[_index])")
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="--mode index: also two independent single-process builds of half the files each",
+    )
     args = parser.parse_args()
 
     paths = export_files(args.zoo, args.count, args.work / "files")
