@@ -30,3 +30,13 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def encoder_dir(tmp_path) -> object:
+    """A small random encoder saved under ``tmp_path / "encoder"`` (graph branch only)."""
+    from weightspace.nn.encoder import Encoder, EncoderConfig
+
+    config = EncoderConfig(hidden=16, edge_hidden=8, num_layers=2, embedding_dim=8)
+    Encoder(config).save(tmp_path / "encoder")
+    return tmp_path / "encoder"

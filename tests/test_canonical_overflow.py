@@ -15,7 +15,7 @@ from weightspace.distributed.ray_workers import load_shard
 from weightspace.errors import NonFiniteWeightsError
 from weightspace.index import ModelIndex
 from weightspace.ingest import save_checkpoint
-from weightspace.nn.encoder import Encoder, EncoderConfig
+from weightspace.nn.encoder import Encoder
 from weightspace.spec import mlp_spec
 from weightspace.symmetry import canonical_overflow, canonicalize, first_canonical_overflow
 
@@ -30,13 +30,6 @@ def state(seed: int, largest: float | None = None) -> dict[str, torch.Tensor]:
         first = weights["0.weight"]
         weights["0.weight"] = first * (largest / float(first.abs().max()))
     return weights
-
-
-@pytest.fixture
-def encoder_dir(tmp_path: Path) -> Path:
-    config = EncoderConfig(hidden=16, edge_hidden=8, num_layers=2, embedding_dim=8)
-    Encoder(config).save(tmp_path / "encoder")
-    return tmp_path / "encoder"
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from weightspace.distributed.ray_embed import (
     write_shard,
 )
 from weightspace.ingest import save_checkpoint
-from weightspace.nn.encoder import Encoder, EncoderConfig
+from weightspace.nn.encoder import Encoder
 from weightspace.spec import mlp_spec
 
 ARCHITECTURES = ([6, 8, 3], [5, 7, 7, 2])
@@ -32,13 +32,6 @@ def save_mlp(path: Path, seed: int) -> Path:
     generator = torch.Generator().manual_seed(seed)
     state = {n: torch.randn(s, generator=generator) for n, s in spec.param_shapes().items()}
     return save_checkpoint(path, spec, state)
-
-
-@pytest.fixture
-def encoder_dir(tmp_path: Path) -> Path:
-    config = EncoderConfig(hidden=16, edge_hidden=8, num_layers=2, embedding_dim=8)
-    Encoder(config).save(tmp_path / "encoder")
-    return tmp_path / "encoder"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from weightspace.distributed.ray_embed import FAIL_ONCE_ENV, embed_files, read_e
 from weightspace.distributed.ray_index import build_index_on_ray
 from weightspace.index import ModelIndex, iter_inputs
 from weightspace.ingest import save_checkpoint
-from weightspace.nn.encoder import Encoder, EncoderConfig
+from weightspace.nn.encoder import Encoder
 from weightspace.spec import mlp_spec
 
 ARCHITECTURES = ([6, 8, 3], [5, 7, 7, 2])
@@ -52,13 +52,6 @@ def faulty_ray(markers: Path):
     )
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture
-def encoder_dir(tmp_path: Path) -> Path:
-    config = EncoderConfig(hidden=16, edge_hidden=8, num_layers=2, embedding_dim=8)
-    Encoder(config).save(tmp_path / "encoder")
-    return tmp_path / "encoder"
 
 
 @pytest.fixture

@@ -10,30 +10,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
+from test_ray import save_mlp
 from weightspace.distributed.ray_catalog import catalog_path
 from weightspace.distributed.ray_shards import expand_inputs, plan_shards
 from weightspace.distributed.ray_workers import ShardEmbedder, load_shard
-from weightspace.ingest import save_checkpoint
-from weightspace.nn.encoder import Encoder, EncoderConfig
-from weightspace.spec import mlp_spec
-
-ARCHITECTURES = ([6, 8, 3], [5, 7, 7, 2])
-
-
-def save_mlp(path: Path, seed: int) -> Path:
-    spec = mlp_spec(ARCHITECTURES[seed % 2], "relu")
-    generator = torch.Generator().manual_seed(seed)
-    state = {n: torch.randn(s, generator=generator) for n, s in spec.param_shapes().items()}
-    return save_checkpoint(path, spec, state)
-
-
-@pytest.fixture
-def encoder_dir(tmp_path: Path) -> Path:
-    config = EncoderConfig(hidden=16, edge_hidden=8, num_layers=2, embedding_dim=8)
-    Encoder(config).save(tmp_path / "encoder")
-    return tmp_path / "encoder"
+from weightspace.nn.encoder import Encoder
 
 
 @pytest.fixture

@@ -43,7 +43,11 @@ from weightspace.symmetry_canonical import (
     canonicalize_scale,
     canonicalize_sign,
 )
-from weightspace.symmetry_overflow import canonical_overflow, first_canonical_overflow
+from weightspace.symmetry_overflow import (
+    canonical_overflow,
+    first_canonical_overflow,
+    overflow_named_by_file,
+)
 from weightspace.symmetry_random import (
     SYMMETRIES,
     random_broken_permutation,
@@ -80,6 +84,7 @@ __all__ = [
     "canonicalize",
     "canonical_overflow",
     "first_canonical_overflow",
+    "overflow_named_by_file",
     "spec_and_state_dict",
     "transform_module",
     "transform_graph",

@@ -7,7 +7,8 @@ canonical form (:func:`weightspace.symmetry_canonical.canonicalize`) overflows. 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -16,7 +17,7 @@ from weightspace.errors import NonFiniteWeightsError, WeightspaceError
 from weightspace.spec import NetworkSpec
 from weightspace.symmetry_canonical import canonicalize
 
-__all__ = ["canonical_overflow", "first_canonical_overflow"]
+__all__ = ["canonical_overflow", "first_canonical_overflow", "overflow_named_by_file"]
 
 
 def canonical_overflow(spec: NetworkSpec, state_dict: Mapping[str, Tensor]) -> str | None:
@@ -59,3 +60,20 @@ def first_canonical_overflow(
         if problem is not None:
             return NonFiniteWeightsError(f"{source}: {problem}")
     return None
+
+
+@contextlib.contextmanager
+def overflow_named_by_file(
+    models: Iterable[tuple[str, NetworkSpec, Mapping[str, Tensor]]],
+) -> Iterator[None]:
+    """Turn a :class:`~weightspace.errors.WeightspaceError` raised inside the block (embedding a
+    batch) into the error of :func:`first_canonical_overflow` of ``models``, which names the
+    file, when a model's canonical form overflows; any other error passes unchanged. ``models``
+    (a lazy iterable) is read only on failure, so a batch that embeds costs nothing more."""
+    try:
+        yield
+    except WeightspaceError:
+        named = first_canonical_overflow(models)
+        if named is None:
+            raise
+        raise named from None

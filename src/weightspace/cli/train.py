@@ -294,9 +294,9 @@ def embed(
     import numpy as np
     from rich.console import Console
 
-    from weightspace.errors import WeightspaceError
     from weightspace.nn.encoder import Encoder, EncoderError
     from weightspace.pretrained import resolve_encoder_reference
+    from weightspace.symmetry_overflow import overflow_named_by_file
 
     # pretrained:NAME → the bundled directory
     encoder = resolve_encoder_reference(encoder_or_default(encoder, "embed"))
@@ -325,17 +325,10 @@ def embed(
     report_input_twins(inputs, each_read("embedded"))  # .pt/.safetensors twins, named
     specs, sources = [m[0] for m in models], [r["source"] for r in rows]
     check_input_domains(specs, sources, model_encoder, say=cli_warning)  # free input sizes
-    try:
+    with overflow_named_by_file(zip(sources, specs, (m[1] for m in models), strict=True)):
         embeddings = model_encoder.embed(
             models, batch_size=batch_size, device=device, compile=compile
         )
-    except WeightspaceError:
-        from weightspace.symmetry import first_canonical_overflow
-
-        named = first_canonical_overflow(zip(sources, specs, (m[1] for m in models), strict=True))
-        if named is None:
-            raise
-        raise named from None  # a weight overflow in a model's canonical form, by file
     fallback = model_encoder.last_fallback
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":

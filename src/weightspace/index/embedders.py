@@ -173,19 +173,15 @@ def embed_loaded(embedder: Embedder, models: Sequence[LoadedModel]) -> np.ndarra
         NonFiniteWeightsError: a model's canonical form overflows (a canonicalising embedder),
             naming its file; otherwise the embedder's error as raised.
     """
-    try:
-        return embed_models(embedder, embedder_inputs(embedder, models), source=models[0].path)
-    except WeightspaceError:
-        if not _canonicalises(embedder):
-            raise
-        from weightspace.symmetry import first_canonical_overflow
+    from weightspace.symmetry_overflow import overflow_named_by_file
 
-        named = first_canonical_overflow(
-            (model.path, model.network_spec(), model.tensors) for model in models
-        )
-        if named is None:
-            raise
-        raise named from None
+    named = (
+        ((model.path, model.network_spec(), model.tensors) for model in models)
+        if _canonicalises(embedder)
+        else ()
+    )
+    with overflow_named_by_file(named):
+        return embed_models(embedder, embedder_inputs(embedder, models), source=models[0].path)
 
 
 def graph_only_flags(embedder: Embedder, count: int) -> list[bool]:
