@@ -49,17 +49,19 @@ op is named the same way (its affine ``weight`` and ``bias``) but is not one of
 (:mod:`weightspace.norm` gives the math and its graph form).
 
 :class:`Op` and the constants above live in :mod:`weightspace.spec_ops`, the checks in
-:mod:`weightspace.spec_checks`; this module re-exports them.
+:mod:`weightspace.spec_checks`, the builders (:func:`mlp_spec`, :func:`siren_spec`,
+:func:`cnn_spec`) in :mod:`weightspace.spec_builders`; this module re-exports them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from weightspace.errors import SpecError
+from weightspace.spec_builders import cnn_spec, mlp_spec, siren_spec  # noqa: F401 (re-exported)
 from weightspace.spec_checks import _with_sine_defaults, validate_ops
 from weightspace.spec_ops import (
     ACTIVATION_IDS,
@@ -277,127 +279,3 @@ class NetworkSpec:
         except json.JSONDecodeError as exc:
             raise SpecError(f"spec is not valid JSON: {exc}") from None
         return cls.from_dict(data)
-
-
-def siren_spec(
-    sizes: list[int] | tuple[int, ...],
-    *,
-    first_w0: float = SIREN_FIRST_W0,
-    hidden_w0: float = SIREN_HIDDEN_W0,
-) -> NetworkSpec:
-    r"""The spec of a SIREN: ``Linear, sin(w0 ·), …, Linear`` (no activation after the last).
-
-    Layer :math:`l` computes :math:`h_l = \sin(w_{0,l}\,(W_l h_{l-1} + b_l))`, with
-    :math:`w_{0,1}` = ``first_w0`` and :math:`w_{0,l}` = ``hidden_w0`` after. An INR takes
-    coordinates (``sizes[0]``, e.g. 2 for an image) and returns intensities (``sizes[-1]``).
-    """
-    spec = mlp_spec(sizes, "sine")
-    ops, seen = [], 0
-    for op in spec.ops:
-        if op.kind == "activation":
-            seen += 1
-            op = Op(
-                op.name,
-                op.kind,
-                op.inputs,
-                {**op.attrs, "w0": first_w0 if seen == 1 else hidden_w0},
-            )
-        ops.append(op)
-    return NetworkSpec(tuple(ops))
-
-
-def mlp_spec(
-    sizes: list[int] | tuple[int, ...],
-    activation: str = "relu",
-    *,
-    prefix: str = "",
-    bias: bool = True,
-    norm: str | None = None,
-    eps: float = 1e-5,
-) -> NetworkSpec:
-    """The spec of ``nn.Sequential(Linear, act, Linear, act, ..., Linear)``.
-
-    Args:
-        sizes: ``[n_in, h_1, ..., n_out]``.
-        activation: the activation between layers (none after the last).
-        prefix: state-dict prefix (``""`` gives keys ``"0.weight"``, ``"2.weight"``, ...).
-        bias: whether every layer has a bias.
-        norm: ``"layer"`` or ``"rms"`` to put an affine ``nn.LayerNorm`` / ``nn.RMSNorm`` after
-            every hidden layer, before its activation (``Linear, norm, act, Linear, ...``).
-        eps: the norms' epsilon.
-    """
-    if norm is not None and norm not in NORM_MODES:
-        raise SpecError(f"norm must be one of {list(NORM_MODES)} or None, got {norm!r}")
-    if len(sizes) < 2:
-        raise SpecError("an MLP needs at least an input and an output size")
-    ops = [Op("x", "input", (), {"shape": (int(sizes[0]),)})]
-    prev = "x"
-    index = 0
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        name = f"{prefix}{index}"
-        ops.append(
-            Op(name, "linear", (prev,), {"in_features": n_in, "out_features": n_out, "bias": bias})
-        )
-        prev = name
-        index += 1
-        if i < len(sizes) - 2 and norm is not None:
-            norm_name = f"{prefix}{index}"
-            attrs = {"mode": norm, "normalized_size": n_out, "eps": eps, "affine": True}
-            if norm == "layer":
-                attrs["bias"] = True
-            ops.append(Op(norm_name, "norm", (prev,), attrs))
-            prev = norm_name
-            index += 1
-        if i < len(sizes) - 2:
-            act_name = f"{prefix}{index}"
-            ops.append(Op(act_name, "activation", (prev,), {"function": activation}))
-            prev = act_name
-            index += 1
-    return NetworkSpec(tuple(ops))
-
-
-def cnn_spec(
-    channels: Sequence[int],
-    activation: str = "relu",
-    *,
-    input_shape: tuple[int, int, int] = (1, 8, 8),
-    classes: int = 10,
-    flatten: bool = False,
-) -> NetworkSpec:
-    """The spec of a small CNN: 3x3 convolutions (stride 1, padding 1, with bias), ``activation``
-    after each, then global average pooling — or, with ``flatten``, the last feature map
-    flattened — and a linear layer (with bias) to ``classes``.
-
-    Ops are named ``c{i}`` (conv), ``a{i}`` (activation), ``gp`` (pool or flatten), ``fc``.
-
-    Args:
-        channels: output channels of each conv, e.g. ``[8, 8, 8]``.
-        activation: the activation after every conv.
-        input_shape: ``(C, H, W)`` of the input.
-        classes: outputs of the final linear layer.
-        flatten: flatten the last map (``C·H·W`` features) instead of pooling it (``C``).
-    """
-    ops = [Op("x", "input", (), {"shape": tuple(input_shape)})]
-    prev, width = "x", int(input_shape[0])
-    for i, out in enumerate(channels):
-        attrs = {
-            "in_channels": width,
-            "out_channels": out,
-            "kernel_size": (3, 3),
-            "stride": (1, 1),
-            "padding": (1, 1),
-            "dilation": (1, 1),
-            "bias": True,
-        }
-        ops += [Op(f"c{i}", "conv2d", (prev,), attrs)]
-        ops += [Op(f"a{i}", "activation", (f"c{i}",), {"function": activation})]
-        prev, width = f"a{i}", out
-    if flatten:
-        ops += [Op("gp", "flatten", (prev,), {})]
-        features = width * int(input_shape[1]) * int(input_shape[2])
-    else:
-        ops += [Op("gp", "global_pool", (prev,), {"mode": "avg"})]
-        features = width
-    linear = {"in_features": features, "out_features": classes, "bias": True}
-    ops += [Op("fc", "linear", ("gp",), linear)]
-    return NetworkSpec(tuple(ops))

@@ -53,7 +53,7 @@ from weightspace.baselines.base import (
     as_spec_and_state_dicts,
     register_embedder,
 )
-from weightspace.layout import layout_of
+from weightspace.baselines.nfn_network import NFNNetwork, nfn_incompatibility, to_nfn_tensors
 from weightspace.spec import NetworkSpec
 
 __all__ = [
@@ -63,46 +63,6 @@ __all__ = [
     "nfn_incompatibility",
     "validation_split",
 ]
-
-
-def nfn_incompatibility(spec: NetworkSpec) -> str | None:
-    """Why ``spec`` cannot be fed to an NFN, or ``None`` if it can."""
-    layout = layout_of(spec)
-    if layout.residuals:
-        return "it has residual connections, which NFN layers do not model"
-    if len(spec.layers) < 2:
-        return "it has a single layer; NFN layers need at least two"
-    for link in layout.links:
-        if link.spatial != 1:
-            return (
-                f"layer {link.name!r} reads a flattened feature map ({link.spatial} positions per "
-                "channel), which NFN layers do not model; use global pooling before the head"
-            )
-    return None
-
-
-def _to_nfn_tensors(
-    spec: NetworkSpec, state_dicts: Sequence[Mapping[str, Tensor]]
-) -> tuple[list[Tensor], list[Tensor]]:
-    """Stack state dicts into nfn's ``(weights, biases)`` lists, layer by layer.
-
-    Built from ``spec.layers`` rather than with ``nfn.common.state_dict_to_tensors``, which
-    assumes the dict's keys alternate weight, bias. Shapes: weights ``(B, 1, out, in)`` or
-    ``(B, 1, out, in, h, w)``, biases ``(B, 1, out)`` (zeros for a bias-free layer).
-    """
-    weights, biases = [], []
-    for op in spec.layers:
-        w = torch.stack([sd[f"{op.name}.weight"].detach().float().cpu() for sd in state_dicts])
-        if w.dim() == 4:  # conv1d (B, out, in, k) → (B, out, in, k, 1)
-            w = w.unsqueeze(-1)
-        key = f"{op.name}.bias"
-        if op.attrs.get("bias", True):
-            b = torch.stack([sd[key].detach().float().cpu() for sd in state_dicts])
-        else:
-            b = torch.zeros(len(state_dicts), op.out_size)
-        weights.append(w.unsqueeze(1))
-        biases.append(b.unsqueeze(1))
-    return weights, biases
 
 
 def validation_split(
@@ -122,35 +82,6 @@ def validation_split(
     val = split_runs(list(unique), fraction, 0.0, seed)["val"]
     is_val = np.isin(labels, val)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
-
-
-class _NFNNetwork(nn.Module):
-    """The reference ``InvariantNFN`` with its ``MlpHead`` (sigmoid output)."""
-
-    def __init__(self, nfn_spec: object, mode: str, channels: Sequence[int], width: int) -> None:
-        from nfn.layers import HNPLinear, HNPPool, NPLinear, TupleOp
-
-        super().__init__()
-        layers: list[nn.Module] = []
-        previous = 1
-        for count in channels:
-            if mode == "hnp":
-                layers.append(HNPLinear(nfn_spec, previous, count))
-            else:
-                layers.append(NPLinear(nfn_spec, previous, count, io_embed=True))
-            layers.append(TupleOp(nn.ReLU()))
-            previous = count
-        self.equivariant = nn.Sequential(*layers)
-        self.pool = HNPPool(nfn_spec)
-        pooled = HNPPool.get_num_outs(nfn_spec) * previous
-        self.embedding = nn.Sequential(
-            nn.Flatten(), nn.Linear(pooled, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()
-        )
-        self.head = nn.Linear(width, 1)
-
-    def forward(self, features: object) -> tuple[Tensor, Tensor]:
-        z = self.embedding(self.pool(self.equivariant(features)))  # (B, width)
-        return z, self.head(z).squeeze(-1)  # (B, width), (B,) logits of the accuracy
 
 
 class NFNEmbedder(Embedder):
@@ -221,7 +152,7 @@ class NFNEmbedder(Embedder):
             raise UnsupportedArchitectureError(
                 f"nfn-{self.mode} cannot represent {reference.summary()}: {reason}"
             )
-        weights, biases = _to_nfn_tensors(reference, [sd for _, sd in pairs])
+        weights, biases = to_nfn_tensors(reference, [sd for _, sd in pairs])
         return reference, weights, biases
 
     def _features(self, weights: list[Tensor], biases: list[Tensor], index: Tensor) -> object:
@@ -276,7 +207,7 @@ class NFNEmbedder(Embedder):
         channels = [self.hidden_channels] * (self.num_layers - 1) + [self.out_channels]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
-            network = _NFNNetwork(nfn_spec, self.mode, channels, self.embedding_dim)
+            network = NFNNetwork(nfn_spec, self.mode, channels, self.embedding_dim)
         self.regressor_: nn.Module | None = None
         self.losses_: list[float] = []
         self.val_taus_: list[float] = []
@@ -293,7 +224,7 @@ class NFNEmbedder(Embedder):
 
     def _train(
         self,
-        network: _NFNNetwork,
+        network: NFNNetwork,
         weights: list[Tensor],
         biases: list[Tensor],
         target: Tensor,
@@ -348,7 +279,7 @@ class NFNEmbedder(Embedder):
 
     @torch.no_grad()
     def _logits(
-        self, network: _NFNNetwork, weights: list[Tensor], biases: list[Tensor], index: Tensor
+        self, network: NFNNetwork, weights: list[Tensor], biases: list[Tensor], index: Tensor
     ) -> Tensor:
         network.eval()
         return torch.cat(

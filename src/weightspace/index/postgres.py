@@ -14,7 +14,8 @@ makes concurrent writers lose nothing and store nothing twice, and a batch whose
 lost rolls back and is retried on a new connection. Scores are inner products of unit vectors
 (cosine similarities), as in the FAISS index. Unfiltered searches go through the HNSW index
 (``hnsw.ef_search``); filtered ones scan the matching rows exactly, so a filter never returns
-fewer than ``k`` hits while ``k`` match.
+fewer than ``k`` hits while ``k`` match. Creating the tables and reading the manifest are in
+:mod:`weightspace.index.postgres_schema`, writing in :mod:`weightspace.index.postgres_writes`.
 
 Needs ``psycopg`` (``pip install weightspace[pgvector]``) and a server with the ``vector``
 extension; tests start one with the ``pgserver`` wheel.
@@ -34,7 +35,6 @@ from weightspace.index.base import IndexBase
 from weightspace.index.catalog import (
     ModelRecord,
     SearchHit,
-    json_scalar,
     now,
     parse_filters,
 )
@@ -46,7 +46,16 @@ from weightspace.index.embedders import (
     is_import_reference,
 )
 from weightspace.index.errors import EncoderMismatchError, IndexFormatError
-from weightspace.index.postgres_writes import PostgresWrites, _psycopg, _vector_text
+from weightspace.index.postgres_schema import (
+    MODEL_COLUMNS,
+    check_schema_name,
+    connect,
+    create_tables,
+    read_manifest,
+    record_from_row,
+    safe_dsn,
+)
+from weightspace.index.postgres_writes import PostgresWrites, _vector_text
 from weightspace.index.writing import AddReport, ProgressCallback, declared_dim
 
 if TYPE_CHECKING:
@@ -58,17 +67,7 @@ __all__ = ["PostgresIndex", "POSTGRES_FORMAT_VERSION", "BACKEND"]
 
 BACKEND = "pgvector"
 POSTGRES_FORMAT_VERSION = 1
-_COLUMNS = "id, path, content_hash, spec_summary, spec_json, metrics::text, added_at"
 _COLUMN_FILTERS = {"path": "path", "content_hash": "content_hash", "arch_summary": "spec_summary"}
-
-
-def _safe_dsn(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    head, at, tail = dsn.rpartition("@")
-    if not at or "://" not in head:
-        return dsn
-    scheme, _, credentials = head.partition("://")
-    return f"{scheme}://{credentials.partition(':')[0]}@{tail}"
 
 
 class PostgresIndex(PostgresWrites, IndexBase):
@@ -88,25 +87,9 @@ class PostgresIndex(PostgresWrites, IndexBase):
         self._settings: tuple[int, tuple[int, bool]] | None = None
 
     # -------------------------------------------------------------- connection
-    @staticmethod
-    def _check_schema_name(schema: str) -> str:
-        if not schema.isidentifier() or not schema.isascii():
-            raise WeightspaceError(f"schema {schema!r} must be a plain identifier")
-        return schema
-
-    @classmethod
-    def _connect(cls, dsn: str) -> Any:
-        psycopg = _psycopg()
-        try:
-            return psycopg.connect(dsn, autocommit=False, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise IndexFormatError(
-                f"{_safe_dsn(dsn)}: cannot connect to PostgreSQL ({' '.join(str(exc).split())})"
-            ) from None
-
     def _conn(self) -> Any:
         if self._connection is None or self._connection.closed:
-            self._connection = self._connect(self.dsn)
+            self._connection = connect(self.dsn)
         return self._connection
 
     def close(self) -> None:
@@ -119,7 +102,7 @@ class PostgresIndex(PostgresWrites, IndexBase):
     @property
     def path(self) -> str:
         """Where the index lives, for messages: the DSN without its password, and the schema."""
-        return f"{_safe_dsn(self.dsn)}#{self.schema}"
+        return f"{safe_dsn(self.dsn)}#{self.schema}"
 
     def load_encoder(self) -> Encoder:
         """The recorded encoder directory, checked against the fingerprint (nothing imported)."""
@@ -153,31 +136,16 @@ class PostgresIndex(PostgresWrites, IndexBase):
     @classmethod
     def open(cls, dsn: str, *, schema: str = "weightspace") -> PostgresIndex:
         """Open the index in ``schema``; a database without one is an :class:`IndexFormatError`."""
-        schema = cls._check_schema_name(schema)
-        connection = cls._connect(dsn)
-        try:
-            found = connection.execute(
-                "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
-                "AND table_name = 'manifest'",
-                (schema,),
-            ).fetchall()
-            rows = (
-                connection.execute(f"SELECT key, value::text FROM {schema}.manifest").fetchall()
-                if found
-                else []
-            )
-            connection.rollback()
-        finally:
-            connection.close()
-        manifest = {str(key): json.loads(value) for key, value in rows}
+        schema = check_schema_name(schema)
+        manifest = read_manifest(dsn, schema)
         if manifest.get("backend") != BACKEND:
             raise IndexFormatError(
-                f"{_safe_dsn(dsn)}: holds no weightspace index in schema {schema!r}; build one "
+                f"{safe_dsn(dsn)}: holds no weightspace index in schema {schema!r}; build one "
                 f"with `weightspace index build --backend pgvector --dsn DSN`"
             )
         if manifest.get("format_version") != POSTGRES_FORMAT_VERSION:
             raise IndexFormatError(
-                f"{_safe_dsn(dsn)}: index format {manifest.get('format_version')!r}, this "
+                f"{safe_dsn(dsn)}: index format {manifest.get('format_version')!r}, this "
                 f"weightspace reads {POSTGRES_FORMAT_VERSION}; rebuild it"
             )
         return cls(dsn, manifest, schema=schema)
@@ -200,7 +168,7 @@ class PostgresIndex(PostgresWrites, IndexBase):
         index already there (in the same transaction that creates the new tables).
         ``vector_index=False`` leaves the HNSW index to the caller (:meth:`create_vector_index`
         once its own bulk ``add_vectors`` are done, as ``index build --ray`` does)."""
-        schema = cls._check_schema_name(schema)
+        schema = check_schema_name(schema)
         if encoder is not None and (is_import_reference(encoder) or "://" in encoder):
             raise WeightspaceError(f"an index records only an encoder directory, not {encoder!r}")
         from weightspace.sources import iter_models
@@ -219,38 +187,7 @@ class PostgresIndex(PostgresWrites, IndexBase):
             "dim": embedder_dim,
             "created_at": now(),
         }
-        connection = cls._connect(dsn)
-        try:
-            with connection.transaction():
-                exists = connection.execute(
-                    "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
-                    "AND table_name = 'manifest'",
-                    (schema,),
-                ).fetchall()
-                if exists and not overwrite:
-                    raise WeightspaceError(
-                        f"{_safe_dsn(dsn)}: schema {schema!r} holds an index already; use `index "
-                        f"add` to extend it or --overwrite to replace it"
-                    )
-                connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
-                connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-                connection.execute(f"CREATE SCHEMA {schema}")
-                connection.execute(
-                    f"CREATE TABLE {schema}.manifest (key TEXT PRIMARY KEY, value JSONB NOT NULL)"
-                )
-                connection.execute(
-                    f"CREATE TABLE {schema}.models (id BIGSERIAL PRIMARY KEY, path TEXT NOT NULL, "
-                    "content_hash TEXT NOT NULL UNIQUE, spec_summary TEXT NOT NULL, "
-                    "spec_json TEXT NOT NULL, metrics JSONB NOT NULL, added_at TEXT NOT NULL, "
-                    f"embedding vector({int(embedder_dim)}) NOT NULL)"
-                )
-                for key, value in manifest.items():
-                    connection.execute(
-                        f"INSERT INTO {schema}.manifest (key, value) VALUES (%s, %s::jsonb)",
-                        (key, json.dumps(value)),
-                    )
-        finally:
-            connection.close()
+        create_tables(dsn, schema, manifest, embedder_dim, overwrite=overwrite)
         index = cls(dsn, manifest, schema=schema)
         chained = models if first is None else _chain(first, models)
         report = index.add(chained, embedder, batch_size=batch_size, on_progress=on_progress)
@@ -283,8 +220,10 @@ class PostgresIndex(PostgresWrites, IndexBase):
         model_id = int(model_id)
         if not 0 <= model_id < 2**63:
             return None
-        rows = self._read(f"SELECT {_COLUMNS} FROM {self.schema}.models WHERE id = %s", (model_id,))
-        return self._flagged([_record(rows[0])])[0] if rows else None
+        rows = self._read(
+            f"SELECT {MODEL_COLUMNS} FROM {self.schema}.models WHERE id = %s", (model_id,)
+        )
+        return self._flagged([record_from_row(rows[0])])[0] if rows else None
 
     def _flagged(self, records: list[ModelRecord]) -> list[ModelRecord]:
         """``records`` with :attr:`ModelRecord.graph_only` from the ``graph_only`` table, where
@@ -301,9 +240,10 @@ class PostgresIndex(PostgresWrites, IndexBase):
 
     def find_hash(self, digest: str) -> ModelRecord | None:
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM {self.schema}.models WHERE content_hash = %s", (str(digest),)
+            f"SELECT {MODEL_COLUMNS} FROM {self.schema}.models WHERE content_hash = %s",
+            (str(digest),),
         )
-        return self._flagged([_record(rows[0])])[0] if rows else None
+        return self._flagged([record_from_row(rows[0])])[0] if rows else None
 
     def search(
         self,
@@ -325,7 +265,7 @@ class PostgresIndex(PostgresWrites, IndexBase):
                 values.extend([key, json.dumps(value)])
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
-            f"SELECT {_COLUMNS}, -(embedding <#> %s::vector) AS score FROM {self.schema}.models "
+            f"SELECT {MODEL_COLUMNS}, -(embedding <#> %s::vector) AS score FROM {self.schema}.models "
             f"{where} ORDER BY embedding <#> %s::vector LIMIT %s"
         )
         connection = self._conn()
@@ -344,7 +284,7 @@ class PostgresIndex(PostgresWrites, IndexBase):
                 rows = connection.execute(sql, (text, *values, text, k)).fetchall()
                 results.append(
                     [
-                        SearchHit(rank, float(row[7]), _record(row))
+                        SearchHit(rank, float(row[7]), record_from_row(row))
                         for rank, row in enumerate(rows, start=1)
                     ]
                 )
@@ -384,19 +324,6 @@ class PostgresIndex(PostgresWrites, IndexBase):
         return np.asarray([json.loads(row[0]) for row in rows], dtype=np.float32).reshape(
             len(rows), self.dim
         )
-
-
-def _record(row: Sequence[Any]) -> ModelRecord:
-    metrics = json.loads(row[5])
-    return ModelRecord(
-        id=int(row[0]),
-        path=row[1],
-        content_hash=row[2],
-        spec_summary=row[3],
-        spec_json=row[4],
-        metrics={str(k): v for k, v in metrics.items() if json_scalar(v) is not None},
-        added_at=row[6],
-    )
 
 
 def _chain(first: LoadedModel, rest: Iterable[LoadedModel]) -> Iterator[LoadedModel]:
