@@ -84,6 +84,25 @@ def test_shard_names_change_with_what_fixes_the_bits() -> None:
         assert not {s.name for s in shards} & {s.name for s in other}
 
 
+def test_shards_are_handed_out_largest_first_with_input_order_among_equals(
+    tmp_path: Path,
+) -> None:
+    from weightspace.distributed.ray_shards import largest_first, shard_cost
+
+    sizes = [10, 10, 300, 300, 5000, 5000, 10, 10]  # bytes of each file
+    sources = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"{i}.safetensors"
+        path.write_bytes(b"x" * size)
+        sources.append(str(path))
+    sources += [f"{tmp_path}/zoo#a", f"{tmp_path}/zoo#b"]  # zoo rows: one byte each
+    shards = plan_shards(sources, 2, fingerprint="f", batch_size=2)
+    assert [shard_cost(s) for s in shards] == [20, 600, 10000, 20, 2]
+    order = largest_first(shards)
+    assert [s.index for s in order] == [2, 1, 0, 3, 4]
+    assert sorted(order, key=lambda s: s.index) == shards  # a reordering, nothing lost
+
+
 def test_shard_round_trip_keeps_order_vectors_and_failures(tmp_path: Path) -> None:
     vectors = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
     write_shard(

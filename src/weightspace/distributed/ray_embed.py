@@ -2,8 +2,10 @@
 workers (:mod:`weightspace.distributed.ray_workers`), Parquet shards out.
 
 The inputs (checkpoint files, directories of them, model zoos) are cut, in input order, into
-shards of ``shard_size`` models. Each shard travels as one row through a streaming Ray Data
-pipeline:
+shards of ``shard_size`` models. Shards are handed out largest first (by bytes of checkpoint,
+:func:`~weightspace.distributed.ray_shards.largest_first`), one at a time to each actor, so
+the job does not end waiting on one large shard. Each shard travels as one row through a
+streaming Ray Data pipeline:
 
 ```
 with GPUs:  from_items(shards) ─ map (CPU task, load_shard): load every checkpoint safely,
@@ -47,6 +49,7 @@ from weightspace.distributed.ray_shards import (
     _shard_failures,
     catalog_path,
     expand_inputs,
+    largest_first,
     plan_shards,
     read_embeddings,
     write_shard,
@@ -193,8 +196,8 @@ def embed_files(
         gpus = int(ray.cluster_resources().get("GPU", 0))
         # no more actors than shards to embed, nor than GPUs (more would wait for one)
         actors = min(num_workers, len(pending), gpus or num_workers)
-        dataset = ray.data.from_items(
-            [{"name": s.name, "sources": json.dumps(s.sources)} for s in pending],
+        dataset = ray.data.from_items(  # handed out in this order, one at a time per actor
+            [{"name": s.name, "sources": json.dumps(s.sources)} for s in largest_first(pending)],
             override_num_blocks=len(pending),
         )
         embedder_kwargs = {
@@ -222,7 +225,9 @@ def embed_files(
             ShardEmbedder,
             fn_constructor_kwargs=embedder_kwargs,
             batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=actors),
+            # one shard at a time per actor: a free actor takes the next shard, and none sits
+            # queued behind a busy one at the end (Ray Data's default queues two per actor)
+            compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
             num_gpus=1 if gpus else 0,
             num_cpus=1,
         )

@@ -22,6 +22,7 @@ __all__ = [
     "Shard",
     "catalog_path",
     "expand_inputs",
+    "largest_first",
     "plan_shards",
     "read_embeddings",
     "write_shard",
@@ -119,6 +120,33 @@ def plan_shards(
         digest.update("\0".join(chunk).encode())
         shards.append(Shard(index, chunk, f"part-{index:06d}-{digest.hexdigest()[:16]}.parquet"))
     return shards
+
+
+def shard_cost(shard: Shard) -> int:
+    """An estimate of a shard's work: the bytes of its checkpoint files (loading,
+    canonicalisation and the graph branch all scale with a model's weights), one byte for each
+    zoo row (rows of one zoo cost about the same) or missing file."""
+    cost = 0
+    for source in shard.sources:
+        try:
+            cost += max(os.stat(source).st_size, 1)
+        except OSError:  # a zoo row (DIR#ID), or a file that vanished: its shard reports it
+            cost += 1
+    return cost
+
+
+def largest_first(shards: Sequence[Shard]) -> list[Shard]:
+    """The shards in the order to hand them out: by :func:`shard_cost`, largest first, input
+    order among equals.
+
+    With one shard in flight per worker, this is the longest-processing-time rule: workers
+    pick up the next shard as they free up, so the last shards, which decide when the job
+    ends, are the smallest, and no worker waits at the end for more than the smallest shards'
+    time (Graham 1969: makespan within 4/3 of the optimum). Shards of a model zoo's 20,000
+    files spanned 0.3 to 24 MB here, and in input order one of the largest could come last.
+    """
+    costs = {shard.index: shard_cost(shard) for shard in shards}
+    return sorted(shards, key=lambda shard: (-costs[shard.index], shard.index))
 
 
 # ------------------------------------------------------------------------------ zoos
