@@ -190,21 +190,25 @@ class ShardEmbedder:
         self.load_kwargs = dict(load_kwargs or {})
         self.catalog = catalog
 
+    def embed_shard(self, name: str, sources: str) -> dict[str, Any]:
+        """Load, embed and write one shard (``sources``: its JSON list of inputs); its name,
+        the number of models embedded and its failures (JSON)."""
+        row = {"name": name, "sources": sources}
+        loaded = load_shard(row, self.encoder_dir, self.fingerprint, self.load_kwargs, self.catalog)
+        return {"name": name, "count": self._write(name, loaded), "failures": loaded["failures"]}
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         names, counts, failures = [], [], []
         for i, name in enumerate(batch["name"]):
             if "bank" in batch:
                 loaded = {key: batch[key][i] for key in ("embedded", "inputs", "catalog", "bank")}
                 loaded["failures"] = batch["failures"][i]
+                row = {"count": self._write(str(name), loaded), "failures": loaded["failures"]}
             else:
-                row = {"name": str(name), "sources": str(batch["sources"][i])}
-                loaded = load_shard(
-                    row, self.encoder_dir, self.fingerprint, self.load_kwargs, self.catalog
-                )
-            count = self._write(str(name), loaded)
+                row = self.embed_shard(str(name), str(batch["sources"][i]))
             names.append(name)
-            counts.append(count)
-            failures.append(loaded["failures"])
+            counts.append(row["count"])
+            failures.append(row["failures"])
         return {"name": names, "count": counts, "failures": failures}
 
     def _write(self, name: str, loaded: Mapping[str, Any]) -> int:
