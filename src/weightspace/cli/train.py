@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,6 +17,19 @@ from weightspace.cli.options import (
     architecture_kwargs,
 )
 from weightspace.cli.skipping import SkipErrors, SkipLog
+
+
+def _encoder_config(probe_skip: bool, embedding_dim: int | None) -> Any:
+    """The :class:`~weightspace.nn.encoder_config.EncoderConfig` the options ask for (the
+    defaults otherwise)."""
+    from dataclasses import replace
+
+    from weightspace.nn.encoder_config import EncoderConfig
+
+    changes: dict[str, object] = {"probe_skip": probe_skip}
+    if embedding_dim is not None:
+        changes["embedding_dim"] = embedding_dim
+    return replace(EncoderConfig(), **changes)
 
 
 @app.command()
@@ -112,6 +125,19 @@ def train(
     probes: Annotated[
         int, typer.Option(min=1, help="Learned probe inputs per input shape (probe branch).")
     ] = 32,
+    probe_skip: Annotated[
+        bool,
+        typer.Option(
+            "--probe-skip",
+            help="Probe branch: the embedding also carries the model's own probe outputs, "
+            "standardised (its last probes x classes entries), beside the learned features; "
+            "needs --embedding-dim above probes x classes.",
+        ),
+    ] = False,
+    embedding_dim: Annotated[
+        int | None,
+        typer.Option(min=1, help="Width of the embedding (default: the encoder's, 64)."),
+    ] = None,
     probe_init: Annotated[
         str,
         typer.Option(
@@ -160,6 +186,7 @@ def train(
         batch_by_architecture=batch_by_architecture,
         class_contrastive_weight=class_contrastive_weight,
         probe_lr_scale=probe_lr_scale,
+        encoder=_encoder_config(probe_skip, embedding_dim),
         augment=(
             AugmentConfig(noise_probability=0.0, prune_probability=0.0, quantize_probability=0.0)
             if exact_views

@@ -69,6 +69,7 @@ from weightspace.nn.encoder_probe_branch import EncoderProbeBranch
 from weightspace.nn.features import EdgeEmbedding, NodeEmbedding, ScalarFeatures
 from weightspace.nn.layers import EdgeNodeConv, degree_inverses, dense_plan
 from weightspace.nn.pooling import TransformerPooling
+from weightspace.nn.probe_skip import probe_fusion
 from weightspace.nn.probes import ProbeEncoder, ProbeGenerator
 from weightspace.spec import NetworkSpec
 
@@ -156,7 +157,7 @@ class Encoder(EncoderProbeBranch, EncoderInference, EncoderPersistence, nn.Modul
             )
             self.probe_missing = nn.Parameter(0.1 * torch.randn(config.probe_dim))
             width = config.probe_dim + (config.embedding_dim if "graph" in config.branches else 0)
-            self.fuse = _mlp(width, config.head_hidden, config.embedding_dim)
+            self.fuse = probe_fusion(config, width, _mlp)  # _mlp, or with the raw skip
         self.projection_head = _mlp(config.embedding_dim, config.head_hidden, config.projection_dim)
         self.property_head = (
             _mlp(config.embedding_dim, config.head_hidden, len(config.targets))

@@ -65,6 +65,8 @@ class EncoderConfig:
     probe_sources: tuple[str, ...] = ()  # probe_init "task": the start of each probe domain
     classes: tuple[str, ...] = ()  # class names of the class head (a class-target zoo's labels,
     #   `train --objective class`; empty: no class head)
+    probe_skip: bool = False  # probe branch: the embedding's last probes * probe_classes entries
+    #   are the model's own probe outputs, standardised (weightspace.nn.probe_skip)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -107,6 +109,16 @@ class EncoderConfig:
                 f"encoder config: probe_init 'task' needs one probe source per probe domain, "
                 f"got {list(self.probe_sources)} for {list(self.probe_domains)}"
             )
+        if (
+            self.probe_skip
+            and "probe" in self.branches
+            and self.embedding_dim <= self.probes * self.probe_classes
+        ):
+            raise EncoderError(
+                f"encoder config: probe_skip appends the {self.probes} x {self.probe_classes} "
+                f"probe outputs to the embedding, so embedding_dim ({self.embedding_dim}) must be "
+                f"larger than {self.probes * self.probe_classes} (--embedding-dim)"
+            )
         if self.hidden % self.pool_heads:
             raise EncoderError(
                 f"encoder config: hidden={self.hidden} must be divisible by "
@@ -128,6 +140,8 @@ class EncoderConfig:
             data.pop("probe_sources", None)
         if not self.classes:  # encoders without a class head keep their fingerprint
             data.pop("classes")
+        if not self.probe_skip:  # encoders without the skip keep their fingerprint
+            data.pop("probe_skip", None)
         return data
 
     @classmethod
@@ -157,4 +171,5 @@ _PROBE_FIELDS = (
     "probe_dim",
     "probe_init",
     "probe_sources",
+    "probe_skip",
 )

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from weightspace.nn.batch import GraphBank, GraphBatch
 from weightspace.nn.encoder_config import EncoderError
+from weightspace.nn.probe_skip import probe_skip_features
 from weightspace.nn.probes import ProbeError, probe_forward
 
 __all__ = ["EncoderProbeBranch"]
@@ -34,7 +35,8 @@ class EncoderProbeBranch:
         return self.fuse(torch.cat(parts, dim=-1))
 
     def _probe_forward(self, batch: GraphBatch | Any) -> Tensor:
-        """The probe branch: ``(B, probe_dim)``, ``probe_missing`` where a model cannot run."""
+        """The probe branch: ``(B, probe_dim)``, ``probe_missing`` where a model cannot run;
+        with ``probe_skip`` the raw probe outputs follow, ``(B, probe_dim + P C)``."""
         dtype = self.dtype
         if isinstance(batch, GraphBatch):
             batch = replace(batch, x=batch.x.to(dtype), edge_attr=batch.edge_attr.to(dtype))
@@ -65,6 +67,8 @@ class EncoderProbeBranch:
         z = self.probe_encoder(out.log_probs, out.class_mask, domain_index)  # (B, probe_dim)
         runnable = out.runnable.unsqueeze(-1)
         z = torch.where(runnable, z, self.probe_missing.to(z.dtype).expand_as(z))
+        if config.probe_skip:  # the raw outputs ride along to the fusion (nn.probe_skip)
+            z = torch.cat([z, probe_skip_features(out.log_probs, out.class_mask, out.runnable)], -1)
         fallback = ~out.runnable.cpu().numpy()
         self.last_fallback = fallback
         if fallback.any() and not self._warned_fallback:
