@@ -105,6 +105,21 @@ def test_predict_and_heads() -> None:
     assert encoder.embed(models).shape == (5, encoder.dim)
 
 
+def test_a_float64_encoder_loads_without_rounding(tmp_path) -> None:
+    torch.manual_seed(3)
+    encoder = Encoder(SMALL).double()
+    with torch.no_grad():  # entries a float32 round trip would change
+        for parameter in encoder.parameters():
+            parameter.add_(1e-12)
+    encoder.save(tmp_path / "enc")
+    loaded = Encoder.load(tmp_path / "enc")
+    for (name, ours), theirs in zip(
+        encoder.state_dict().items(), loaded.state_dict().values(), strict=True
+    ):
+        assert theirs.dtype == torch.float64, name
+        assert torch.equal(ours, theirs), name
+
+
 def test_save_load_roundtrip_and_fingerprint(tmp_path) -> None:
     torch.manual_seed(1)
     encoder = Encoder(SMALL)

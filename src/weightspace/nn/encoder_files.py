@@ -111,6 +111,9 @@ def load_encoder(
         ) from None
     with deferred_probe_init():  # the probes' start is in the weights read next
         encoder = cls(config)
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) == 1:  # cast first: a float64 encoder's weights are read without rounding
+        encoder = encoder.to(dtype=next(iter(dtypes)))
     try:
         encoder.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
@@ -119,9 +122,6 @@ def load_encoder(
             f"{weights_path}: weights do not match {path / CONFIG_FILE} "
             f"({' '.join(first[:3])[:300]}); the directory is inconsistent"
         ) from None
-    dtypes = {t.dtype for t in tensors.values()}
-    if len(dtypes) == 1:
-        encoder = encoder.to(dtype=dtypes.pop())
     if device is not None:
         encoder = encoder.to(device)
     return encoder.eval()
