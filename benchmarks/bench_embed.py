@@ -14,6 +14,10 @@ For every architecture it times, in one process:
 * ``encoder_cpu_ms_per_batch`` / ``encoder_models_per_cpu_s``: the encoder's CPU time per batch
   (best of the repeats), steadier than wall time on a shared machine (``load_average`` records
   the 1-minute load before and after the run);
+* ``encoder_split_models_per_s`` (``--threads N > 1``, CPU): the batch cut into ``N``
+  sub-batches on ``N`` Python threads of one intra-op thread each
+  (:mod:`weightspace.nn.thread_split`), timed alternately with the intra-op forward
+  (``split_over_intra_op``: the median ratio of the pairs);
 * ``flat_mlp``: the flat-weights baseline, an MLP ``P → 256 → 256 → d`` on the concatenated
   parameter vector, in the same dtype and batch size (``ratio`` = encoder / flat models per s).
 
@@ -241,6 +245,10 @@ def bench_architecture(
         run_encoder()
         cpu_seconds.append(time.process_time() - start)
     branch_seconds = branch_times(encoder, batch, device, args.repeats)
+    split = None
+    if device.type == "cpu" and args.threads > 1:
+        index = torch.arange(args.batch_size) % distinct
+        split = split_times(encoder, bank, index, batch, args.threads, args.repeats)
 
     # FLOPs and bytes on a small batch, scaled per model.
     small = bank.select(torch.arange(64) % distinct).to(device, dtype)
@@ -315,6 +323,12 @@ def bench_architecture(
         "graph_branch_ms": branch_seconds.get("graph", 0.0) * 1e3,
         "probe_branch_ms": branch_seconds.get("probe", 0.0) * 1e3,
         "end_to_end_models_per_s": end_to_end,
+        # --threads > 1 on CPU: the batch cut into that many sub-batches, each on its own
+        # Python thread with one intra-op thread (weightspace.nn.thread_split), timed
+        # interleaved with the intra-op forward; ratio = split models/s over intra-op models/s
+        "split_threads": None if split is None else args.threads,
+        "encoder_split_models_per_s": None if split is None else split["models_per_s"],
+        "split_over_intra_op": None if split is None else split["ratio"],
         "flat_mlp_models_per_s": flat_rate,
         "ratio_encoder_over_flat": encoder_rate / flat_rate,
         "matmul_flops_per_model": flops_per_model,
@@ -351,6 +365,39 @@ def branch_times(encoder: Encoder, batch, device: torch.device, repeats: int) ->
 
         out["probe"] = time_call(probe, device, repeats)
     return out
+
+
+def split_times(
+    encoder: Encoder, bank: GraphBank, index: torch.Tensor, batch, threads: int, repeats: int
+) -> dict[str, float]:
+    """The batch embedded as ``threads`` sub-batches on as many Python threads
+    (:func:`~weightspace.nn.thread_split.forward_in_threads`) against the intra-op forward on
+    ``threads`` threads, alternating, so load moves both alike: models/s of the split (median)
+    and the median over pairs of split / intra-op speed."""
+    from weightspace.nn.thread_split import forward_in_threads
+
+    def intra_op() -> None:
+        with torch.inference_mode():
+            encoder(batch)
+
+    def split() -> None:
+        with torch.inference_mode():
+            forward_in_threads(encoder, bank, index, threads)
+
+    split()
+    intra_op()
+    split_s, ratios = [], []
+    for _ in range(max(repeats, 3)):
+        start = time.perf_counter()
+        intra_op()
+        middle = time.perf_counter()
+        split()
+        split_s.append(time.perf_counter() - middle)
+        ratios.append((middle - start) / split_s[-1])
+    return {
+        "models_per_s": len(index) / statistics.median(split_s),
+        "ratio": statistics.median(ratios),
+    }
 
 
 def bench_heterogeneous(
@@ -468,7 +515,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:34s} {row['nodes']:5d}n {row['edges']:6d}e  encoder "
             f"{row['encoder_models_per_s']:12,.0f}/s ({row['encoder_models_per_cpu_s']:,.0f}/CPU s)"
             f"  flat {row['flat_mlp_models_per_s']:12,.0f}/s"
-            f"  graph {row['graph_branch_ms']:6.0f} ms  probe {row['probe_branch_ms']:6.0f} ms"
+            + (
+                f"  split x{row['split_threads']} {row['encoder_split_models_per_s']:,.0f}/s"
+                f" ({row['split_over_intra_op']:.2f}x intra-op)"
+                if row["split_threads"]
+                else ""
+            )
+            + f"  graph {row['graph_branch_ms']:6.0f} ms  probe {row['probe_branch_ms']:6.0f} ms"
             f"  {row['matmul_flops_per_model'] / 1e6:6.2f} MFLOP  "
             f"{row['traffic_bytes_per_model'] / 1e6:6.2f} MB  mem-bound "
             f"{row['memory_bound_fraction']:.2f}"
@@ -542,6 +595,19 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0],
         # 1-minute load average before and after (other processes share the CPU)
         "load_average": [load_before, os.getloadavg()[0]],
+        # allocator settings: fresh large tensors each layer page-fault unless freed memory is
+        # kept (glibc: MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, or jemalloc/tcmalloc
+        # preloaded); measured ~10 % of the CNN's one-thread CPU time on the dev machine
+        "allocator_env": {
+            name: os.environ.get(name)
+            for name in (
+                "MALLOC_MMAP_THRESHOLD_",
+                "MALLOC_TRIM_THRESHOLD_",
+                "LD_PRELOAD",
+                "THP_MEM_ALLOC_ENABLE",
+                "OMP_NUM_THREADS",
+            )
+        },
         "encoder_config": encoder.config.to_dict(),
         "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
         "peaks": peaks,

@@ -124,3 +124,24 @@ def test_bundled_encoder_fast_paths_equal_functional_and_message_passing(
     assert float((graph_fast - message_passing).abs().max() / message_passing.abs().max()) < 1e-5
     # The embedding is not constant: different models, different vectors.
     assert float((fast[0] - fast[1]).abs().max() / scale) > 1e-3
+
+
+def test_batch_split_across_threads_equals_one_batch(bundled: Encoder) -> None:
+    """Sub-batches on two Python threads give every model the embedding of the whole batch,
+    in input order."""
+    from weightspace.nn.thread_split import forward_in_threads
+
+    models = _models(cnn_spec([8, 8, 8], "relu"), 7)
+    bank = GraphBank([prepare_graph(m, bundled.config) for m in models])
+    index = torch.tensor([3, 0, 6, 1, 5, 2, 4, 0])
+    with torch.inference_mode():
+        whole = bundled(bank.select(index))
+        split = forward_in_threads(bundled, bank, index, workers=2)
+        alone = forward_in_threads(bundled, bank, index, workers=1)
+    scale = whole.abs().max()
+    assert split.shape == whole.shape
+    assert float((split - whole).abs().max() / scale) < 1e-6
+    assert float((alone - whole).abs().max() / scale) < 1e-6
+    assert float((split[0] - split[1]).abs().max() / scale) > 1e-3  # order kept, not constant
+    with pytest.raises(RuntimeError, match="inference-only"):
+        forward_in_threads(bundled, bank, index, workers=2)
