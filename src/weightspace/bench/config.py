@@ -59,6 +59,7 @@ class BenchConfig:
     held_out_time_limit: float = 0.0  # safety cap for held-out encoder fits (0: none)
     held_out: tuple[str, ...] = ("architectures", "tasks")  # extra prediction protocols
     held_out_seeds: int = 1  # seeds for the held-out architecture/task protocols
+    probe_init: str = "auto"  # where trained encoders' probes start (train --probe-init)
     bootstrap: int = 200  # resamples of test runs for the ± of a single given encoder
     retrieval: tuple[str, ...] = ("S", "L", "F")  # retrieval protocols to run
     max_gallery: int = 300  # retrieval gallery: at most this many held-out checkpoints

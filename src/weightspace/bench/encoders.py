@@ -55,6 +55,7 @@ def train_encoder(
         epochs=epochs,
         time_limit=time_limit,
         device=config.device,
+        probe_init=config.probe_init,
         # The probe branch and the function head feed float inputs, which an embedding cannot
         # index with: until they draw token ids, a token zoo trains the graph branch alone.
         **({"branches": "graph", "function_weight": 0.0} if token_zoo else {}),

@@ -78,6 +78,22 @@ def bench(
             "--held-out-time-limit", help="Safety cap per held-out encoder training (0: none)."
         ),
     ] = 0.0,
+    held_out_seeds: Annotated[
+        int,
+        typer.Option(
+            "--held-out-seeds",
+            min=1,
+            help="Seeds for the held-out architecture/task protocols (at most --seeds).",
+        ),
+    ] = 1,
+    probe_init: Annotated[
+        str,
+        typer.Option(
+            "--probe-init",
+            help="Where the probes of the encoders bench trains start: auto, task or gauss "
+            "(as train --probe-init).",
+        ),
+    ] = "auto",
     nfn_epochs: Annotated[
         int | None,
         typer.Option("--nfn-epochs", help="NFN epochs per architecture (default: its reference)."),
@@ -153,6 +169,12 @@ def bench(
     console = Console(stderr=True)
     if encoder and train:
         raise typer.BadParameter("give either --encoder or --train, not both")
+    from weightspace.nn.probe_init import ProbeInitError, check_train_probe_init
+
+    try:
+        check_train_probe_init(probe_init)
+    except ProbeInitError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--probe-init") from None
     config = BenchConfig(
         zoo=str(zoo),
         out=str(out),
@@ -165,6 +187,8 @@ def bench(
         bootstrap=bootstrap,
         tune=tune,
         held_out_time_limit=held_out_time_limit,
+        held_out_seeds=held_out_seeds,
+        probe_init=probe_init,
         nfn_epochs=nfn_epochs,
         decoder_steps=decoder_steps,
         decoder_time_limit=decoder_time_limit,
