@@ -79,6 +79,31 @@ def train(
             "pruning or quantisation, which change a SIREN's function off its grid.",
         ),
     ] = False,
+    coord_shift: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="--objective class on coordinate models (INRs): each view reads its "
+            "coordinates shifted by a uniform draw in [-D, D] per axis (coordinate units), "
+            "exactly in weight space (first-layer bias b + W delta); 0: off.",
+        ),
+    ] = 0.0,
+    coord_shift_step: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="With --coord-shift: shifts are whole multiples of this step (an INR's grid "
+            "spacing, 0.286 on inr-digits: whole-pixel shifts); 0: continuous.",
+        ),
+    ] = 0.0,
+    coord_zoom: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="The same, coordinates zoomed by s drawn in [1 - S, 1 + S] (first-layer "
+            "weight s W); S in [0, 1), 0: off.",
+        ),
+    ] = 0.0,
     class_contrastive_weight: Annotated[
         float,
         typer.Option(
@@ -186,6 +211,9 @@ def train(
         batch_by_architecture=batch_by_architecture,
         class_contrastive_weight=class_contrastive_weight,
         probe_lr_scale=probe_lr_scale,
+        coord_shift=coord_shift,
+        coord_zoom=coord_zoom,
+        coord_shift_step=coord_shift_step,
         encoder=_encoder_config(probe_skip, embedding_dim),
         augment=(
             AugmentConfig(noise_probability=0.0, prune_probability=0.0, quantize_probability=0.0)

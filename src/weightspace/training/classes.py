@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from weightspace.training.config import MissingLabelError, TrainConfig, TrainError
+from weightspace.training.coord_views import check_coordinate_zoo
 
 __all__ = ["class_names", "class_splits"]
 
@@ -46,9 +47,14 @@ def class_splits(zoo: Any, table: pd.DataFrame, config: TrainConfig) -> dict[str
 
     Raises:
         MissingLabelError: not a class-target zoo, or ``label`` / ``split`` missing.
+        CoordViewError: coordinate views asked of a zoo with a model that does not read
+            coordinates (said here, before any checkpoint is read).
         TrainError: a run in two splits, an unknown split name, or too few training runs.
     """
     _check_class_zoo(zoo, table)
+    if config.coord_shift or config.coord_zoom:
+        firsts = table.drop_duplicates("spec")["checkpoint_id"] if "spec" in table else []
+        check_coordinate_zoo(zoo.root, (zoo.spec(str(i)) for i in firsts))
     runs = table["run_id"].astype(str)
     split = table["split"].astype(str)
     unknown = sorted(set(split) - {"train", "val", "test"})

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,12 @@ class TrainConfig:
     splits: dict[str, list[str]] | None = None  # explicit run ids per train/val/test (overrides
     #   the seeded split; `bench` uses it for held-out architectures and tasks)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # view augmentations
+    coord_shift: float = 0.0  # objective "class", coordinate models (INRs): each view reads its
+    #   coordinates shifted by U[-D, D] per axis, exactly (b' = b + W delta; 0: off;
+    #   weightspace.training.coord_views)
+    coord_zoom: float = 0.0  # the same, zoomed by s ~ U[1 - S, 1 + S] (W' = s W; 0: off)
+    coord_shift_step: float = 0.0  # > 0: shifts are multiples of this (an INR's grid spacing:
+    #   whole-pixel shifts, which stay on the grid the INR was fitted on); 0: continuous
     finetune_probability: float = 0.0  # chance a view starts from its checkpoint after a few SGD
     #   steps on the checkpoint's own task (built-in tasks only; 0: off)
     finetune_steps: int = 4  # SGD steps of those views (computed once, before the first epoch)
@@ -118,6 +125,24 @@ class TrainConfig:
             raise TrainError(
                 "class_weight must be > 0 and class_contrastive_weight >= 0, got "
                 f"{self.class_weight} and {self.class_contrastive_weight}"
+            )
+        if not (math.isfinite(self.coord_shift) and self.coord_shift >= 0) or not (
+            math.isfinite(self.coord_zoom) and 0 <= self.coord_zoom < 1
+        ):
+            raise TrainError(
+                f"coord_shift must be >= 0 and coord_zoom in [0, 1), got {self.coord_shift} "
+                f"and {self.coord_zoom}"
+            )
+        step = self.coord_shift_step
+        if not (math.isfinite(step) and step >= 0) or (step > 0 and step > self.coord_shift):
+            raise TrainError(
+                f"coord_shift_step must be >= 0 and at most coord_shift ({self.coord_shift}), "
+                f"got {step}"
+            )
+        if (self.coord_shift or self.coord_zoom) and self.objective != "class":
+            raise TrainError(
+                "coord_shift / coord_zoom are views of the class objective (--objective class), "
+                f"not of {self.objective!r}"
             )
         if not self.probe_lr_scale >= 0:
             raise TrainError(f"probe_lr_scale must be >= 0, got {self.probe_lr_scale}")
