@@ -3,7 +3,8 @@ encoders against probing-coords on the same test models, scored exactly as ``wei
 classification protocol scores them (same split, same grouped-CV-tuned logistic head, same seed),
 with the paired bootstrap of the difference (:mod:`weightspace.evaluate.paired_bootstrap`).
 
-    python benchmarks/bench_inr_paired.py ZOO ENCODER [ENCODER ...] [--out FILE]
+    python benchmarks/bench_inr_paired.py ZOO ENCODER [ENCODER ...] [--out NAME]
+    python benchmarks/bench_inr_paired.py ZOO ENCODER ... --pool [--versus ENCODER ...]
     python benchmarks/bench_inr_paired.py ZOO --other-heads      # a diagnostic, not a bench row
 
 For each encoder: top-1 of its embedding under the logistic head, and of its own class head where
@@ -11,6 +12,11 @@ it has one, each with ``ours − probing-coords`` (points), its 95 % interval an
 (share of resamples with a difference ≤ 0), over 1,000 resamples of the test runs. Training
 several seeds of one command and scoring them here gives the spread over training runs, which
 one bench run cannot.
+
+``--pool`` adds the seed-pooled row: each test model's correctness averaged over the given
+encoders (seeds of one command), against probing-coords, paired, so the interval is over test
+models for the average training run; ``--versus ENCODER ...`` pools a second group (e.g. the same
+command without an option) and compares the two groups the same way.
 
 ``--other-heads`` asks how much more than a logistic head other classifiers read from
 probing-coords' own outputs (RBF SVM, k-NN, MLP; each tuned by the same image-grouped 5-fold CV
@@ -63,8 +69,18 @@ def _correct(method: Any, data: dict[str, Any]) -> tuple[np.ndarray, float, dict
     return fitted.predict(z_test) == data["y_test"], cv, chosen
 
 
-def paired(zoo_dir: Path, encoders: list[Path]) -> dict[str, Any]:
-    """Each encoder's rows against probing-coords (module docstring)."""
+def _show(label: str, difference: Any) -> None:
+    print(
+        f"{label} {100 * difference.difference:+.1f} [{100 * difference.ci_low:+.1f}, "
+        f"{100 * difference.ci_high:+.1f}] p={difference.p_not_above:.3f}",
+        flush=True,
+    )
+
+
+def paired(
+    zoo_dir: Path, encoders: list[Path], pool: bool = False, versus: list[Path] | None = None
+) -> dict[str, Any]:
+    """Each encoder's rows against probing-coords, and the pooled rows (module docstring)."""
     from weightspace.evaluate.classification import EncoderClassHead, _build
     from weightspace.evaluate.methods import MethodConfig
     from weightspace.evaluate.paired_bootstrap import paired_bootstrap
@@ -75,7 +91,8 @@ def paired(zoo_dir: Path, encoders: list[Path]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "probing-coords": {"top1": float(reference.mean()), "cv": cv, "head": chosen}
     }
-    for path in encoders:
+    embedded: dict[Path, np.ndarray] = {}
+    for path in [*encoders, *(versus or [])]:
 
         def loader(p: Path = path) -> Encoder:
             return Encoder.load(p)
@@ -85,6 +102,8 @@ def paired(zoo_dir: Path, encoders: list[Path]) -> dict[str, Any]:
             methods["own class head"] = EncoderClassHead(loader)
         for name, method in methods.items():
             hits, cv, chosen = _correct(method, data)
+            if name == "weightspace":
+                embedded[path] = hits.astype(float)
             difference = paired_bootstrap(hits, reference, data["runs"], resamples=1000, seed=0)
             out[f"{path} {name}"] = {
                 "top1": float(hits.mean()),
@@ -98,6 +117,24 @@ def paired(zoo_dir: Path, encoders: list[Path]) -> dict[str, Any]:
                 f"{100 * difference.ci_high:+.1f}] p={difference.p_not_above:.2f}",
                 flush=True,
             )
+    if pool or versus:
+        group = np.mean([embedded[p] for p in encoders], axis=0)
+        difference = paired_bootstrap(group, reference, data["runs"], resamples=1000, seed=0)
+        out["pooled"] = {"encoders": [str(p) for p in encoders], "top1": float(group.mean())}
+        out["pooled"] |= vars(difference)
+        _show(
+            f"pooled over {len(encoders)}: {100 * group.mean():.1f} %, vs probing-coords",
+            difference,
+        )
+    if versus:
+        other = np.mean([embedded[p] for p in versus], axis=0)
+        difference = paired_bootstrap(group, other, data["runs"], resamples=1000, seed=0)
+        out["pooled_versus"] = {"versus": [str(p) for p in versus], "top1": float(other.mean())}
+        out["pooled_versus"] |= vars(difference)
+        _show(
+            f"pooled over {len(encoders)} vs pooled over {len(versus)} ({100 * other.mean():.1f} %):",
+            difference,
+        )
     return out
 
 
@@ -158,12 +195,14 @@ def main() -> None:
     parser.add_argument("zoo", type=Path)
     parser.add_argument("encoders", type=Path, nargs="*")
     parser.add_argument("--other-heads", action="store_true")
+    parser.add_argument("--pool", action="store_true", help="also the seed-pooled row")
+    parser.add_argument("--versus", type=Path, nargs="+", help="a second group, pooled")
     parser.add_argument("--out", default="bench_inr_paired", help="result name")
     args = parser.parse_args()
     if args.other_heads:
         result = {"other_heads": other_heads(args.zoo)}
     elif args.encoders:
-        result = {"paired": paired(args.zoo, args.encoders)}
+        result = {"paired": paired(args.zoo, args.encoders, args.pool, args.versus)}
     else:
         parser.error("give encoders to compare, or --other-heads")
     write_json(args.out, {"zoo": str(args.zoo), **result})
