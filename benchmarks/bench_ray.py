@@ -10,7 +10,9 @@ committed FAISS + SQLite index) against the single-process ``index build``
 (``ModelIndex.build``), and checks that both indexes hold the same rows and the same vector
 bits (``same_index``); its rows also split the Ray time into the embedding job
 (``embed_s``: actors' start, loading, embedding, shard and catalog writes) and the driver's
-commit (``commit_s``). Its JSON goes to ``bench_ray_index.json`` unless ``--out`` says otherwise.
+commit (``commit_s``), and give ``coordination_cpu_s``: the CPU seconds the driver and Ray's own
+processes (GCS, raylet, agents, helper actors; not the embedding actors) spent during the job,
+which on a machine with no spare core are taken from the workers. Its JSON goes to ``bench_ray_index.json`` unless ``--out`` says otherwise.
 With ``--ceiling`` it adds the machine's own ceiling for 2 workers: two independent
 single-process builds, each of half the files into its own index, in two processes released
 together by a barrier once both have imported torch and loaded the encoder (``two_singles``:
@@ -212,6 +214,31 @@ def index_two_singles(paths: list[Path], encoder_dir: Path, work: Path, batch_si
     return {"seconds": max(d[1] for d in done) - start, "added": sum(d[2] for d in done)}
 
 
+def _cpu_seconds() -> dict[int, tuple[str, float]]:
+    """User + system CPU seconds of this process and of every Ray process on this machine, by
+    pid, with their command lines (``psutil``, which Ray requires)."""
+    import psutil
+
+    seconds = {}
+    for process in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if process.info["cpu_times"] and (process.pid == os.getpid() or "ray" in command):
+            seconds[process.pid] = (command, sum(process.info["cpu_times"][:2]))
+    return seconds
+
+
+def _coordination_cpu(before: dict, after: dict) -> float:
+    """CPU seconds spent during the job by this process (the driver) and Ray's own processes
+    (GCS, raylet, agents, helper actors): everything but the embedding actors' work, which on a
+    machine with as many cores as workers competes with the workers for the cores."""
+    total = 0.0
+    for pid, (command, seconds) in after.items():
+        if "ShardEmbedder" in command or "MapWorker" in command:
+            continue
+        total += seconds - before.get(pid, (command, 0.0))[1]
+    return total
+
+
 def index_on_ray(
     paths: list[Path], encoder_dir: Path, work: Path, workers: int, batch_size: int
 ) -> dict:
@@ -226,6 +253,7 @@ def index_on_ray(
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     init = time.perf_counter() - start
     try:
+        cpu_before = _cpu_seconds()
         start = time.perf_counter()
         report = build_index_on_ray(
             paths,
@@ -237,9 +265,11 @@ def index_on_ray(
             load_kwargs={"finite_for": "embedding"},
         )
         seconds = time.perf_counter() - start
+        coordination = _coordination_cpu(cpu_before, _cpu_seconds())
     finally:
         ray.shutdown()
     return {
+        "coordination_cpu_s": coordination,
         "init_s": init,
         "seconds": seconds,
         "embed_s": report.timings.get("embed_s"),
@@ -277,6 +307,7 @@ def main_index(args: argparse.Namespace, paths: list[Path]) -> None:
             "init_s": 0.0,
             "embed_s": None,
             "commit_s": None,
+            "coordination_cpu_s": None,
             "speedup": None,
             "vs_single": 1.0,
             "same_index": True,
@@ -299,6 +330,7 @@ def main_index(args: argparse.Namespace, paths: list[Path]) -> None:
                 "init_s": result["init_s"],
                 "embed_s": result["embed_s"],
                 "commit_s": result["commit_s"],
+                "coordination_cpu_s": result["coordination_cpu_s"],
                 "speedup": rate / one_worker_rate,
                 "vs_single": rate / rows[0]["models_per_s"],
                 "same_index": same_index(result["index"], single["index"]),
@@ -317,6 +349,7 @@ def main_index(args: argparse.Namespace, paths: list[Path]) -> None:
                 "init_s": 0.0,
                 "embed_s": None,
                 "commit_s": None,
+                "coordination_cpu_s": None,
                 "speedup": rate / rows[0]["models_per_s"],
                 "vs_single": rate / rows[0]["models_per_s"],
                 "same_index": None,
