@@ -183,11 +183,13 @@ def test_probe_branch_from_a_task_start_is_invariant_and_sensitive(arch: str) ->
     assert_sensitive(embed, graph, kinds=("unmatched",), rtol=1e-6, atol=1e-6)
 
 
-def test_train_with_task_init_on_a_zoo_of_unknown_tasks_falls_back_and_says_so(tmp_path) -> None:
+def _train_on_unknown_tasks(tmp_path, **changes) -> tuple[object, list]:
+    """One tiny epoch on a synthetic zoo whose tasks ("a", "b") have no known inputs: the
+    result and the warnings raised."""
     from test_train import TINY, make_synthetic_zoo
     from weightspace.train import train
 
-    zoo = make_synthetic_zoo(tmp_path / "zoo")  # tasks "a" and "b": no inputs known
+    zoo = make_synthetic_zoo(tmp_path / "zoo")
     config = TrainConfig(
         zoo=str(zoo),
         out=str(tmp_path / "enc"),
@@ -197,11 +199,16 @@ def test_train_with_task_init_on_a_zoo_of_unknown_tasks_falls_back_and_says_so(t
         probes=4,
         max_checkpoints=40,
         branches="graph,probe",
-        probe_init="task",
+        **changes,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = train(config)
+    return result, caught
+
+
+def test_train_with_task_init_on_a_zoo_of_unknown_tasks_falls_back_and_says_so(tmp_path) -> None:
+    result, caught = _train_on_unknown_tasks(tmp_path, probe_init="task")
     said = [w for w in caught if "start Gaussian" in str(w.message)]
     assert len(said) == 1 and "input shape [6]" in str(said[0].message)
     assert result.encoder.config.probe_init == "task"
@@ -211,24 +218,8 @@ def test_train_with_task_init_on_a_zoo_of_unknown_tasks_falls_back_and_says_so(t
 
 
 def test_auto_init_is_silent_and_gaussian_where_no_task_inputs_are_known(tmp_path) -> None:
-    from test_train import TINY, make_synthetic_zoo
-    from weightspace.train import train
-
-    zoo = make_synthetic_zoo(tmp_path / "zoo")  # tasks "a" and "b": no inputs known
     assert TrainConfig(zoo="z", out="o").probe_init == "auto"  # the default
-    config = TrainConfig(
-        zoo=str(zoo),
-        out=str(tmp_path / "enc"),
-        epochs=1,
-        batch_size=16,
-        encoder=TINY,
-        probes=4,
-        max_checkpoints=40,
-        branches="graph,probe",
-    )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = train(config)
+    result, caught = _train_on_unknown_tasks(tmp_path)
     assert not [w for w in caught if "start Gaussian" in str(w.message)]
     assert result.encoder.config.probe_init == "gauss"
     assert result.encoder.config.probe_sources == ()

@@ -120,6 +120,20 @@ def scratch(
     return buffer
 
 
+def _probe_columns(
+    t: Tensor,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> Tensor:
+    """``im2col`` of the shared input ``t (C, P, H, W)``: ``(P, C k, L)``, one column per
+    output position of each probe."""
+    c, p = t.shape[0], t.shape[1]
+    images = t.movedim(0, 1).reshape(p, c, *t.shape[2:])
+    return F.unfold(images, kernel, dilation, padding, stride)
+
+
 def shared_conv(
     t: Tensor,
     weight: Tensor,
@@ -134,10 +148,8 @@ def shared_conv(
     """Every model's convolution of the same input ``t (C, P, H, W)`` (a 1-D input as height
     1; ``kernel`` etc. 2-tuples): ``(G C_out, P L)`` from one ``im2col`` and one matrix
     product ``(G C_out, C k) @ (C k, P L)``; ``weight (G, C_out, C, *k)``."""
-    c, p = t.shape[0], t.shape[1]
-    images = t.movedim(0, 1).reshape(p, c, *t.shape[2:])
-    cols = F.unfold(images, kernel, dilation, padding, stride)  # (P, C k, L)
-    length = cols.shape[-1]
+    cols = _probe_columns(t, kernel, stride, padding, dilation)  # (P, C k, L)
+    p, length = cols.shape[0], cols.shape[-1]
     cols = cols.transpose(0, 1).reshape(cols.shape[1], p * length)  # (C k, P L)
     w = weight.reshape(weight.shape[0] * weight.shape[1], -1)  # (G C_out, C k)
     inplace = not torch.is_grad_enabled()
@@ -261,10 +273,8 @@ def shared_conv_into(
     (zero on gap cells, whose outputs are then just the bias, zeroed after the activation),
     so the product lands in place. Arguments as :func:`shared_conv`; ``out_size`` the
     output's spatial size (the next grid's data cells), ``block`` the next grid's block."""
-    c, p = t.shape[0], t.shape[1]
-    images = t.movedim(0, 1).reshape(p, c, *t.shape[2:])
-    cols = F.unfold(images, kernel, dilation, padding, stride)  # (P, C k, L)
-    width = cols.shape[1]
+    cols = _probe_columns(t, kernel, stride, padding, dilation)  # (P, C k, L)
+    p, width = cols.shape[0], cols.shape[1]
     gapped = cols.new_zeros(width, p, *block)
     data = (slice(None), slice(None), *(slice(0, s) for s in out_size))
     gapped[data] = cols.view(p, width, *out_size).transpose(0, 1)
